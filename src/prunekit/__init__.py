@@ -1,0 +1,1 @@
+"""prunekit: pruning neural networks and their training data, on PyTorch."""

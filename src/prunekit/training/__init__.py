@@ -1,0 +1,5 @@
+"""Sparse training as callbacks on one plain PyTorch loop."""
+
+from .loop import Batch, Callback, FitResult, TrainState, evaluate, fit
+
+__all__ = ["Batch", "Callback", "FitResult", "TrainState", "evaluate", "fit"]
