@@ -1,0 +1,64 @@
+"""Tests of the built-in standard-library docstring corpus."""
+
+import pytest
+
+from prunekit.zoo.text import _source_files, corpus_info, stdlib_corpus, stdlib_root, train_val_split
+
+
+def test_corpus_is_deterministic_and_filtered():
+    a = stdlib_corpus(max_docs=50, min_chars=300)
+    b = stdlib_corpus(max_docs=50, min_chars=300)
+    assert a == b
+    assert len(a) == 50
+    assert all(len(d) >= 300 for d in a)
+    assert len(set(a)) == len(a)
+
+
+def test_max_docs_is_a_prefix():
+    assert stdlib_corpus(max_docs=5) == stdlib_corpus(max_docs=20)[:5]
+
+
+def test_corpus_is_large_enough_for_training():
+    info = corpus_info()
+    assert info["n_docs"] > 500
+    assert info["n_chars"] > 200_000
+
+
+def test_no_test_folders_or_packages_read():
+    root = stdlib_root()
+    files = _source_files(root)
+    parts = [set(p.relative_to(root).parts[:-1]) for p in files]
+    assert not any({"test", "tests", "site-packages"} & s for s in parts)
+    assert any(p.name == "textwrap.py" for p in files)
+
+
+def test_split_exact_sizes_and_order():
+    docs = [f"doc {i}" for i in range(10)]
+    train, val = train_val_split(docs, val_fraction=0.3, seed=1)
+    assert len(val) == 3 and len(train) == 7
+    assert sorted(train + val) == sorted(docs)
+    assert train == [d for d in docs if d in train]  # original order kept
+    assert train_val_split(docs, 0.3, seed=1) == (train, val)
+    assert train_val_split(docs, 0.3, seed=2) != (train, val)
+
+
+def test_split_side_independent_of_position():
+    docs = [f"doc {i}" for i in range(10)]
+    _, val = train_val_split(docs, 0.2, seed=0)
+    _, val_rev = train_val_split(docs[::-1], 0.2, seed=0)
+    assert set(val) == set(val_rev)
+
+
+@pytest.mark.parametrize("bad", [0, 1, 1.5, -0.1, True])
+def test_split_rejects_bad_fraction(bad):
+    with pytest.raises(ValueError, match="val_fraction"):
+        train_val_split(["a", "b"], bad)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="max_docs"):
+        stdlib_corpus(max_docs=0)
+    with pytest.raises(ValueError, match="min_chars"):
+        stdlib_corpus(min_chars=0)
+    with pytest.raises(ValueError, match="docs"):
+        train_val_split(["only one"])
