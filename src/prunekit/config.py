@@ -33,7 +33,7 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.name == "pattern":
-                setattr(self, "pattern", parse_pattern(getattr(self, "pattern")))
+                self.pattern = parse_pattern(self.pattern)
         self.validate()
 
     def validate(self) -> None:

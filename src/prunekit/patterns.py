@@ -231,7 +231,9 @@ def _check_scores(scores: Tensor, name: str) -> None:
         raise ValueError(f"scores for {name} contain NaN (check the weights and statistics of {name})")
 
 
-def topk_mask(scores: Tensor, sparsity: float | None, pattern: Pattern = Unstructured(), name: str = "weight") -> Tensor:
+def topk_mask(
+    scores: Tensor, sparsity: float | None, pattern: Pattern = Unstructured(), name: str = "weight"
+) -> Tensor:
     """Exact keep-mask (``True`` = keep) with the highest ``scores`` under ``pattern``.
 
     Unstructured 0.9 on 1000 weights keeps exactly 100; ``NM(2, 4)`` keeps exactly 2 of every 4;

@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from ..masks import attached
+
 log = logging.getLogger(__name__)
 
 
@@ -220,6 +222,9 @@ def fit(
     bar = _progress(progress, total, state.step)
     for cb in callbacks:
         cb.on_fit_start(state)
+    masks = attached(model)
+    if masks is not None:  # fine-tuning a pruned model: pruned weights stay exactly zero
+        masks.watch(state.optimizer)
     while state.step < total and not state.stop:
         _run_epoch(state, loader, callbacks, loss_fn, total, bar)
         record = {"epoch": float(state.epoch), "step": float(state.step), **state.extra.pop("epoch_metrics", {})}
