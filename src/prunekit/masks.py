@@ -161,12 +161,19 @@ class MaskSet:
 def attach(model: nn.Module, masks: dict[str, Tensor]) -> MaskSet:
     """Attach ``masks`` to ``model`` (replacing masks attached before to the same parameters)."""
     old = getattr(model, "_prunekit_masks", None)
+    if old is not None and set(masks) <= set(old.masks):
+        old.update_(masks)  # in place: hooks and watched optimizers keep working
+        return old
+    optimizers: list[torch.optim.Optimizer] = []
     if old is not None:
+        optimizers = list(old._optimizers)
         merged = {**{k: v.clone() for k, v in old.masks.items()}, **masks}
         old.bake()
         masks = merged
     ms = MaskSet(model, masks)
     object.__setattr__(model, "_prunekit_masks", ms)  # not a submodule, not in state_dict
+    for opt in optimizers:
+        ms.watch(opt)
     return ms
 
 
