@@ -1,0 +1,55 @@
+import pytest
+import torch
+from torch import nn
+
+import prunekit as pk
+from prunekit.training import Callback, evaluate, fit
+
+
+class Counter(Callback):
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.indices: list[int] = []
+
+    def _hit(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def on_fit_start(self, state):
+        self._hit("fit_start")
+
+    def on_epoch_start(self, state):
+        self._hit("epoch_start")
+
+    def on_step_end(self, state, batch):
+        self._hit("step_end")
+        self.indices.extend(batch.index.tolist())
+
+    def loss(self, state, batch, loss):
+        self._hit("loss")
+        return loss
+
+
+def test_fit_learns_and_calls_hooks(tiny_data):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
+    cb = Counter()
+    before = evaluate(net, tiny_data)["loss"]
+    res = fit(net, tiny_data, epochs=20, batch_size=16, lr=0.05, callbacks=[cb], val_data=tiny_data)
+    assert res.final["val_loss"] < before
+    assert cb.calls["fit_start"] == 1 and cb.calls["epoch_start"] == 20 and cb.calls["step_end"] == 80
+    assert cb.calls["loss"] == 80 and sorted(set(cb.indices)) == list(range(64))
+
+
+def test_fit_with_steps_and_finetune_keeps_masks(tiny_net, tiny_data):
+    pk.prune_(tiny_net, pk.Magnitude(0.7, scope="global"))
+    fit(tiny_net, tiny_data, steps=30, batch_size=16, lr=0.05)
+    assert pk.sparsity_report(tiny_net).sparsity == pytest.approx(0.7, abs=1e-3)
+
+
+def test_fit_bad_input(tiny_net, tiny_data):
+    with pytest.raises(ValueError, match="exactly one of epochs= or steps="):
+        fit(tiny_net, tiny_data)
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        fit(tiny_net, tiny_data, epochs=0)
+    with pytest.raises(ValueError, match="empty"):
+        fit(tiny_net, (torch.zeros(0, 4, 8), torch.zeros(0, dtype=torch.long)), epochs=1)
