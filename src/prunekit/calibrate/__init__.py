@@ -1,0 +1,34 @@
+"""Post-training pruning of transformers: one layer-by-layer calibration engine for every solver."""
+
+from .config import CalibratedMagnitude, DSnoTConfig, OWLConfig, SparseGPT, Wanda
+from .data import Calibration, as_calibration, calibration_data, load_texts
+from .engine import SOLVERS, clear_state, prune_blocks
+from .methods import prune_calibrated_magnitude, prune_sparsegpt, prune_wanda
+from .solvers import CholeskyError, dsnot, magnitude, reconstruction_error, sparsegpt, wanda
+from .stats import LayerStats, stats_from_inputs
+
+__all__ = [
+    "SOLVERS",
+    "Calibration",
+    "CalibratedMagnitude",
+    "CholeskyError",
+    "DSnoTConfig",
+    "LayerStats",
+    "OWLConfig",
+    "SparseGPT",
+    "Wanda",
+    "as_calibration",
+    "calibration_data",
+    "clear_state",
+    "dsnot",
+    "load_texts",
+    "magnitude",
+    "prune_blocks",
+    "prune_calibrated_magnitude",
+    "prune_sparsegpt",
+    "prune_wanda",
+    "reconstruction_error",
+    "sparsegpt",
+    "stats_from_inputs",
+    "wanda",
+]

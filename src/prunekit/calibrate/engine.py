@@ -1,0 +1,444 @@
+"""One layer-by-layer calibration engine for every calibrated solver.
+
+For each transformer block in turn (SparseGPT, Frantar & Alistarh 2023, Sec. 3.4 "sequential"):
+run the calibration inputs through it with hooks that accumulate every Linear layer's input
+statistics, solve each Linear layer, then run the inputs again through the pruned block so the next
+block sees pruned outputs. Only the current block sits on ``device``; the rest stays where it was
+(CPU). With ``state_dir`` the state is committed after every block and a new call resumes at the
+next block with the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..io import check_writable, load_tensors, save_tensors, write_json
+from ..masks import LayerReport, Report, attach
+from ..patterns import NM, Pattern, Unstructured, pattern_sparsity
+from . import solvers as S
+from .blocks import (
+    BlockInput,
+    block_layers,
+    capture_inputs,
+    find_blocks,
+    mask_to_param,
+    max_positions,
+    move_outside_blocks,
+    run_block,
+    set_weight_2d,
+    to_device,
+    weight_2d,
+)
+from .config import DSnoTConfig, OWLConfig, as_dsnot, as_owl
+from .data import Calibration, as_calibration
+from .stats import LayerStats
+
+log = logging.getLogger(__name__)
+STATE_VERSION = 1
+SOLVERS = ("magnitude", "magnitude_row", "wanda", "sparsegpt")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Plan:
+    """Everything the block loop needs, checked before any work."""
+
+    solver: str
+    sparsity: float
+    pattern: Pattern
+    owl: OWLConfig | None
+    dsnot: DSnoTConfig | None
+    batch_size: int
+    error_report: bool
+    exclude: list[str]
+    max_layer_sparsity: float
+    options: dict[str, Any]  # solver keyword arguments (blocksize, percdamp, escalations)
+
+
+def _plan(solver: str, config: Any, owl: Any, dsnot: Any) -> Plan:
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}")
+    pattern = getattr(config, "pattern", Unstructured())
+    if not isinstance(pattern, (Unstructured, NM)):
+        raise ValueError(f"pattern must be unstructured or N:M for calibrated pruning, got {pattern}")
+    owl = as_owl(owl if owl is not None else getattr(config, "owl", None))
+    dsnot = as_dsnot(dsnot if dsnot is not None else getattr(config, "dsnot", None))
+    if owl is not None and isinstance(pattern, NM):
+        raise ValueError("owl needs an unstructured pattern: OWL gives each layer its own sparsity")
+    if getattr(config, "scope", "layer") not in ("layer", "row") or getattr(config, "allocation", None):
+        raise ValueError("calibrated pruning supports scope='layer' (or 'row') and no allocation rule; use owl=True "
+                         "for a per-layer allocation")
+    if solver == "magnitude" and getattr(config, "scope", "layer") == "row":
+        solver = "magnitude_row"
+    opts = {k: getattr(config, k) for k in ("blocksize", "percdamp", "escalations") if hasattr(config, k)}
+    return Plan(solver, pattern_sparsity(pattern, getattr(config, "sparsity", None)), pattern, owl, dsnot,
+                int(getattr(config, "batch_size", 8)), bool(getattr(config, "error_report", True)),
+                list(getattr(config, "exclude", ["lm_head"])), float(getattr(config, "max_layer_sparsity", 0.99)),
+                opts)
+
+
+def _needs(plan: Plan, layer: str) -> frozenset[str]:
+    needs = set()
+    if plan.solver in ("wanda", "sparsegpt") or plan.owl is not None:
+        needs.add("norms")
+    if plan.solver == "sparsegpt" or plan.error_report:
+        needs.add("hessian")
+    if _dsnot_on(plan, layer):
+        needs |= {"norms", "moments"}
+    return frozenset(needs)
+
+
+def _dsnot_on(plan: Plan, layer: str) -> bool:
+    return plan.dsnot is not None and not any(part in layer.split(".") for part in plan.dsnot.skip)
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics of one block
+
+
+class _Gatherer:
+    """Forward pre-hooks that add each Linear layer's inputs to its ``LayerStats``.
+
+    Layers fed the very same tensor (q/k/v, gate/up) share one accumulator: found on the first
+    batch, checked on every later one.
+    """
+
+    def __init__(self, layers: dict[str, nn.Module], needs: dict[str, frozenset[str]]) -> None:
+        self.layers, self.needs = layers, needs
+        self.alias: dict[str, str] = {}
+        self.stats: dict[str, LayerStats] = {}
+        self.seen: dict[int, tuple[Tensor, str]] = {}
+        self.first = True
+        self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in layers.items()]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(_mod: nn.Module, args: tuple) -> None:
+            x = args[0]
+            hit = self.seen.get(id(x))
+            if self.first and hit is not None and self.needs[hit[1]] >= self.needs[name]:
+                self.alias[name] = hit[1]
+            if name in self.alias:
+                if hit is None or hit[1] != self.alias[name]:
+                    raise RuntimeError(f"the input of {name} stopped being shared with {self.alias[name]}")
+                return
+            self.seen.setdefault(id(x), (x, name))
+            if name not in self.stats:
+                cols = weight_2d(self.layers[name]).shape[1]
+                self.stats[name] = LayerStats(cols, self.needs[name], device=x.device)
+            self.stats[name].add(x)
+
+        return hook
+
+    def end_batch(self) -> None:
+        self.seen.clear()
+        self.first = False
+
+    def result(self) -> dict[str, LayerStats]:
+        for h in self.handles:
+            h.remove()
+        missing = [n for n in self.layers if n not in self.stats and n not in self.alias]
+        if missing:
+            raise RuntimeError(f"layers {missing} never ran during calibration; exclude them (exclude=[...])")
+        return {n: self.stats[self.alias.get(n, n)] for n in self.layers}
+
+
+def gather_block(block: nn.Module, layers: dict[str, nn.Module], needs: dict[str, frozenset[str]],
+                 inputs: list[BlockInput], device: torch.device) -> tuple[dict[str, LayerStats], list[Tensor]]:
+    """Run the block on every input with statistic hooks; return the statistics and the outputs."""
+    g = _Gatherer(layers, needs)
+    outs = []
+    try:
+        with torch.no_grad():
+            for inp in inputs:
+                outs.append(run_block(block, to_device(inp, device)))
+                g.end_batch()
+    except BaseException:
+        for h in g.handles:
+            h.remove()
+        raise
+    return g.result(), outs
+
+
+# ----------------------------------------------------------------------------------------------
+# solving one layer
+
+
+def solve_layer(plan: Plan, name: str, W: Tensor, st: LayerStats, sparsity: float) -> tuple[Tensor, Tensor, float]:
+    """Apply the planned solver (and DSnoT) to one weight ``(out, in)``; return ``(W_new, mask, error)``."""
+    W = W.float()
+    pattern = plan.pattern
+    if plan.solver in ("magnitude", "magnitude_row"):
+        scope = "row" if plan.solver == "magnitude_row" else "layer"
+        W_new, mask = S.magnitude(W, st, sparsity, pattern, scope=scope, name=name)
+    elif plan.solver == "wanda":
+        W_new, mask = S.wanda(W, st, sparsity, pattern, name=name)
+    else:
+        W_new, mask = S.sparsegpt(W, st, sparsity, pattern, name=name, **plan.options)
+    if _dsnot_on(plan, name):
+        d = plan.dsnot
+        mask = S.dsnot(W, mask, st, pattern, d.max_cycles, d.threshold, d.gamma, d.same_sign)
+        if plan.solver == "sparsegpt":  # reconstruct again with the refined mask
+            W_new, mask = S.sparsegpt(W, st, sparsity, pattern, mask=mask, name=name, **plan.options)
+        else:
+            W_new = W * mask
+    err = S.reconstruction_error(W, W_new, st.H) if (plan.error_report and st.H is not None) else float("nan")
+    return W_new, mask, err
+
+
+# ----------------------------------------------------------------------------------------------
+# OWL
+
+
+def owl_outlier_ratio(layers: dict[str, nn.Module], stats: dict[str, LayerStats], m: float) -> float:
+    """Layer outlier distribution LOD = 100 * #{A > m * mean(A)} / numel(A) over a block's Wanda scores A.
+
+    OWL (Yin et al. 2024, arXiv 2310.05175, Eq. 2), A_ij = |W_ij| * ||X_j||_2 of all its Linear layers.
+    """
+    scores = {n: S.wanda_scores(weight_2d(mod), stats[n]) for n, mod in layers.items()}
+    total = sum(float(a.sum()) for a in scores.values())
+    numel = sum(a.numel() for a in scores.values())
+    thr = m * total / numel
+    return 100.0 * sum(int((a > thr).sum()) for a in scores.values()) / numel
+
+
+def owl_allocation(blocks: nn.ModuleList, prefix: str, inputs: list[BlockInput], plan: Plan,
+                   device: torch.device, progress: Progress | None) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-layer sparsities from OWL outlier ratios of the dense model (dense outputs propagate)."""
+    from ..allocation import owl as owl_rule
+
+    ratios, sizes, lod = {}, {}, {}
+    for i, block in enumerate(blocks):
+        _place(block, device)
+        layers = block_layers(block, plan.exclude)
+        stats, outs = gather_block(block, layers, {n: frozenset({"norms"}) for n in layers}, inputs, device)
+        lod[f"{prefix}.{i}"] = owl_outlier_ratio(layers, stats, plan.owl.m)
+        for n, mod in layers.items():
+            ratios[f"{prefix}.{i}.{n}"] = lod[f"{prefix}.{i}"]
+            sizes[f"{prefix}.{i}.{n}"] = mod.weight.numel()
+        inputs = [BlockInput(o.to(inp.hidden.device), inp.args, inp.kwargs) for o, inp in zip(outs, inputs)]
+        _place(block, _home(block))
+        if progress:
+            progress("owl", i + 1, len(blocks))
+    alloc = owl_rule(ratios, sizes, plan.sparsity, plan.owl.lam, plan.max_layer_sparsity)
+    return alloc, lod
+
+
+# ----------------------------------------------------------------------------------------------
+# devices
+
+
+def _home(block: nn.Module) -> torch.device:
+    return getattr(block, "_prunekit_home", next(block.parameters()).device)
+
+
+def _place(block: nn.Module, device: torch.device) -> None:
+    if not hasattr(block, "_prunekit_home"):
+        object.__setattr__(block, "_prunekit_home", next(block.parameters()).device)
+    if next(block.parameters()).device != device:
+        block.to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# resume state
+
+
+def _fingerprint(plan: Plan, solver: str, config: Any, calib: Calibration, model: nn.Module) -> str:
+    h = hashlib.sha256()
+    cfg = config.to_json() if hasattr(config, "to_json") else repr(config)
+    h.update(json.dumps([solver, cfg, repr(plan)], sort_keys=True).encode())
+    h.update(calib.input_ids.numpy().tobytes())
+    for n, p in model.named_parameters():
+        h.update(f"{n}{tuple(p.shape)}{p.dtype}".encode())
+    return h.hexdigest()
+
+
+class _State:
+    """Files in ``state_dir``: ``state.json`` (the commit point), ``block_<i>.safetensors`` (pruned weights
+    and masks of block i), ``hidden_<k>.safetensors`` (inputs of block k)."""
+
+    def __init__(self, root: Path | None, fingerprint: str) -> None:
+        self.root, self.fp = root, fingerprint
+        self.data: dict[str, Any] = {"version": STATE_VERSION, "fingerprint": fingerprint, "next_block": 0,
+                                     "layers": [], "blocks": [], "owl": None}
+        if root is not None and (root / "state.json").exists():
+            old = json.loads((root / "state.json").read_text())
+            if old.get("fingerprint") == fingerprint and old.get("version") == STATE_VERSION:
+                self.data = old
+            else:
+                log.warning("state in %s is for another run; starting over", root)
+
+    @property
+    def next_block(self) -> int:
+        return int(self.data["next_block"])
+
+    def load_block(self, i: int) -> dict[str, Tensor]:
+        tensors, _ = load_tensors(self.root / f"block_{i}.safetensors", "pruning state file")
+        return tensors
+
+    def load_hidden(self, k: int, n: int) -> list[Tensor]:
+        tensors, _ = load_tensors(self.root / f"hidden_{k}.safetensors", "pruning state file")
+        return [tensors[f"h{j}"] for j in range(n)]
+
+    def commit(self, i: int, weights: dict[str, Tensor], hidden: list[Tensor], layers: list[dict],
+               block_info: dict) -> None:
+        self.data["layers"] += layers
+        self.data["blocks"].append(block_info)
+        self.data["next_block"] = i + 1
+        if self.root is None:
+            return
+        save_tensors(self.root / f"block_{i}.safetensors", weights)
+        save_tensors(self.root / f"hidden_{i + 1}.safetensors", {f"h{j}": h for j, h in enumerate(hidden)})
+        write_json(self.root / "state.json", self.data)
+        (self.root / f"hidden_{i}.safetensors").unlink(missing_ok=True)
+
+    def save(self) -> None:
+        if self.root is not None:
+            write_json(self.root / "state.json", self.data)
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine
+
+
+def _check_inputs(model: nn.Module, calib: Calibration, blocks: nn.ModuleList, prefix: str, plan: Plan) -> None:
+    limit = max_positions(model)
+    if limit is not None and calib.seq_len > limit:
+        raise ValueError(f"calibration seq_len={calib.seq_len} is beyond the model's maximum sequence length {limit}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(vocab, int) and int(calib.input_ids.max()) >= vocab:
+        raise ValueError(f"calibration token id {int(calib.input_ids.max())} is outside the vocabulary ({vocab})")
+    n_layers = 0
+    for i, block in enumerate(blocks):
+        for n, mod in block_layers(block, plan.exclude).items():
+            n_layers += 1
+            W = weight_2d(mod)
+            if isinstance(plan.pattern, NM) and W.shape[1] % plan.pattern.m:
+                raise ValueError(f"pattern {plan.pattern} needs the input dimension of {prefix}.{i}.{n} to be a "
+                                 f"multiple of {plan.pattern.m}, but it is {W.shape[1]}")
+            if not torch.isfinite(W).all():
+                raise ValueError(f"weight {prefix}.{i}.{n} contains NaN or Inf values")
+    if n_layers == 0:
+        raise ValueError("the transformer blocks hold no Linear layer to prune (check exclude=...)")
+
+
+def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *,
+                 device: torch.device | str | None = None, state_dir: str | Path | None = None,
+                 owl: Any = None, dsnot: Any = None, progress: Progress | None = None,
+                 on_block_end: Callable[[int, dict], None] | None = None) -> Report:
+    """Prune every Linear layer of ``model``'s transformer blocks with ``solver``, block by block, in place.
+
+    ``config`` gives ``sparsity``, ``pattern`` and the solver options (``SparseGPT``, ``Wanda``,
+    ``prunekit.Magnitude``...); ``owl`` / ``dsnot`` override the config's add-ons. Returns the
+    report (per-layer sparsity, target, relative reconstruction error, time) with masks attached.
+    """
+    t0 = time.perf_counter()
+    plan = _plan(solver, config, owl, dsnot)
+    calib = as_calibration(calibration)
+    prefix, blocks = find_blocks(model)
+    _check_inputs(model, calib, blocks, prefix, plan)
+    root = None if state_dir is None else check_writable(state_dir, "state_dir")
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device) if device is not None else next(blocks[0].parameters()).device
+    state = _State(root, _fingerprint(plan, solver, config, calib, model))
+    was_training = model.training
+    model.eval()
+    move_outside_blocks(model, blocks, dev)
+    store = torch.device("cpu")
+    inputs = capture_inputs(model, blocks[0], calib.batches(plan.batch_size), dev, store)
+    if plan.owl is not None and state.data["owl"] is None:
+        alloc, lod = owl_allocation(blocks, prefix, inputs, plan, dev, progress)
+        state.data["owl"] = {"allocation": alloc, "lod": lod}
+        state.save()
+    alloc = (state.data["owl"] or {}).get("allocation") or {}
+    masks = _restore(state, blocks, prefix, plan)
+    if state.next_block > 0:
+        hidden = state.load_hidden(state.next_block, len(inputs))
+        inputs = [BlockInput(h, inp.args, inp.kwargs) for h, inp in zip(hidden, inputs)]
+    for i in range(state.next_block, len(blocks)):
+        inputs = _prune_block(i, blocks[i], prefix, plan, alloc, inputs, dev, state, masks)
+        if progress:
+            progress("prune", i + 1, len(blocks))
+        if on_block_end:
+            on_block_end(i, state.data["blocks"][-1])
+    model.train(was_training)
+    return _report(model, plan, config, solver, calib, state, masks, time.perf_counter() - t0)
+
+
+def _restore(state: _State, blocks: nn.ModuleList, prefix: str, plan: Plan) -> dict[str, Tensor]:
+    """Load the pruned weights and masks of the blocks already done (resume)."""
+    masks: dict[str, Tensor] = {}
+    for i in range(state.next_block):
+        saved = state.load_block(i)
+        for n, mod in block_layers(blocks[i], plan.exclude).items():
+            with torch.no_grad():
+                mod.weight.copy_(saved[f"{n}.weight"].to(mod.weight.device, mod.weight.dtype))
+            masks[f"{prefix}.{i}.{n}.weight"] = saved[f"{n}.mask"].bool()
+    return masks
+
+
+def _prune_block(i: int, block: nn.Module, prefix: str, plan: Plan, alloc: dict[str, float],
+                 inputs: list[BlockInput], dev: torch.device, state: _State, masks: dict[str, Tensor]
+                 ) -> list[BlockInput]:
+    """Gather, solve, re-run one block; commit its state; return the next block's inputs."""
+    tb = time.perf_counter()
+    _place(block, dev)
+    layers = block_layers(block, plan.exclude)
+    needs = {n: _needs(plan, f"{prefix}.{i}.{n}") for n in layers}
+    stats, dense_outs = gather_block(block, layers, needs, inputs, dev)
+    rows, saved = [], {}
+    for n, mod in layers.items():
+        full = f"{prefix}.{i}.{n}"
+        t1 = time.perf_counter()
+        target = float(alloc.get(f"{full}", plan.sparsity))
+        W_new, mask, err = solve_layer(plan, full, weight_2d(mod), stats[n], target)
+        set_weight_2d(mod, W_new)
+        pmask = mask_to_param(mod, mask).cpu()
+        masks[f"{full}.weight"] = pmask
+        saved[f"{n}.weight"], saved[f"{n}.mask"] = mod.weight.detach().cpu(), pmask.to(torch.uint8)
+        rows.append({"name": f"{full}.weight", "shape": list(mod.weight.shape), "numel": mod.weight.numel(),
+                     "sparsity": 1.0 - float(mask.sum()) / mask.numel(), "target": target,
+                     "seconds": time.perf_counter() - t1, "error": None if err != err else err})
+    del stats
+    with torch.no_grad():
+        outs = [run_block(block, to_device(inp, dev)) for inp in inputs]
+    num = sum(float(((o - d) ** 2).sum()) for o, d in zip(outs, dense_outs))
+    den = sum(float((d**2).sum()) for d in dense_outs)
+    _place(block, _home(block))
+    nxt = [BlockInput(o.to(inp.hidden.device), inp.args, inp.kwargs) for o, inp in zip(outs, inputs)]
+    info = {"block": f"{prefix}.{i}", "output_error": num / den if den > 0 else 0.0,
+            "seconds": time.perf_counter() - tb}
+    state.commit(i, saved, [x.hidden for x in nxt], rows, info)
+    log.info("block %s.%d pruned: output error %.4g in %.2fs", prefix, i, info["output_error"], info["seconds"])
+    return nxt
+
+
+def _report(model: nn.Module, plan: Plan, config: Any, solver: str, calib: Calibration, state: _State,
+            masks: dict[str, Tensor], seconds: float) -> Report:
+    layers = [LayerReport(**r) for r in state.data["layers"]]
+    method = config.to_dict() if hasattr(config, "to_dict") else {"type": solver}
+    method = {**method, "solver": plan.solver, "owl": None if plan.owl is None else vars(plan.owl),
+              "dsnot": None if plan.dsnot is None else vars(plan.dsnot)}
+    ms = attach(model, masks)
+    extra = {"blocks": state.data["blocks"], "calibration": calib.info, "owl": state.data["owl"]}
+    return Report(method, layers, seconds, ms, extra)
+
+
+def clear_state(state_dir: str | Path) -> None:
+    """Delete a finished run's resume files (``state.json``, ``block_*``, ``hidden_*``)."""
+    root = Path(state_dir)
+    for f in list(root.glob("block_*.safetensors")) + list(root.glob("hidden_*.safetensors")) + [root / "state.json"]:
+        f.unlink(missing_ok=True)
+    if root.exists() and not any(root.iterdir()):
+        shutil.rmtree(root)
