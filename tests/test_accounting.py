@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from prunekit.accounting import (
     LayerStats,
@@ -85,6 +86,16 @@ def test_transformer_encoder_layer_is_counted_not_fast_pathed() -> None:
     per = count_macs(enc, torch.randn(N, L, E), per_layer=True)
     assert per["self_attn"] == 4 * N * L * E * E + 2 * N * L * L * E
     assert per["linear1"] == per["linear2"] == N * L * E * F_
+
+
+def test_lstm_macs_by_hand_and_packed_input() -> None:
+    lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
+    # per token and direction: layer 0 has (4*5, 6) + (4*5, 5) weights, layer 1 (4*5, 2*5) + (4*5, 5)
+    per_token = 2 * (20 * 6 + 20 * 5) + 2 * (20 * 10 + 20 * 5)
+    assert count_macs(lstm, torch.randn(3, 4, 6)) == 3 * 4 * per_token
+    gru = nn.GRU(6, 5, batch_first=True)
+    packed = pack_padded_sequence(torch.randn(3, 4, 6), torch.tensor([4, 3, 2]), batch_first=True)
+    assert count_macs(gru, packed) == (4 + 3 + 2) * (15 * 6 + 15 * 5)  # only the real tokens
 
 
 def test_einsum_macs_by_hand() -> None:

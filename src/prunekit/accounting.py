@@ -2,13 +2,17 @@
 
 MACs are counted on one real forward pass: a ``TorchFunctionMode`` sees every torch call (``F.linear``,
 convolutions, ``matmul``/``bmm``/``einsum``, ``scaled_dot_product_attention``,
-``multi_head_attention_forward`` ...) and forward hooks keep a stack of the modules that are running, so
+``multi_head_attention_forward``, LSTM/GRU/RNN ...) and forward hooks keep a stack of the modules that are running, so
 each MAC goes to the innermost module that ran it. A matmul written inside a non-leaf module's ``forward``
 (an attention block's ``q @ k.T``) goes to that module.
 
 *Dense* MACs are what a dense kernel does. *Sparse* MACs scale each MAC that multiplies by a weight by the
 density of that weight (the fraction of non-zeros): what an ideal unstructured sparse kernel would do.
 Products of two activations (``QK^T``, attention x V) are never scaled.
+
+Counting switches the model to eval mode and no-grad for the pass and restores every module's flag
+after, so BatchNorm statistics are untouched. The fused fast paths of ``nn.MultiheadAttention`` and
+``nn.TransformerEncoderLayer`` are skipped while counting (they see the mode), so their parts are counted.
 """
 
 from __future__ import annotations
@@ -107,7 +111,8 @@ def _unique(tensors: list[Tensor]) -> list[Tensor]:
 
 def count_params(model_or_params: Tensor | nn.Module | Iterable[Tensor]) -> int:
     """Number of parameter entries (each shared tensor counted once)."""
-    return sum(t.numel() for t in _tensors_of(model_or_params))
+    with torch.no_grad():
+        return sum(t.numel() for t in _tensors_of(model_or_params))
 
 
 def count_nonzeros(model_or_params: Tensor | nn.Module | Iterable[Tensor]) -> int:
@@ -308,6 +313,18 @@ def _tensordot(args: tuple, kwargs: dict, out: Any) -> list[MacTerm]:
     return [(round(math.sqrt(a.numel() * b.numel() * _numel(out))), _param_among(a, b))]
 
 
+def _rnn(args: tuple, kwargs: dict, out: Any) -> list[MacTerm]:
+    """``torch.lstm`` / ``gru`` / ``rnn_tanh`` / ``rnn_relu``: every weight matrix meets every token once.
+
+    Covers layers, directions and LSTM projections (each is one 2-D matrix in the flat parameter list);
+    the gate products (Hochreiter & Schmidhuber 1997; Cho et al. 2014) are element-wise and not counted.
+    """
+    packed = isinstance(args[1], Tensor) and not args[1].is_floating_point()  # (data, batch_sizes, hx, ...)
+    x, params = args[0], args[3 if packed else 2]
+    tokens = x.shape[0] if packed else x.numel() // max(x.shape[-1], 1)
+    return [(tokens * w.numel(), w) for w in params if isinstance(w, Tensor) and w.dim() == 2]
+
+
 _RULES: dict[str, Callable[[tuple, dict, Any], list[MacTerm]]] = {
     "linear": _linear,
     **{f"conv{d}d": _conv for d in (1, 2, 3)},
@@ -323,6 +340,7 @@ _RULES: dict[str, Callable[[tuple, dict, Any], list[MacTerm]]] = {
     "multi_head_attention_forward": _mha,
     "einsum": _einsum,
     "tensordot": _tensordot,
+    **{n: _rnn for n in ("lstm", "gru", "rnn_tanh", "rnn_relu")},
 }
 
 
@@ -366,10 +384,13 @@ def _check_inputs(model: Any, example_inputs: Any) -> None:
 
 
 def call_with(model: nn.Module, example_inputs: ExampleInputs) -> Any:
-    """Call ``model`` on a tensor, a tuple/list of positional inputs or a dict of keyword inputs."""
+    """Call ``model`` on a tensor, a tuple/list of positional inputs or a dict of keyword inputs.
+
+    Only a plain tuple or list is spread; a tuple subclass such as ``PackedSequence`` is one input.
+    """
     if isinstance(example_inputs, Mapping):
         return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
+    if type(example_inputs) in (tuple, list):
         return model(*example_inputs)
     return model(example_inputs)
 

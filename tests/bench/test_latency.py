@@ -19,7 +19,7 @@ def test_measure_latency_returns_sane_positive_numbers() -> None:
     r = measure_latency(_mlp(), torch.randn(8, 16), warmup=2, repeats=7)
     assert isinstance(r, LatencyResult)
     assert len(r.times_ms) == 7 and all(t > 0 and math.isfinite(t) for t in r.times_ms)
-    assert 0 < r.p10_ms <= r.median_ms <= r.p90_ms
+    assert 0 < r.min_ms <= r.p10_ms <= r.median_ms <= r.p90_ms
     assert min(r.times_ms) <= r.mean_ms <= max(r.times_ms) and r.std_ms >= 0
     assert r.batch_shape == (8, 16) and r.device == "cpu" and (r.repeats, r.warmup) == (7, 2)
     assert r.to_dict()["batch_shape"] == [8, 16]
@@ -67,7 +67,7 @@ def test_compare_latency_interleaves_and_gives_ratios_to_the_first() -> None:
 
 def test_summarize_by_hand() -> None:
     r = summarize([1.0, 2.0, 3.0, 4.0, 5.0], threads=1, batch_shape=(1,), repeats=5, warmup=0, device="cpu")
-    assert (r.median_ms, r.mean_ms) == (3.0, 3.0)
+    assert (r.median_ms, r.mean_ms, r.min_ms) == (3.0, 3.0, 1.0)
     assert r.p10_ms == pytest.approx(1.4) and r.p90_ms == pytest.approx(4.6)
     assert r.std_ms == pytest.approx(math.sqrt(2.5))
 

@@ -36,6 +36,7 @@ class LatencyResult:
     p90_ms: float
     mean_ms: float
     std_ms: float  # sample standard deviation (0 for one repeat)
+    min_ms: float  # least affected by other processes on a busy machine
     threads: int  # torch intra-op threads used
     batch_shape: tuple[int, ...]  # shape of the first input tensor
     repeats: int
@@ -64,12 +65,12 @@ class LatencyComparison:
 
 
 def summarize(times_ms: list[float], **meta: Any) -> LatencyResult:
-    """Median, 10th/90th percentiles (linear interpolation), mean and sample std of the times."""
+    """Median, 10th/90th percentiles (linear interpolation), mean, sample std and minimum of the times."""
     t = np.asarray(times_ms, dtype=np.float64)
     std = float(t.std(ddof=1)) if t.size > 1 else 0.0
     p10, med, p90 = (float(v) for v in np.percentile(t, [10, 50, 90]))
     return LatencyResult(median_ms=med, p10_ms=p10, p90_ms=p90, mean_ms=float(t.mean()), std_ms=std,
-                         times_ms=tuple(float(v) for v in t), **meta)
+                         min_ms=float(t.min()), times_ms=tuple(float(v) for v in t), **meta)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -123,9 +124,9 @@ def _to(inputs: Any, dev: torch.device) -> Any:
         return inputs.to(dev)
     if isinstance(inputs, Mapping):
         return {k: _to(v, dev) for k, v in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
+    if type(inputs) in (tuple, list):
         return type(inputs)(_to(v, dev) for v in inputs)
-    return inputs
+    return inputs.to(dev) if callable(getattr(inputs, "to", None)) else inputs  # e.g. PackedSequence
 
 
 def _first_shape(inputs: Any) -> tuple[int, ...]:
