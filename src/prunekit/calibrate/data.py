@@ -97,7 +97,7 @@ def load_texts(path: str | Path) -> list[str]:
 def _nonempty(texts: list[str], where: Path) -> list[str]:
     texts = [t for t in texts if t.strip()]
     if not texts:
-        raise ValueError(f"calibration source {where} holds no text ({', '.join(TEXT_SUFFIXES)} files or a 'text' column)")
+        raise ValueError(f"calibration source {where} holds no text ({TEXT_SUFFIXES} files or a 'text' column)")
     return texts
 
 
@@ -106,7 +106,7 @@ def _load_saved_dataset(p: Path) -> list[str]:
     try:
         import datasets
     except ImportError as e:
-        raise ImportError("reading a saved Hugging Face dataset needs the 'datasets' package: pip install datasets") from e
+        raise ImportError("reading a saved dataset needs the 'datasets' package: pip install datasets") from e
     ds = datasets.load_from_disk(str(p))
     if isinstance(ds, datasets.DatasetDict):
         split = "train" if "train" in ds else sorted(ds)[0]

@@ -216,7 +216,8 @@ def dsnot(W: Tensor, mask: Tensor, stats: LayerStats, pattern: Pattern = Unstruc
     W_rj mu_j / Var_j^gamma of e_r's sign and prune the lowest-Wanda kept weight of the opposite
     sign (N:M: the lowest-Wanda kept weight of the regrown weight's group). ``same_sign`` also stops
     a row when the swap would flip the sign of e_r (on by default: the reference CLI turns it off by a
-    ``type=bool`` quirk, and without it the swaps oscillate). Per-row counts (and N:M) are unchanged.
+    ``type=bool`` quirk, and without it the swaps oscillate). A swap is taken only if it shrinks
+    |e_r| (the reference's N:M branch may grow it). Per-row counts (and N:M) are unchanged.
     """
     W = W.detach().float()
     mask = mask.to(W.device)
@@ -240,6 +241,7 @@ def dsnot(W: Tensor, mask: Tensor, stats: LayerStats, pattern: Pattern = Unstruc
         ok = active & (j >= 0) & (k >= 0)
         js, ks = j.clamp_min(0), k.clamp_min(0)
         e_after = e - c[rows, js] + c[rows, ks]
+        ok &= e_after.abs() < e.abs()  # a swap must shrink the error proxy
         if same_sign:
             ok &= torch.sign(e_after) == e0_sign
         keep[rows[ok], js[ok]] = True

@@ -1,0 +1,146 @@
+"""Save and load pruned transformers: plain ``save_pretrained`` weights, a bit-packed mask side-car
+(``prunekit_masks.safetensors``, one uint8 tensor per layer, 8 mask bits per byte) and a JSON
+manifest (``prunekit_manifest.json``: method, config, per-layer sparsity, calibration, protocol).
+
+``config.json`` is left exactly as transformers writes it: no extra key, so other tools load the
+model as a plain dense checkpoint. The whole folder is written next to its destination and renamed
+into place, so an interrupted save leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..io import load_tensors, save_tensors, write_json
+
+MASKS_FILE = "prunekit_masks.safetensors"
+MANIFEST_FILE = "prunekit_manifest.json"
+FORMAT = "prunekit.llm-masks"
+VERSION = 1
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """A bool mask as uint8 bytes, 8 entries per byte (big-endian bit order), flattened."""
+    if mask.dtype != torch.bool:
+        raise ValueError(f"masks must be torch.bool (True = keep), got {mask.dtype}")
+    return torch.from_numpy(np.packbits(mask.detach().cpu().reshape(-1).numpy()))
+
+
+def unpack_mask(packed: Tensor, shape: list[int] | tuple[int, ...]) -> Tensor:
+    """Inverse of ``pack_mask``."""
+    n = math.prod(shape)
+    if packed.numel() != (n + 7) // 8:
+        raise ValueError(f"packed mask has {packed.numel()} bytes, expected {(n + 7) // 8} for shape {list(shape)}")
+    bits = np.unpackbits(packed.numpy(), count=n)
+    return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
+        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass overwrite=True (--overwrite)")
+
+
+def save_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Tensor], manifest: dict[str, Any],
+                tokenizer: Any = None, overwrite: bool = False) -> Path:
+    """Write ``model`` with ``save_pretrained``, the bit-packed ``masks`` and the ``manifest``, atomically."""
+    out = Path(out_dir)
+    _check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        packed = {k: pack_mask(m) for k, m in masks.items()}
+        save_tensors(tmp / MASKS_FILE, packed, {"format": FORMAT, "version": str(VERSION)})
+        layers = {k: {"shape": list(m.shape), "sparsity": 1.0 - float(m.sum()) / m.numel()} for k, m in masks.items()}
+        for k, extra in manifest.get("layers", {}).items():
+            layers.setdefault(k, {}).update(extra)
+        write_json(tmp / MANIFEST_FILE, {**manifest, "format": FORMAT, "version": VERSION, "layers": layers})
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_manifest(model_dir: str | Path) -> dict[str, Any]:
+    """The prunekit manifest of a saved pruned model."""
+    p = Path(model_dir) / MANIFEST_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"{model_dir} has no {MANIFEST_FILE}: it was not saved by prunekit llm prune")
+    man = json.loads(p.read_text())
+    if man.get("format") != FORMAT or man.get("version") != VERSION:
+        raise ValueError(f"{p} is not a prunekit manifest of version {VERSION} (format={man.get('format')!r})")
+    return man
+
+
+def load_masks(model_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The bool masks (True = keep) and the manifest saved next to a pruned model."""
+    man = load_manifest(model_dir)
+    packed, meta = load_tensors(Path(model_dir) / MASKS_FILE, "mask side-car")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{model_dir}/{MASKS_FILE} is not a prunekit mask side-car")
+    return {k: unpack_mask(v, man["layers"][k]["shape"]) for k, v in packed.items()}, man
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """Raise a clear error unless ``model_dir`` holds a transformers config and weights."""
+    p = Path(model_dir)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model directory {p} does not exist")
+    if not (p / "config.json").is_file():
+        raise ValueError(f"model directory {p} has no config.json (expected a save_pretrained folder)")
+    if not any((p / f).is_file() for f in WEIGHT_FILES) and not list(p.glob("model-*.safetensors")):
+        raise ValueError(f"model directory {p} has no weights ({', '.join(WEIGHT_FILES)})")
+    return p
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """A causal LM (or, failing that, a base encoder) from a ``save_pretrained`` folder, offline."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    p = check_model_dir(model_dir)
+    cfg = AutoConfig.from_pretrained(p, local_files_only=True)
+    archs = getattr(cfg, "architectures", None) or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    cls = AutoModelForCausalLM if causal else AutoModel
+    kw = {"dtype": dtype} if dtype is not None else {}
+    return cls.from_pretrained(p, local_files_only=True, **kw).eval()
+
+
+def load_pruned(model_dir: str | Path, attach_masks: bool = True) -> tuple[nn.Module, dict[str, Tensor], dict]:
+    """Load a pruned model, its masks and manifest; with ``attach_masks`` the masks are attached for
+    sparse fine-tuning (``prunekit.masks.attach``: pruned weights stay exactly zero)."""
+    from ..masks import attach
+
+    model = load_model(model_dir)
+    masks, man = load_masks(model_dir)
+    params = dict(model.named_parameters())
+    missing = [k for k in masks if k not in params]
+    if missing:
+        raise ValueError(f"masks name parameters the model lacks: {missing[:5]}")
+    if attach_masks:
+        attach(model, masks)
+    return model, masks, man
