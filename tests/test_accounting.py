@@ -177,7 +177,7 @@ def test_sparse_macs_of_half_masked_linear() -> None:
     assert count_macs(lin, x) == 120
     assert sparse_macs(lin, x) == 60
     [row] = layer_table(lin, x)
-    assert (row.params, row.nonzeros, row.macs, row.dense_macs) == (44, 24, 60, 120)
+    assert (row.params, row.nonzeros, row.sparse_macs, row.macs) == (44, 24, 60, 120)
     assert row.sparsity == pytest.approx(20 / 44)
     assert row.shape == (4, 10) and row.kind == "Linear"
 
@@ -281,10 +281,10 @@ def test_layer_table_rows_and_totals(tiny_net: nn.Module) -> None:
     assert [r.name for r in rows] == ["conv1", "conv2", "fc1", "fc2"]
     assert all(isinstance(r, LayerStats) for r in rows)
     by = {r.name: r for r in rows}
-    assert by["conv1"].dense_macs == 2 * 8 * 8 * (4 * 3)
-    assert by["fc1"].dense_macs == 2 * 64 * 16
+    assert by["conv1"].macs == 2 * 8 * 8 * (4 * 3)
+    assert by["fc1"].macs == 2 * 64 * 16
     t = totals(tiny_net, x)
-    assert t["macs"] == sum(r.dense_macs for r in rows) == count_macs(tiny_net, x)
+    assert t["macs"] == sum(r.macs for r in rows) == count_macs(tiny_net, x)
     assert t["params"] == count_params(tiny_net) == sum(r.params for r in rows)
     assert t["sparsity"] == 0.0 and t["sparse_macs"] == t["macs"]
     assert totals(tiny_net)["macs"] is None and layer_table(tiny_net)[0].macs == 0
@@ -337,5 +337,5 @@ def test_llama_macs_by_hand(attn: str) -> None:
     per_block = 2 * B * L * E * E + 2 * B * L * E * kv * hd + 3 * B * L * E * I + 2 * B * H * L * L * hd
     assert count_macs(model, ids) == 2 * per_block + B * L * E * V
     rows = {r.name: r for r in layer_table(model, ids)}
-    assert rows["model.layers.1.self_attn"].dense_macs == 2 * B * H * L * L * hd
+    assert rows["model.layers.1.self_attn"].macs == 2 * B * H * L * L * hd
     assert rows["model.layers.1.self_attn.k_proj"].shape == (kv * hd, E)

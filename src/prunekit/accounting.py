@@ -51,7 +51,8 @@ __all__ = [
 class LayerStats:
     """One module's row: its own tensors, and the MACs attributed to it on one forward pass.
 
-    ``macs`` counts only the MACs by non-zero weights (sparse MACs); ``dense_macs`` counts them all.
+    ``macs`` counts every MAC (dense); ``sparse_macs`` only those by non-zero weights (what an ideal sparse
+    kernel would do), the same naming as ``totals``.
     Both are 0 when the table was built without example inputs.
     """
 
@@ -62,7 +63,7 @@ class LayerStats:
     nonzeros: int
     sparsity: float  # fraction of zeros among the module's own parameters
     macs: int
-    dense_macs: int
+    sparse_macs: int
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -491,7 +492,7 @@ def _rows(model: nn.Module, dense: Mapping[str, int], sparse: Mapping[str, float
         nz = count_nonzeros(own) if own else 0
         yield LayerStats(name=name, kind=type(module).__name__, shape=_weight_shape(module, own_map),
                          params=params, nonzeros=nz, sparsity=(1 - nz / params) if params else 0.0,
-                         macs=round(sparse.get(name, 0.0)), dense_macs=dense.get(name, 0))
+                         macs=dense.get(name, 0), sparse_macs=round(sparse.get(name, 0.0)))
 
 
 def layer_table(model: nn.Module, example_inputs: ExampleInputs | None = None) -> list[LayerStats]:
@@ -519,14 +520,14 @@ def totals(model: nn.Module, example_inputs: ExampleInputs | None = None) -> dic
             "macs": macs, "sparse_macs": sparse}
 
 
-_COLUMNS = ("name", "kind", "shape", "params", "nonzeros", "sparsity", "MACs", "dense MACs")
+_COLUMNS = ("name", "kind", "shape", "params", "nonzeros", "sparsity", "MACs", "sparse MACs")
 
 
 def _cells(r: LayerStats) -> list[str]:
     """The printed cells of one row."""
     shape = "x".join(map(str, r.shape)) if r.shape else "-"
     return [r.name or "(root)", r.kind, shape, f"{r.params:,}", f"{r.nonzeros:,}", f"{r.sparsity:.4f}",
-            f"{r.macs:,}", f"{r.dense_macs:,}"]
+            f"{r.macs:,}", f"{r.sparse_macs:,}"]
 
 
 def _total_cells(rows: list[LayerStats]) -> list[str]:
@@ -534,7 +535,7 @@ def _total_cells(rows: list[LayerStats]) -> list[str]:
     p, nz = sum(r.params for r in rows), sum(r.nonzeros for r in rows)
     sp = (1 - nz / p) if p else 0.0
     return ["total", "", "", f"{p:,}", f"{nz:,}", f"{sp:.4f}", f"{sum(r.macs for r in rows):,}",
-            f"{sum(r.dense_macs for r in rows):,}"]
+            f"{sum(r.sparse_macs for r in rows):,}"]
 
 
 def format_table(rows: list[LayerStats], fmt: str = "markdown") -> str:
