@@ -38,6 +38,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Residual sum of the two-conv path and the shortcut, then ReLU."""
         h = self.relu(self.bn1(self.conv1(x)))
         h = self.bn2(self.conv2(h))
         return self.relu(h + self.shortcut(x))
@@ -69,6 +70,7 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(c, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
         h = self.layer3(self.layer2(self.layer1(self.stem(x))))  # (B, 64, H/4, W/4)
         return self.fc(self.pool(h).flatten(1))  # (B, num_classes)
 
@@ -110,6 +112,7 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(c, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
         h = self.pool(self.features(x)).flatten(1)  # (B, C)
         return self.classifier(h)  # (B, num_classes)
 
@@ -129,6 +132,7 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and c_in == c_out
 
     def forward(self, x: Tensor) -> Tensor:
+        """Block output, plus the input when the residual applies."""
         h = self.block(x)
         return x + h if self.use_residual else h
 
@@ -163,5 +167,6 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Linear(last, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
         h = self.pool(self.features(x)).flatten(1)  # (B, last)
         return self.classifier(h)  # (B, num_classes)

@@ -40,6 +40,7 @@ class MLP(nn.Module):
         self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)``; any input of ``in_features`` values per example."""
         x = x.flatten(1)  # (B, in_features)
         return self.head(self.features(x))  # (B, num_classes)
 
@@ -75,6 +76,7 @@ class LeNet5(nn.Module):
         self.fc3 = nn.Linear(84, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""
         h = self.pool(torch.relu(self.conv1(x)))  # (B, 6, H/2, W/2)
         h = self.pool(torch.relu(self.conv2(h)))  # (B, 16, s, s)
         h = self.squash(h).flatten(1)  # (B, 16*side*side)
@@ -117,6 +119,7 @@ class CNN1D(nn.Module):
         self.linear = nn.Linear(channels * length, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of sequences ``(B, L)`` or ``(B, C, L)``."""
         h = x.reshape(-1, self.in_channels, self.in_length)  # (B, C, L) from (B, L) or (B, C, L)
         for conv in self.convs:
             h = torch.relu(conv(h))  # (B, channels, L')

@@ -30,6 +30,7 @@ class Attention(nn.Module):
         return t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Self-attention over tokens ``(B, N, dim)``, same shape out."""
         q, k, v = self._split(self.q(x)), self._split(self.k(x)), self._split(self.v(x))  # x: (B, N, dim)
         h = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, H, N, D)
         return self.o(h.transpose(1, 2).flatten(2))  # (B, N, dim)
@@ -45,6 +46,7 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(mlp_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Token-wise MLP, ``(B, N, dim)`` in and out."""
         return self.fc2(self.act(self.fc1(x)))
 
 
@@ -59,6 +61,7 @@ class Block(nn.Module):
         self.mlp = FeedForward(dim, mlp_dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """One pre-norm block, ``(B, N, dim)`` in and out."""
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -99,6 +102,7 @@ class ViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits ``(B, num_classes)`` of images ``(B, C, image_size, image_size)``."""
         h = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, P, dim)
         cls = self.cls_token.expand(h.shape[0], -1, -1)  # (B, 1, dim)
         h = torch.cat([cls, h], dim=1) + self.pos_embed  # (B, P+1, dim)
