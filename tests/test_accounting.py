@@ -299,7 +299,7 @@ def test_format_table_markdown_and_text() -> None:
     assert md[3].startswith("| total |")
     text = format_table(rows, fmt="text").splitlines()
     assert text[0].split() == ["name", "kind", "shape", "params", "nonzeros", "sparsity", "MACs", "sparse", "MACs"]
-    assert text[2].split() == ["0", "Linear", "4x10", "44", "24", "0.4545", "60", "120"]
+    assert text[2].split() == ["0", "Linear", "4x10", "44", "24", "0.4545", "120", "60"]
     with pytest.raises(ValueError, match="fmt must be one of"):
         format_table(rows, fmt="html")
 
