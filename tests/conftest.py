@@ -6,6 +6,9 @@ import pytest
 import torch
 from torch import nn
 
+# Tiny models run fastest on one thread, and a shared 2-core CI box then runs them without contention.
+torch.set_num_threads(1)
+
 
 class TinyNet(nn.Module):
     """Conv1d -> Conv1d -> Linear -> Linear: every prunable kind, divisible by 4 where N:M needs it."""

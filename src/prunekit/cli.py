@@ -156,17 +156,33 @@ def inspect(
     console.print(json.dumps(totals(model, x)))
 
 
-def _mount() -> None:
-    """Attach the sub-command groups of the other packages (bench, data, llm, zoo)."""
+def _mount_zoo(zoo_cli: Any) -> None:
+    """``prunekit zoo``: the zoo's listing commands plus ``train-lm`` from the LLM package."""
     import importlib
 
+    try:
+        llm_cli = importlib.import_module("prunekit.calibrate.cli")
+        zoo_cli.app.registered_commands.extend(llm_cli.zoo_app.registered_commands)
+    except ModuleNotFoundError as e:
+        if e.name != "prunekit.calibrate.cli":
+            raise
+    app.add_typer(zoo_cli.app, name="zoo", help="Built-in models and data sets; train the zoo LM.")
+
+
+def _mount() -> None:
+    """Attach the sub-command groups of the other packages (bench, data, llm, zoo), once."""
+    import importlib
+
+    if getattr(app, "_prunekit_mounted", False):
+        return
+    app._prunekit_mounted = True  # type: ignore[attr-defined]
     for modname, attach in [
         ("prunekit.bench.cli", lambda m: m.register(app)),
         ("prunekit.data.cli", lambda m: app.add_typer(m.app, name="data", help="Data pruning: score, select, "
                                                       "dedup, resample a training set.")),
-        ("prunekit.calibrate.cli", lambda m: (app.add_typer(m.app, name="llm", help="Post-training pruning of "
-                                                            "transformers / LLMs."),
-                                              app.add_typer(m.zoo_app, name="zoo", help="Built-in models."))),
+        ("prunekit.calibrate.cli", lambda m: app.add_typer(m.app, name="llm", help="Post-training pruning of "
+                                                           "transformers / LLMs.")),
+        ("prunekit.zoo.cli", _mount_zoo),
     ]:
         try:
             attach(importlib.import_module(modname))
