@@ -41,6 +41,8 @@ def test_cli_errors_exit_2_and_name_the_problem(tmp_path, make_sweep, read_only)
     cfg.write_text(json.dumps(make_sweep()))
     ro = cli.invoke(app, ["bench", str(cfg), "--db", str(db)])
     assert ro.exit_code == 2 and "ro.sqlite" in ro.output and "read-only" in ro.output
+    ro_demo = cli.invoke(app, ["demo", "--db", str(db), "--out", str(tmp_path / "demo-out")])
+    assert ro_demo.exit_code == 2 and "read-only" in ro_demo.output and not (tmp_path / "demo-out").exists()
     missing = cli.invoke(app, ["report", "--db", str(tmp_path / "none.sqlite"), "--out", str(tmp_path / "o")])
     assert missing.exit_code == 2 and "no results database" in missing.output
     seeds = cli.invoke(app, ["demo", "--seeds", "a,b", "--out", str(tmp_path / "d")])

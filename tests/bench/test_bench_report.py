@@ -78,6 +78,9 @@ def test_errors_before_any_output(filled_db, tmp_path, read_only):
     ResultsStore(empty).close()
     with pytest.raises(ResultsStoreError, match="holds no runs"):
         write_report(empty, tmp_path / "c")
+    with pytest.raises(ValueError, match="no run has both 'sparsity'.*metric 'perplexity'; keys seen: .*accuracy"):
+        write_report(filled_db, tmp_path / "d", y="perplexity")
+    assert not (tmp_path / "d").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file"):
         write_report(filled_db, tmp_path / "file")

@@ -288,6 +288,9 @@ def render_report(
 ) -> dict[str, bytes]:
     """All report files as ``{file name: bytes}``: PNG plots, ``index.html`` and ``summary.md``."""
     cells = summarize(runs, x, y)
+    if not cells:
+        seen = sorted({k for r in runs for k in (*r["config"], *r["metrics"])})
+        raise ValueError(f"no run has both {x!r} (in its config or metrics) and metric {y!r}; keys seen: {seen}")
     files: dict[str, bytes] = {}
     images: list[tuple[str, str]] = []
     for (exp, model), _ in _pivot(cells).items():

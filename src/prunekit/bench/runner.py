@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import check_choice, check_sparsity
-from .store import DEFAULT_DB, ResultsStore, RunRecord, run_key
+from .store import DEFAULT_DB, DuplicateRunError, ResultsStore, RunRecord, run_key
 
 log = logging.getLogger(__name__)
 
@@ -385,6 +385,20 @@ def _method_dict(spec: MethodSpec, sparsity: float) -> dict[str, Any]:
     return built.to_dict()
 
 
+def _run_config(base: dict[str, Any], spec: MethodSpec, sparsity: float, seed: int,
+                dense: dict[str, Any]) -> dict[str, Any]:
+    """The stored config of one pruned run; the dense recipe is in it only if the run starts from dense."""
+    cfg = {**base, "method": spec.label, "method_config": _method_dict(spec, sparsity), "sparsity": sparsity,
+           "seed": seed}
+    if spec.gradual:
+        cfg["train"] = {**dense, **(spec.train or {})}
+    else:
+        cfg["finetune"] = None if spec.train is None else {**dense, **spec.train}
+    if not spec.gradual or spec.start == "dense":
+        cfg["dense"] = dense
+    return cfg
+
+
 def plan_runs(sweep: Sweep) -> list[PlannedRun]:
     """Every run of the sweep in order: per model and seed, the dense run then each method x sparsity."""
     runs = []
@@ -397,14 +411,7 @@ def plan_runs(sweep: Sweep) -> list[PlannedRun]:
             runs.append(PlannedRun(model, None, 0.0, seed, cfg, run_key(sweep.experiment, cfg)))
             for spec in sweep.methods:
                 for s in sweep.sparsities:
-                    cfg = {**base, "method": spec.label, "method_config": _method_dict(spec, s), "sparsity": s,
-                           "seed": seed}
-                    if spec.gradual:
-                        cfg["train"] = {**dense, **(spec.train or {})}
-                    else:
-                        cfg["finetune"] = None if spec.train is None else {**dense, **spec.train}
-                    if not spec.gradual or spec.start == "dense":
-                        cfg["dense"] = dense
+                    cfg = _run_config(base, spec, s, seed, dense)
                     runs.append(PlannedRun(model, spec, s, seed, cfg, run_key(sweep.experiment, cfg)))
     return runs
 
@@ -438,11 +445,9 @@ def measure(model: nn.Module, split: Any, device: str) -> tuple[dict[str, Any], 
 
 
 def _macs(model: nn.Module, split: Any) -> dict[str, Any]:
-    """Dense and sparse MACs of one example, from ``prunekit.accounting`` when it is there."""
-    try:
-        from ..accounting import totals
-    except ImportError:
-        return {}
+    """Dense and sparse MACs of one example (``prunekit.accounting.totals``)."""
+    from ..accounting import totals
+
     try:
         t = totals(model, split.x_test[:1].to(next(model.parameters()).device))
     except Exception as e:  # accounting is a measurement extra: a failure there must not lose the run
@@ -588,8 +593,15 @@ def run_sweep(
             ctx = _Context(sweep, load_data(sweep))
             with _threads(sweep.threads), _bar(progress, len(todo)) as advance:
                 for i, run in enumerate(todo):
+                    if store.has(run.key):  # another process sharing the database did it meanwhile
+                        result.skipped.append(run.key)
+                        advance(run.label)
+                        continue
                     rec = execute(ctx, run)
-                    store.add(rec)
+                    try:
+                        store.add(rec)
+                    except DuplicateRunError:
+                        log.warning("%s was stored by another process meanwhile; keeping that one", run.label)
                     result.ran.append(run.key)
                     log.info("[%d/%d] %s: accuracy %.4f, sparsity %.4f (%.1f s)", i + 1, len(todo), run.label,
                              rec.metrics["accuracy"], rec.metrics["sparsity"], rec.timings.get("total_s", 0.0))

@@ -10,6 +10,7 @@ by ``kind`` and carrying free-form ``metrics``.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import logging
@@ -50,6 +51,10 @@ CREATE INDEX IF NOT EXISTS runs_experiment ON runs (experiment);
 
 class ResultsStoreError(ValueError):
     """The results database cannot be used (read-only, corrupt, not ours); the message says what to do."""
+
+
+class DuplicateRunError(ValueError):
+    """A run with this ``run_key`` is stored already."""
 
 
 def canonical_json(obj: Any) -> str:
@@ -97,6 +102,7 @@ class RunRecord:
         return run_key(self.experiment, self.config, self.kind)
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
     """prunekit's version, plus ``git describe`` when run from a checkout (quietly skipped otherwise)."""
     try:
@@ -272,8 +278,8 @@ class ResultsStore:
             with self._db:
                 cur = self._db.execute(sql, tuple(row.values()))
         except sqlite3.IntegrityError as e:
-            raise ValueError(f"run {key[:12]} of experiment {rec.experiment!r} is stored already; "
-                             "pass replace=True to overwrite it") from e
+            raise DuplicateRunError(f"run {key[:12]} of experiment {rec.experiment!r} is stored already; "
+                                    "pass replace=True to overwrite it") from e
         log.debug("stored run %s (%s)", key[:12], rec.experiment)
         return int(cur.lastrowid)
 
