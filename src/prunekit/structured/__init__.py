@@ -1,0 +1,31 @@
+"""Structured pruning that removes channels, heads, MLP neurons and blocks for real.
+
+``build_graph`` traces a model once and groups every pair of coupled dimensions; ``remove_`` scores
+the groups, allocates widths to a MACs or parameter budget, shrinks the modules in place and returns
+a JSON :class:`Plan` that rebuilds the slim model from safetensors (``save_pruned`` / ``load_pruned``).
+"""
+
+from .api import Structured, remove_
+from .graph import Graph, Group, Member, build_graph
+from .importance import GROUP_SCORES, group_scores
+from .ops import register_op
+from .plan import Plan, apply_plan_
+from .save import load_pruned, save_pruned
+from .trace import TraceError
+
+__all__ = [
+    "GROUP_SCORES",
+    "Graph",
+    "Group",
+    "Member",
+    "Plan",
+    "Structured",
+    "TraceError",
+    "apply_plan_",
+    "build_graph",
+    "group_scores",
+    "load_pruned",
+    "register_op",
+    "remove_",
+    "save_pruned",
+]

@@ -1,0 +1,217 @@
+"""``remove_(model, example_inputs, Structured(...))``: trace, score, allocate, remove, verify; returns a Plan."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config, register_config
+from ..errors import check_choice, check_fraction, check_sparsity
+from . import hf
+from .compensate import add_bias_, bias_shifts
+from .depth import candidate_containers, remove_blocks_
+from .graph import Graph, build_graph
+from .importance import GROUP_SCORES, REDUCTIONS, group_scores
+from .plan import Plan, apply_plan_
+from .remove import Undo, output_shapes, shrink_tensors_, sync_modules_, verify
+from .select import allocate, keep_indices, min_counts
+from .trace import call_model, output_tensors, resolve_ignore
+
+log = logging.getLogger(__name__)
+
+ALLOCATION_RULES = ("uniform", "global")
+
+
+@register_config("structured")
+@dataclasses.dataclass
+class Structured(Config):
+    """Structured removal of channels, heads, MLP neurons and blocks to a MACs or parameter budget.
+
+    ``target_macs`` / ``target_params``: fraction of the original to keep, in (0, 1] (give one).
+    ``importance``: l1, l2, taylor, fpgm, bn_scale or random; ``reduction`` over a group's members.
+    ``allocation``: ``uniform`` (every group loses the same fraction) or ``global`` (one ranking).
+    ``ignore``: module names or glob patterns whose tensors are never touched.
+    ``round_to``: kept channel counts are multiples of this. ``max_group_sparsity``: no group loses more.
+    ``prune_normalized``: also remove units mixed by LayerNorm/RMSNorm/softmax statistics (inexact).
+    ``remove_blocks``: fraction of repeated same-shape blocks removed first, lowest influence first.
+    ``bias_compensation``: FLAP bias compensation of layers that lose inputs (calibrated on the inputs).
+    """
+
+    target_macs: float | None = None
+    target_params: float | None = None
+    importance: str = "l2"
+    reduction: str = "mean"
+    allocation: str = "uniform"
+    ignore: list[str] = dataclasses.field(default_factory=list)
+    round_to: int = 1
+    max_group_sparsity: float = 0.9
+    prune_normalized: bool = False
+    remove_blocks: float = 0.0
+    bias_compensation: bool = False
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.target_macs is not None and self.target_params is not None:
+            raise ValueError("give target_macs or target_params, not both")
+        for name in ("target_macs", "target_params"):
+            if getattr(self, name) is not None:
+                check_fraction(getattr(self, name), name)
+        if self.target_macs is None and self.target_params is None and not self.remove_blocks:
+            raise ValueError("Structured needs target_macs or target_params (a fraction in (0, 1] to keep), "
+                             "or remove_blocks > 0")
+        check_choice(self.importance, "importance", GROUP_SCORES.names())
+        check_choice(self.reduction, "reduction", REDUCTIONS)
+        check_choice(self.allocation, "allocation", ALLOCATION_RULES)
+        if isinstance(self.ignore, str) or not all(isinstance(s, str) for s in self.ignore):
+            raise ValueError(f"ignore must be a list of module names, got {self.ignore!r}")
+        self.ignore = list(self.ignore)
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}")
+        check_sparsity(self.max_group_sparsity, "max_group_sparsity")
+        check_sparsity(self.remove_blocks, "remove_blocks")
+
+
+def remove_(model: nn.Module, example_inputs: Any, config: Structured | Plan | dict,
+            data: tuple[torch.Tensor, torch.Tensor] | None = None) -> Plan:
+    """Remove units from ``model`` in place to meet ``config``'s budget; return the JSON-able plan.
+
+    ``config`` may also be a :class:`Plan` (or its dict) from an earlier removal, which is replayed.
+    ``data``: an ``(x, y)`` batch whose cross-entropy gives Taylor scores (else the mean squared
+    output on ``example_inputs`` is the loss). On any error the model is left exactly as it was.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(config, dict):
+        config = Plan.from_dict(config) if config.get("type") == "prunekit.structured.plan" else \
+            Config.from_dict(config)
+    if isinstance(config, Plan):
+        return _replay(model, example_inputs, config)
+    if not isinstance(config, Structured):
+        raise TypeError(f"config must be prunekit.Structured or a Plan, got {type(config).__name__}")
+    if example_inputs is None:
+        raise ValueError("example_inputs are required: a tensor, a tuple of positional inputs or a dict")
+    ignored = resolve_ignore(model, config.ignore)
+    undo = Undo()
+    try:
+        return _remove(model, example_inputs, config, ignored, data, undo)
+    except BaseException:
+        undo.rollback()
+        raise
+
+
+def _replay(model: nn.Module, example_inputs: Any, plan: Plan) -> Plan:
+    expected = output_shapes(model, example_inputs) if example_inputs is not None else None
+    undo = Undo()
+    apply_plan_(model, plan, undo)
+    if expected is not None:
+        try:
+            verify(model, example_inputs, expected)
+        except BaseException:
+            undo.rollback()
+            raise
+    return plan
+
+
+def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], data: Any, undo: Undo) -> Plan:
+    t0 = time.perf_counter()
+    source = hf.source_of(model) if hf.is_hf(model) else None
+    expected = output_shapes(model, inputs)
+    graph = build_graph(model, inputs, sorted(ignored))
+    base = {"macs": graph.macs(), "params": sum(p.numel() for p in model.parameters())}
+    plan = Plan(config=cfg.to_dict(), source=source)
+    if cfg.remove_blocks:
+        graph = _depth(model, inputs, cfg, ignored, graph, plan, undo)
+    groups = graph.groups(cfg.prune_normalized)
+    graph.check_barriers(cfg.prune_normalized)
+    counts = _allocate(model, graph, groups, cfg, base, inputs, data)
+    keep = keep_indices(groups, counts["scores"], counts["counts"])
+    shifts = bias_shifts(model, graph, keep, inputs) if cfg.bias_compensation and keep else {}
+    plan.tensors = shrink_tensors_(model, graph, keep, undo)
+    plan.added = add_bias_(model, shifts, undo)
+    plan.attributes.update(sync_modules_(model, graph, counts["counts"], undo))
+    if hf.is_hf(model):
+        _update_hf_config(model, graph, counts["counts"], plan, undo)
+    verify(model, inputs, expected)
+    state = model.state_dict()
+    plan.aliases = {k: v for k, v in graph.tr.aliases.items() if len(v) > 1}
+    plan.shapes = {k: list(state[k].shape) for k in [*plan.tensors, *plan.added] if k in state}
+    after = {"macs": graph.macs(counts["counts"]), "params": sum(p.numel() for p in model.parameters())}
+    plan.summary = {**plan.summary, "macs_before": base["macs"], "macs_after": after["macs"],
+                    "params_before": base["params"], "params_after": after["params"], "groups": len(groups),
+                    "groups_shrunk": len(keep), "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("structured removal: MACs %d -> %d, params %d -> %d", base["macs"], after["macs"], base["params"],
+             after["params"])
+    return plan
+
+
+def _depth(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], graph: Graph, plan: Plan,
+           undo: Undo) -> Graph:
+    """Remove blocks first, then re-trace the shallower model."""
+    conts = candidate_containers(model, ignored)
+    if hf.is_hf(model):
+        lc = hf.layer_container(model)
+        conts = [lc] if lc in conts else []
+    plan.blocks = remove_blocks_(model, inputs, cfg.remove_blocks, conts, undo)
+    if hf.is_hf(model):
+        for path, kept in plan.blocks.items():
+            plan.hf_config = {**(plan.hf_config or {}), **hf.drop_layers_in_config_(model, kept, undo)}
+            plan.attributes.update(hf.renumber_layers_(model, path, undo))
+    return build_graph(model, inputs, sorted(ignored)) if plan.blocks else graph
+
+
+def _allocate(model: nn.Module, graph: Graph, groups: list, cfg: Structured, base: dict, inputs: Any,
+              data: Any) -> dict[str, Any]:
+    """Check the budget is reachable, score the groups, and choose how many units each keeps."""
+    if cfg.target_macs is not None:
+        cost, budget, what = graph.macs, cfg.target_macs * base["macs"], "target_macs"
+    elif cfg.target_params is not None:
+        cost, budget, what = graph.params, cfg.target_params * base["params"], "target_params"
+    else:
+        return {"counts": {}, "scores": {}}
+    floor = cost(min_counts(groups, cfg.max_group_sparsity, cfg.round_to))
+    if floor > budget * (1 + 1e-9):
+        unit = "MACs" if what == "target_macs" else "parameters"
+        reach = floor / base["macs" if what == "target_macs" else "params"]
+        raise ValueError(f"{what}={getattr(cfg, what)} is unreachable: with every prunable group at its smallest "
+                         f"width (max_group_sparsity={cfg.max_group_sparsity}, ignore={cfg.ignore}) the model keeps "
+                         f"{reach:.3f} of its {unit}; accepted: {what} in [{reach:.3f}, 1], or raise "
+                         f"max_group_sparsity, or ignore fewer modules")
+    scores = _scores(model, graph, groups, cfg, inputs, data)
+    counts = allocate(graph, groups, scores, budget=budget, cost=cost, rule=cfg.allocation,
+                      max_group_sparsity=cfg.max_group_sparsity, round_to=cfg.round_to)
+    return {"counts": counts, "scores": scores}
+
+
+def _scores(model: nn.Module, graph: Graph, groups: list, cfg: Structured, inputs: Any, data: Any) -> dict:
+    if cfg.importance != "taylor" or all(p.grad is not None for p in model.parameters() if p.requires_grad):
+        return group_scores(model, graph, groups, cfg.importance, cfg.reduction, cfg.seed)
+    had = {id(p) for p in model.parameters() if p.grad is not None}
+    with torch.enable_grad():
+        if data is not None:
+            x, y = data
+            loss = nn.functional.cross_entropy(model(x), y)
+        else:
+            loss = sum(o.float().pow(2).mean() for o in output_tensors(call_model(model, inputs))
+                       if o.is_floating_point())
+        loss.backward()
+    try:
+        return group_scores(model, graph, groups, cfg.importance, cfg.reduction, cfg.seed)
+    finally:
+        for p in model.parameters():
+            if id(p) not in had:
+                p.grad = None
+
+
+def _update_hf_config(model: nn.Module, graph: Graph, counts: dict[int, int], plan: Plan, undo: Undo) -> None:
+    widths = hf.per_layer_widths(model, graph, counts)
+    new = hf.updated_config(model, widths, hf.head_dim(model))
+    new.pop(next((k for k in hf.LAYER_KEYS if k in new), ""), None)  # depth handled by _depth
+    hf.set_config_(model, new, undo)
+    plan.hf_config = {**(plan.hf_config or {}), **new}
+    plan.hf_loadable = hf.loadable(model)
+    plan.summary["per_layer"] = widths

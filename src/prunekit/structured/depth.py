@@ -1,0 +1,82 @@
+"""Depth: remove whole blocks of a stack of same-shaped residual blocks, least influential first."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .remove import Undo
+from .trace import call_model, output_tensors
+
+
+def candidate_containers(model: nn.Module, ignored: set[str]) -> list[str]:
+    """``ModuleList`` / ``Sequential`` paths whose children (two or more) all share one class."""
+    out = []
+    for path, m in model.named_modules():
+        if isinstance(m, (nn.ModuleList, nn.Sequential)) and len(m) >= 2 and path not in ignored:
+            if len({type(c) for c in m}) == 1 and not any(path.startswith(i + ".") or i.startswith(path + ".")
+                                                          or i == path for i in ignored):
+                out.append(path)
+    return out
+
+
+def _first_tensor(x: Any) -> Tensor | None:
+    ts = output_tensors(x) if not isinstance(x, Tensor) else [x]
+    return ts[0] if ts else None
+
+
+def block_influence(model: nn.Module, example_inputs: Any, container: str) -> Tensor:
+    """Block influence (Men et al. 2024, "ShortGPT", Eq. 1): ``BI_i = 1 - E[cos(x_i, x_{i+1})]`` over
+    tokens (or samples); NaN for blocks whose output shape differs from their input (not removable)."""
+    blocks = list(model.get_submodule(container))
+    bi = torch.full((len(blocks),), float("nan"))
+    hooks = []
+    for i, b in enumerate(blocks):
+        def hook(_m, args, kwargs, out, i=i):
+            x = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
+            y = _first_tensor(out)
+            if x is not None and y is not None and x.shape == y.shape and x.is_floating_point():
+                xs, ys = _rows(x), _rows(y)
+                bi[i] = 1.0 - torch.nn.functional.cosine_similarity(xs, ys, dim=-1).mean()
+        hooks.append(b.register_forward_hook(hook, with_kwargs=True))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call_model(model, example_inputs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return bi
+
+
+def _rows(x: Tensor) -> Tensor:
+    """Token rows ``(B*T, hidden)`` for sequences, sample rows ``(B, C*H*W)`` for images."""
+    return x.reshape(-1, x.shape[-1]).float() if x.dim() == 3 else x.reshape(x.shape[0], -1).float()
+
+
+def choose_blocks(bi: Tensor, fraction: float) -> list[int]:
+    """Indices kept after removing ``floor(fraction * removable)`` lowest-influence blocks."""
+    ok = [i for i in range(len(bi)) if not math.isnan(float(bi[i]))]
+    k = min(int(math.floor(fraction * len(ok))), len(ok) - 1 if len(ok) == len(bi) else len(ok))
+    drop = set(sorted(ok, key=lambda i: float(bi[i]))[:max(k, 0)])
+    return [i for i in range(len(bi)) if i not in drop]
+
+
+def remove_blocks_(model: nn.Module, example_inputs: Any, fraction: float, containers: list[str],
+                   undo: Undo) -> dict[str, list[int]]:
+    """Remove the least influential ``fraction`` of removable blocks in each container; returns kept indices."""
+    from .plan import keep_blocks_
+
+    kept: dict[str, list[int]] = {}
+    for path in containers:
+        bi = block_influence(model, example_inputs, path)
+        keep = choose_blocks(bi, fraction)
+        if len(keep) < len(bi):
+            kept[path] = keep
+            keep_blocks_(model, {path: keep}, undo)
+    return kept

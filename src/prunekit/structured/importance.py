@@ -1,0 +1,141 @@
+"""Group importance: one score per unit of a group, higher for units that matter more.
+
+Each criterion scores every member (a dimension of a weight) per unit; a reduction over the members
+gives the group's score (DepGraph's group-level importance, Fang et al. 2023, Eq. 5).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..registry import Registry
+from .graph import Graph, Group, Member
+
+log = logging.getLogger(__name__)
+
+GROUP_SCORES = Registry("group importance")
+REDUCTIONS = ("mean", "sum", "max")
+
+MemberScore = Callable[[Tensor, Tensor | None, Tensor, int], Tensor]
+
+
+def unit_rows(w: Tensor, coords: Tensor, n: int) -> Tensor:
+    """``(n, k)``: the values of ``w`` (unit dim first) that belong to each of the ``n`` units."""
+    x = w.detach().reshape(w.shape[0], -1).float()  # (positions, rest)
+    sel = coords >= 0
+    x, c = x[sel], coords[sel]
+    return x[torch.argsort(c, stable=True)].reshape(n, -1)
+
+
+def unit_sums(v: Tensor, coords: Tensor, n: int) -> Tensor:
+    """``(n,)``: per-position values ``v`` (positions first) summed into their units."""
+    v = v.detach().reshape(v.shape[0], -1).float().sum(1)  # (positions,)
+    sel = coords >= 0
+    return torch.zeros(n).index_add_(0, coords[sel], v[sel])
+
+
+def _norm(p: float) -> MemberScore:
+    def f(w: Tensor, g: Tensor | None, coords: Tensor, n: int) -> Tensor:
+        return unit_sums(w.abs().pow(p), coords, n)
+
+    return f
+
+
+def _taylor(w: Tensor, g: Tensor | None, coords: Tensor, n: int) -> Tensor:
+    """First-order Taylor (Molchanov et al. 2019, "Importance Estimation for Neural Network Pruning", Eq. 8):
+    ``(sum_s g_s w_s)^2`` over the weights ``s`` of a unit."""
+    if g is None:
+        return torch.zeros(n)
+    return unit_sums(w * g, coords, n) ** 2
+
+
+def _fpgm(w: Tensor, g: Tensor | None, coords: Tensor, n: int) -> Tensor:
+    """FPGM (He et al. 2019, "Filter Pruning via Geometric Median", Eq. 6): sum of distances to all other
+    units; units near the geometric median are redundant (low score)."""
+    rows = unit_rows(w, coords, n)
+    return torch.cdist(rows[None], rows[None])[0].sum(1)
+
+
+MEMBER_SCORES: dict[str, MemberScore] = {"l1": _norm(1.0), "l2": _norm(2.0), "taylor": _taylor, "fpgm": _fpgm}
+
+
+def _weights(model: nn.Module, graph: Graph, group: Group, only_norm: bool) -> list[tuple[Member, Tensor]]:
+    """Members that carry weights: parameters except biases (and only norm scales if ``only_norm``)."""
+    state = dict(model.named_parameters())
+    out = []
+    for m in group.members:
+        if not m.is_param or m.name.endswith("bias") or m.name not in state:
+            continue
+        if only_norm and not _is_norm_scale(model, m.name):
+            continue
+        out.append((m, state[m.name]))
+    return out
+
+
+def _is_norm_scale(model: nn.Module, name: str) -> bool:
+    path, _, attr = name.rpartition(".")
+    mod = model.get_submodule(path) if path else model
+    return attr == "weight" and isinstance(mod, nn.modules.batchnorm._BatchNorm)
+
+
+def _reduce(vals: list[Tensor], reduction: str) -> Tensor:
+    s = torch.stack(vals)  # (members, n)
+    if reduction == "mean":
+        return s.mean(0)
+    if reduction == "sum":
+        return s.sum(0)
+    return s.max(0).values
+
+
+def member_based(kind: str) -> Callable[..., Tensor]:
+    """A group score that applies the member criterion ``kind`` and reduces over members."""
+
+    def score(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
+              generator: torch.Generator | None = None) -> Tensor:
+        members = _weights(model, graph, group, only_norm=False)
+        if not members:
+            return torch.ones(group.size)
+        vals = []
+        for m, w in members:
+            w_, c = w.detach().movedim(m.dim, 0), graph.coords(m, group)
+            g = w.grad.detach().movedim(m.dim, 0) if w.grad is not None else None
+            vals.append(MEMBER_SCORES[kind](w_, g, c, group.size))
+        return _reduce(vals, reduction)
+
+    score.__doc__ = f"Group importance from the {kind} of each member's unit slices, reduced over members."
+    return score
+
+
+for _k in ("l1", "l2", "taylor", "fpgm"):
+    GROUP_SCORES.register(_k)(member_based(_k))
+
+
+@GROUP_SCORES.register("bn_scale")
+def bn_scale(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
+             generator: torch.Generator | None = None) -> Tensor:
+    """Network slimming (Liu et al. 2017, "Learning Efficient Convolutional Networks through Network
+    Slimming", Sec. 3): ``|gamma|`` of the BatchNorm scales in the group; L1 where a group has none."""
+    members = _weights(model, graph, group, only_norm=True)
+    if not members:
+        return GROUP_SCORES.get("l1")(model, graph, group, reduction)
+    vals = [unit_sums(w.detach().movedim(m.dim, 0).abs(), graph.coords(m, group), group.size) for m, w in members]
+    return _reduce(vals, reduction)
+
+
+@GROUP_SCORES.register("random")
+def random(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
+           generator: torch.Generator | None = None) -> Tensor:
+    """Uniform random scores (the baseline of Li et al. 2022, "Revisiting Random Channel Pruning")."""
+    return torch.rand(group.size, generator=generator)
+
+
+def group_scores(model: nn.Module, graph: Graph, groups: list[Group], importance: str, reduction: str,
+                 seed: int = 0) -> dict[int, Tensor]:
+    """Score every unit of every group with criterion ``importance``."""
+    fn = GROUP_SCORES.get(importance)
+    gen = torch.Generator().manual_seed(seed)
+    return {g.id: fn(model, graph, g, reduction, gen).float() for g in groups}

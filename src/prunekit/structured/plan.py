@@ -1,0 +1,115 @@
+"""The removal plan: JSON that replays a removal on a fresh model or rebuilds the slim one from safetensors.
+
+A plan holds, in order of application: blocks kept per container (depth), kept positions of every
+shrunk tensor dimension (width), tensors added (bias compensation), width attributes of modules, and
+the updated Hugging Face config. No pickled object is ever written or read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..io import atomic_write_text
+from .remove import Undo, owner, replace_tensor
+
+PLAN_FILE = "plan.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class Plan:
+    """What ``remove_`` did to a model, as JSON-able data (``to_dict`` / ``from_dict``)."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    blocks: dict[str, list[int]] = field(default_factory=dict)  # container -> kept block indices
+    tensors: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # name -> {dim: kept positions}
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # name -> every name of that tensor
+    shapes: dict[str, list[int]] = field(default_factory=dict)  # name -> new shape
+    added: dict[str, list[int]] = field(default_factory=dict)  # new parameter -> shape (bias compensation)
+    attributes: dict[str, dict[str, Any]] = field(default_factory=dict)  # module -> {attr: value}
+    hf_config: dict[str, Any] | None = None  # updated transformers config (to_diff_dict of the model's)
+    hf_loadable: bool | None = None  # True if plain transformers rebuilds the slim model from hf_config
+    source: dict[str, Any] | None = None  # how to build the dense model: {"zoo": name, ...} or {"hf": ...}
+    summary: dict[str, Any] = field(default_factory=dict)  # MACs, params, latency before/after, time
+    version: ClassVar[int] = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict with ``type`` and ``version``."""
+        return {"type": "prunekit.structured.plan", "version": self.version, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        """Rebuild a plan; a wrong type or version is a clear error."""
+        if not isinstance(d, dict) or d.get("type") != "prunekit.structured.plan":
+            raise ValueError("not a prunekit structured plan (expected a JSON object with "
+                             "type 'prunekit.structured.plan')")
+        if d.get("version") != cls.version:
+            raise ValueError(f"plan version {d.get('version')!r} is not supported; this prunekit reads version "
+                             f"{cls.version}")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the plan as JSON, atomically."""
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read a plan written by :meth:`save`."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"plan file not found: {p}")
+        return cls.from_dict(json.loads(p.read_text()))
+
+
+def keep_blocks_(model: nn.Module, blocks: dict[str, list[int]], undo: Undo) -> None:
+    """Keep only the listed children of each ``nn.ModuleList`` / ``nn.Sequential`` container."""
+    for path, kept in blocks.items():
+        parent, attr = owner(model, path) if path else (None, "")
+        container = model.get_submodule(path)
+        children = list(container.children())
+        if any(not 0 <= i < len(children) for i in kept):
+            raise ValueError(f"plan keeps blocks {kept} of {path!r}, which has {len(children)}")
+        new = type(container)(*[children[i] for i in kept]) if isinstance(container, nn.Sequential) else \
+            nn.ModuleList([children[i] for i in kept])
+        undo.set(parent._modules, attr, new)
+
+
+def apply_plan_(model: nn.Module, plan: Plan, undo: Undo | None = None) -> nn.Module:
+    """Replay ``plan`` on a dense model: same blocks, kept positions, attributes and config as the
+    original removal (on a fresh pretrained copy it reproduces the slim weights too)."""
+    undo = undo or Undo()
+    try:
+        keep_blocks_(model, plan.blocks, undo)
+        state = dict(model.state_dict(keep_vars=True))
+        for name, dims in plan.tensors.items():
+            if name not in state:
+                raise ValueError(f"plan shrinks tensor {name!r}, which this model does not have")
+            x = state[name].detach()
+            for d, pos in dims.items():
+                x = x.index_select(int(d), torch.as_tensor(pos, dtype=torch.long))
+            replace_tensor(model, plan.aliases.get(name, [name]), x.clone(), undo)
+        for name, shape in plan.added.items():
+            m, a = owner(model, name)
+            undo.set(m._parameters, a, nn.Parameter(torch.zeros(shape)))
+        for path, attrs in plan.attributes.items():
+            m = model.get_submodule(path) if path else model
+            for k, v in attrs.items():
+                undo.set_attr(m, k, tuple(v) if isinstance(getattr(m, k, None), tuple) else v)
+        if plan.hf_config is not None and hasattr(model, "config"):
+            from .hf import set_config_
+            set_config_(model, plan.hf_config, undo)
+    except Exception:
+        undo.rollback()
+        raise
+    return model

@@ -1,0 +1,89 @@
+"""Allocation: how many units each group keeps so that MACs or parameters meet a target."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .graph import Graph, Group
+
+Counts = dict[int, int]
+
+
+@dataclass
+class Selection:
+    """Kept units per group (sorted indices) and the cost they give."""
+
+    keep: dict[int, Tensor]
+    counts: Counts
+    cost_before: int
+    cost_after: int
+
+
+def _ceil_to(c: float, r: int, n: int) -> int:
+    return min(n, max(r, math.ceil(c / r) * r)) if r > 1 else min(n, max(1, math.ceil(c)))
+
+
+def min_counts(groups: list[Group], max_group_sparsity: float, round_to: int) -> Counts:
+    """Fewest units a group may keep: ``(1 - max_group_sparsity)`` of it, at least one (rounded up)."""
+    return {g.id: _ceil_to(g.size * (1.0 - max_group_sparsity), _round(g, round_to), g.size) for g in groups}
+
+
+def _round(g: Group, round_to: int) -> int:
+    return round_to if g.kind == "channel" and g.size >= round_to else 1
+
+
+def uniform_counts(groups: list[Group], s: float, mins: Counts, round_to: int) -> Counts:
+    """Every group loses the same fraction ``s`` of its units (rounded up, floored at ``mins``)."""
+    return {g.id: max(mins[g.id], _ceil_to(g.size * (1.0 - s), _round(g, round_to), g.size)) for g in groups}
+
+
+def global_counts(groups: list[Group], z: dict[int, Tensor], t: float, mins: Counts, round_to: int) -> Counts:
+    """Each group keeps its units whose normalized score exceeds ``t`` (rounded up, floored at ``mins``)."""
+    return {g.id: max(mins[g.id], _ceil_to(int((z[g.id] > t).sum()), _round(g, round_to), g.size)) for g in groups}
+
+
+def _bisect(f: Callable[[float], Counts], cost: Callable[[Counts], int], lo: float, hi: float, budget: float,
+            iters: int = 40) -> Counts:
+    """Counts at the smallest ``x`` in ``[lo, hi]`` whose cost meets ``budget`` (cost falls as ``x`` grows)."""
+    best = f(hi)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        c = f(mid)
+        if cost(c) <= budget:
+            hi, best = mid, c
+        else:
+            lo = mid
+    return best
+
+
+def allocate(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, budget: float,
+             cost: Callable[[Counts], int], rule: str, max_group_sparsity: float, round_to: int) -> Counts:
+    """Per-group unit counts meeting ``cost(counts) <= budget``; ``rule`` is ``"uniform"`` or ``"global"``."""
+    mins = min_counts(groups, max_group_sparsity, round_to)
+    if rule == "uniform":
+        return _bisect(lambda s: uniform_counts(groups, s, mins, round_to), cost, 0.0, 1.0, budget)
+    z = {g.id: normalize(scores[g.id]) for g in groups}
+    top = max((float(v.max()) for v in z.values()), default=0.0) + 1.0
+    return _bisect(lambda t: global_counts(groups, z, t, mins, round_to), cost, -1.0, top, budget, iters=60)
+
+
+def normalize(s: Tensor) -> Tensor:
+    """Scores divided by their group mean, so groups of different scale rank together (DepGraph's
+    ``mean`` normalizer, Fang et al. 2023)."""
+    m = s.mean()
+    return s / m if float(m) > 0 else torch.ones_like(s)
+
+
+def keep_indices(groups: list[Group], scores: dict[int, Tensor], counts: Counts) -> dict[int, Tensor]:
+    """The ``counts[g]`` highest-scoring units of each shrinking group, as sorted indices."""
+    out = {}
+    for g in groups:
+        k = counts[g.id]
+        if k < g.size:
+            out[g.id] = torch.sort(torch.topk(scores[g.id], k).indices).values
+    return out
