@@ -131,21 +131,61 @@ def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], d
     counts = _allocate(model, graph, groups, cfg, base, inputs, data)
     keep = keep_indices(groups, counts["scores"], counts["counts"])
     shifts = bias_shifts(model, graph, keep, inputs) if cfg.bias_compensation and keep else {}
-    plan.tensors = shrink_tensors_(model, graph, keep, undo)
+    shrink_(model, graph, keep, plan, undo)
     plan.added = add_bias_(model, shifts, undo)
-    plan.attributes.update(sync_modules_(model, graph, counts["counts"], undo))
-    if hf.is_hf(model):
-        _update_hf_config(model, graph, counts["counts"], plan, undo)
     verify(model, inputs, expected)
     state = model.state_dict()
     plan.aliases = {k: v for k, v in graph.tr.aliases.items() if len(v) > 1}
     plan.shapes = {k: list(state[k].shape) for k in [*plan.tensors, *plan.added] if k in state}
-    after = {"macs": graph.macs(counts["counts"]), "params": sum(p.numel() for p in model.parameters())}
+    after = {"macs": graph.macs(_counts(keep)), "params": sum(p.numel() for p in model.parameters())}
     plan.summary = {**plan.summary, "macs_before": base["macs"], "macs_after": after["macs"],
                     "params_before": base["params"], "params_after": after["params"], "groups": len(groups),
                     "groups_shrunk": len(keep), "seconds": round(time.perf_counter() - t0, 3)}
     log.info("structured removal: MACs %d -> %d, params %d -> %d", base["macs"], after["macs"], base["params"],
              after["params"])
+    return plan
+
+
+def select_units(model: nn.Module, example_inputs: Any, config: Structured,
+                 data: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[Graph, dict[int, torch.Tensor]]:
+    """Trace, score and allocate as ``remove_`` would, but change nothing: the graph and the kept units."""
+    if not isinstance(config, Structured):
+        raise TypeError(f"config must be prunekit.Structured, got {type(config).__name__}")
+    if config.remove_blocks:
+        raise ValueError("select_units chooses widths only; use remove_blocks=0 (remove blocks with remove_)")
+    ignored = resolve_ignore(model, config.ignore)
+    graph = build_graph(model, example_inputs, sorted(ignored))
+    groups = graph.groups(config.prune_normalized)
+    graph.check_barriers(config.prune_normalized)
+    base = {"macs": graph.macs(), "params": sum(p.numel() for p in model.parameters())}
+    counts = _allocate(model, graph, groups, config, base, example_inputs, data)
+    return graph, keep_indices(groups, counts["scores"], counts["counts"])
+
+
+def _counts(keep: dict[int, torch.Tensor]) -> dict[int, int]:
+    return {g: len(v) for g, v in keep.items()}
+
+
+def shrink_(model: nn.Module, graph: Graph, keep: dict[int, torch.Tensor], plan: Plan, undo: Undo) -> Plan:
+    """Remove the units not in ``keep`` (group id -> kept unit indices) and record it in ``plan``:
+    tensors, width attributes and, for transformers, the config."""
+    plan.tensors.update(shrink_tensors_(model, graph, keep, undo))
+    plan.attributes.update(sync_modules_(model, graph, _counts(keep), undo))
+    if hf.is_hf(model):
+        _update_hf_config(model, graph, _counts(keep), plan, undo)
+    return plan
+
+
+def remove_units_(model: nn.Module, example_inputs: Any, graph: Graph, keep: dict[int, torch.Tensor]) -> Plan:
+    """Remove exactly the units not listed in ``keep`` (group id -> kept indices) from a traced model."""
+    expected = output_shapes(model, example_inputs)
+    plan, undo = Plan(source=hf.source_of(model) if hf.is_hf(model) else None), Undo()
+    try:
+        shrink_(model, graph, {g: torch.as_tensor(v, dtype=torch.long) for g, v in keep.items()}, plan, undo)
+        verify(model, example_inputs, expected)
+    except BaseException:
+        undo.rollback()
+        raise
     return plan
 
 
