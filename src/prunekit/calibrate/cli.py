@@ -1,0 +1,218 @@
+"""``prunekit llm prune|eval`` and ``prunekit zoo train-lm``: thin wrappers over the calibrate package."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Post-training pruning of transformers and LLMs (SparseGPT, Wanda, magnitude, OWL, DSnoT).",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+zoo_app = typer.Typer(help="The zoo LM.", no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+METHODS = ("sparsegpt", "wanda", "magnitude")
+log = logging.getLogger(__name__)
+
+
+def _fail(e: BaseException) -> None:
+    err_console.print(f"[bold red]error:[/] {e}")
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _bars():
+    """A rich progress display; yields a ``progress(stage, done, total)`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=False) as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(f"{stage} blocks", total=total)
+            bars.update(tasks[stage], completed=done)
+
+        yield progress
+
+
+def make_config(method: str, sparsity: float | None, pattern: str, owl: bool, owl_m: float, owl_lambda: float,
+                dsnot: bool, batch_size: int) -> Any:
+    """The method config from CLI flags (every check happens here, before any work)."""
+    from ..errors import check_choice
+    from .config import CalibratedMagnitude, SparseGPT, Wanda
+
+    check_choice(method, "--method", METHODS)
+    cls = {"sparsegpt": SparseGPT, "wanda": Wanda, "magnitude": CalibratedMagnitude}[method]
+    if sparsity is None and ":" not in pattern:
+        raise ValueError("give --sparsity (e.g. 0.5) or an N:M --pattern (e.g. 2:4)")
+    owl_cfg = {"m": owl_m, "lam": owl_lambda} if owl else None
+    return cls(sparsity=sparsity, pattern=pattern, owl=owl_cfg, dsnot=dsnot or None, batch_size=batch_size)
+
+
+def _store(results: Path | None, experiment: str, config: dict, metrics: dict, per_layer: dict, timings: dict) -> None:
+    if results is None:
+        return
+    from ..bench.store import ResultsStore, RunRecord
+
+    with ResultsStore(results) as store:
+        store.add(RunRecord(experiment, config, "llm", metrics, per_layer, timings), replace=True)
+
+
+def _seq_len_fits(model_dir: Path, seq_len: int) -> None:
+    """Check ``seq_len`` against the model config before loading any weight."""
+    import json
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    limit = next((cfg[k] for k in ("max_position_embeddings", "n_positions") if isinstance(cfg.get(k), int)), None)
+    if limit is not None and seq_len > limit:
+        raise ValueError(f"--seq-len {seq_len} is beyond the model's maximum sequence length {limit}")
+
+
+@app.command()
+def prune(
+    model_dir: Path = typer.Argument(..., help="a save_pretrained folder (config.json + weights + tokenizer)"),
+    out: Path = typer.Option(..., "--out", help="folder to write the pruned model to"),
+    method: str = typer.Option("sparsegpt", help="sparsegpt | wanda | magnitude"),
+    sparsity: float | None = typer.Option(None, help="fraction of zeros in [0, 1), e.g. 0.5"),
+    pattern: str = typer.Option("unstructured", help="unstructured or N:M, e.g. 2:4"),
+    owl: bool = typer.Option(False, "--owl", help="OWL per-layer allocation"),
+    owl_m: float = typer.Option(5.0, help="OWL outlier threshold M"),
+    owl_lambda: float = typer.Option(0.08, help="OWL spread lambda"),
+    dsnot: bool = typer.Option(False, "--dsnot", help="DSnoT mask refinement"),
+    calib: Path | None = typer.Option(None, help="text file, folder or saved dataset (default: built-in corpus)"),
+    nsamples: int = typer.Option(128, help="calibration samples"),
+    seq_len: int = typer.Option(256, help="tokens per calibration sample"),
+    seed: int = typer.Option(0, help="seed of the calibration sampling"),
+    batch_size: int = typer.Option(8, help="calibration samples per forward pass"),
+    device: str | None = typer.Option(None, help="compute device for the current block (default: the model's)"),
+    state_dir: Path | None = typer.Option(None, help="resume folder (default: OUT.state); deleted when done"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
+    results: Path | None = typer.Option(Path("prunekit-results.sqlite"), help="SQLite results store ('' to skip)"),
+) -> None:
+    """Prune every transformer block of MODEL_DIR and save a model plain transformers loads."""
+    from . import io
+    from .data import calibration_data
+    from .engine import clear_state, prune_blocks
+
+    try:
+        cfg = make_config(method, sparsity, pattern, owl, owl_m, owl_lambda, dsnot, batch_size)
+        model_dir = io.check_model_dir(model_dir)
+        _seq_len_fits(model_dir, seq_len)
+        io._check_out(out, overwrite)
+        if calib is not None and not calib.exists():
+            raise FileNotFoundError(f"--calib {calib} does not exist")
+        model = io.load_model(model_dir)
+        tok = _tokenizer(model_dir)
+        data = calibration_data(tok, calib, nsamples, seq_len, seed)
+        state = state_dir or out.parent / f".{out.name}.state"
+        with _bars() as progress:
+            report = prune_blocks(model, method, cfg, data, device=device, state_dir=state, progress=progress)
+        masks = report.masks.bake()  # plain weights (pruned ones exactly zero) for save_pretrained
+        io.save_pruned(model, out, masks, _manifest(report, model_dir), tokenizer=tok, overwrite=overwrite)
+        clear_state(state)
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as e:
+        _fail(e)
+    console.print(f"pruned {len(report.layers)} layers to sparsity {report.sparsity:.4f} in {report.seconds:.1f}s"
+                  f" -> {out}")
+    per_layer = {r.name: r.sparsity for r in report.layers}
+    _store(None if str(results) in ("", ".") else results, "llm-prune",
+           {"model": str(model_dir), "method": report.method, "calibration": report.extra["calibration"]},
+           {"sparsity": report.sparsity}, per_layer, {"prune_s": report.seconds})
+
+
+def _tokenizer(model_dir: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except Exception as e:  # transformers raises several error types for a missing tokenizer
+        raise ValueError(f"{model_dir} has no usable tokenizer ({e}); save one with the model") from e
+
+
+def _manifest(report: Any, model_dir: Path) -> dict[str, Any]:
+    """Method, config, calibration and per-layer details of a pruning run."""
+    import transformers
+
+    import prunekit
+
+    layers = {r.name: {"target": r.target, "error": r.error, "seconds": r.seconds} for r in report.layers}
+    return {"method": report.method, "calibration": report.extra["calibration"], "blocks": report.extra["blocks"],
+            "owl": report.extra.get("owl"), "source_model": str(model_dir), "sparsity": report.sparsity,
+            "seconds": report.seconds, "layers": layers, "prunekit": getattr(prunekit, "__version__", "0"),
+            "transformers": transformers.__version__}
+
+
+@app.command("eval")
+def eval_(
+    model_dir: Path = typer.Argument(..., help="a (pruned) save_pretrained folder"),
+    dense: Path | None = typer.Option(None, help="the dense model (needed for encoder fidelity)"),
+    data: Path | None = typer.Option(None, help="evaluation text (default: built-in corpus, validation split)"),
+    seq_len: int = typer.Option(128, help="window length (perplexity) or max length (fidelity)"),
+    max_windows: int | None = typer.Option(None, help="cap on evaluation windows"),
+    batch_size: int = typer.Option(8),
+    results: Path | None = typer.Option(Path("prunekit-results.sqlite"), help="SQLite results store ('' to skip)"),
+) -> None:
+    """Perplexity (causal LM) or embedding fidelity against --dense (encoder) under a pinned protocol."""
+    from . import io
+    from .data import builtin_texts, load_texts
+
+    try:
+        model_dir = io.check_model_dir(model_dir)
+        _seq_len_fits(model_dir, seq_len)
+        model = io.load_model(model_dir)
+        tok = _tokenizer(model_dir)
+        texts = builtin_texts("validation") if data is None else load_texts(data)
+        name = "builtin:stdlib-docstrings" if data is None else str(data)
+        metrics = _evaluate(model, tok, texts, name, dense, seq_len, max_windows, batch_size)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        _fail(e)
+    console.print_json(data=metrics)
+    _store(None if str(results) in ("", ".") else results, "llm-eval", {"model": str(model_dir),
+           "protocol": metrics.get("protocol"), "dense": str(dense)}, metrics, {}, {})
+
+
+def _evaluate(model: Any, tok: Any, texts: list[str], name: str, dense: Path | None, seq_len: int,
+              max_windows: int | None, batch_size: int) -> dict[str, Any]:
+    from . import evaluate as ev
+    from . import io
+    from .data import tokenize_stream
+
+    if hasattr(model, "lm_head") or type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
+        return ev.perplexity(model, tokenize_stream(texts, tok), seq_len, batch_size, max_windows, dataset=name,
+                             tokenizer=type(tok).__name__)
+    if dense is None:
+        raise ValueError("an encoder is evaluated by fidelity to its dense model: pass --dense DIR")
+    texts = texts[: max_windows or len(texts)]
+    ids, am = ev.encode_texts(tok, texts, seq_len)
+    ref = ev.pooled_embeddings(io.load_model(io.check_model_dir(dense)), ids, am, batch_size)
+    fid = ev.embedding_fidelity(ref, ev.pooled_embeddings(model, ids, am, batch_size))
+    return {"fidelity": fid, "texts": len(texts), "protocol": {"dataset": name, "max_len": seq_len,
+            "pooling": "mean", "metric": "mean cosine to dense"}}
+
+
+@zoo_app.command("train-lm")
+def train_lm_cmd(
+    cache_dir: Path | None = typer.Option(None, help="default: $PRUNEKIT_CACHE or ~/.cache/prunekit"),
+    steps: int | None = typer.Option(None, help="training steps (default: the recipe's)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="retrain even if a cached LM exists"),
+) -> None:
+    """Train the small LLaMA zoo LM on the built-in corpus (about 15 min on 2 cores) and cache it."""
+    from ..zoo.lm import LMRecipe, lm_dir, train_lm
+
+    try:
+        recipe = LMRecipe() if steps is None else LMRecipe(steps=steps)
+        out = lm_dir(cache_dir)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            console.print(f"zoo LM already cached in {out} (use --overwrite to retrain)")
+            return
+        with _bars() as progress:
+            path = train_lm(out, recipe, overwrite=overwrite, progress=lambda s, n, _l: progress("train", s, n))
+    except (ValueError, FileExistsError, OSError) as e:
+        _fail(e)
+    console.print(f"zoo LM saved to {path}")

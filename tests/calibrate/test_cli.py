@@ -1,0 +1,70 @@
+"""``prunekit llm prune|eval`` end to end on a tiny LLaMA folder; bad flags fail before any work."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from prunekit.calibrate.cli import app
+from prunekit.calibrate.io import load_masks
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import torch
+    import transformers as T
+
+    from prunekit.zoo.lm import train_tokenizer
+    from prunekit.zoo.text import stdlib_corpus
+
+    d = tmp_path_factory.mktemp("tiny") / "llama"
+    tok = train_tokenizer(stdlib_corpus(max_docs=60), 280)
+    cfg = T.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64, vocab_size=len(tok), max_position_embeddings=64)
+    torch.manual_seed(0)
+    T.LlamaForCausalLM(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_prune_then_eval(model_dir, tmp_path):
+    out, db = tmp_path / "pruned", tmp_path / "r.sqlite"
+    r = runner.invoke(app, ["prune", str(model_dir), "--out", str(out), "--method", "wanda", "--pattern", "2:4",
+                            "--dsnot", "--nsamples", "4", "--seq-len", "32", "--results", str(db)])
+    assert r.exit_code == 0, r.output
+    masks, man = load_masks(out)
+    assert man["method"]["type"] == "wanda" and man["method"]["pattern"] == "2:4"
+    assert man["calibration"]["source"] == "builtin:stdlib-docstrings" and man["calibration"]["nsamples"] == 4
+    assert all(abs(v["sparsity"] - 0.5) < 1e-9 for v in man["layers"].values())
+    assert not (tmp_path / ".pruned.state").exists()  # resume files removed after success
+    r = runner.invoke(app, ["eval", str(out), "--seq-len", "32", "--max-windows", "4", "--results", str(db)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output[r.output.index("{"):])["protocol"]["n_windows"] == 4
+    rows = sqlite3.connect(db).execute("SELECT experiment, kind FROM runs").fetchall()
+    assert sorted(rows) == [("llm-eval", "llm"), ("llm-prune", "llm")]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--sparsity", "1.0"], "sparsity"),
+    (["--method", "obs", "--sparsity", "0.5"], "--method"),
+    (["--method", "wanda", "--pattern", "3:7"], "multiple of 7"),
+    (["--sparsity", "0.5", "--seq-len", "65"], "maximum sequence length"),
+    ([], "--sparsity"),
+])
+def test_bad_flags(model_dir, tmp_path, args, msg):
+    r = runner.invoke(app, ["prune", str(model_dir), "--out", str(tmp_path / "o"), "--nsamples", "2",
+                            "--seq-len", "16", "--results", "", *args])
+    assert r.exit_code == 2 and msg in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_dir_without_weights(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    r = runner.invoke(app, ["prune", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--sparsity", "0.5"])
+    assert r.exit_code == 2 and "no weights" in r.output
