@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from prunekit.zoo.lm import LMRecipe, cache_root, load_zoo_lm, lm_dir, train_lm
+from prunekit.zoo.lm import LMRecipe, cache_root, lm_dir, load_zoo_lm, train_lm
 
 TINY = LMRecipe(vocab_size=300, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, max_positions=64,
                 seq_len=32, batch_size=4, steps=3, warmup=1, max_docs=60)
