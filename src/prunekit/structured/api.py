@@ -19,7 +19,7 @@ from .graph import Graph, build_graph
 from .importance import GROUP_SCORES, REDUCTIONS, group_scores
 from .plan import Plan, apply_plan_
 from .remove import Undo, output_shapes, shrink_tensors_, sync_modules_, verify
-from .select import allocate, keep_indices, min_counts
+from .select import allocate, keep_indices, min_counts, uniform_counts
 from .trace import call_model, output_tensors, resolve_ignore
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ ALLOCATION_RULES = ("uniform", "global")
 class Structured(Config):
     """Structured removal of channels, heads, MLP neurons and blocks to a MACs or parameter budget.
 
-    ``target_macs`` / ``target_params``: fraction of the original to keep, in (0, 1] (give one).
+    ``target_macs`` / ``target_params``: fraction of the original to keep, in (0, 1]; or ``sparsity``:
+    the fraction of units every group loses (a channel ratio, as torch-pruning's); give one of the three.
     ``importance``: l1, l2, taylor, fpgm, bn_scale or random; ``reduction`` over a group's members.
     ``allocation``: ``uniform`` (every group loses the same fraction) or ``global`` (one ranking).
     ``ignore``: module names or glob patterns whose tensors are never touched.
@@ -44,6 +45,7 @@ class Structured(Config):
 
     target_macs: float | None = None
     target_params: float | None = None
+    sparsity: float | None = None
     importance: str = "l2"
     reduction: str = "mean"
     allocation: str = "uniform"
@@ -56,14 +58,16 @@ class Structured(Config):
     seed: int = 0
 
     def validate(self) -> None:
-        if self.target_macs is not None and self.target_params is not None:
-            raise ValueError("give target_macs or target_params, not both")
+        given = [n for n in ("target_macs", "target_params", "sparsity") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of target_macs, target_params or sparsity, not {' and '.join(given)}")
         for name in ("target_macs", "target_params"):
             if getattr(self, name) is not None:
                 check_fraction(getattr(self, name), name)
-        if self.target_macs is None and self.target_params is None and not self.remove_blocks:
+        check_sparsity(self.sparsity, "sparsity", allow_none=True)
+        if not given and not self.remove_blocks:
             raise ValueError("Structured needs target_macs or target_params (a fraction in (0, 1] to keep), "
-                             "or remove_blocks > 0")
+                             "sparsity (a fraction in [0, 1) of every group to remove), or remove_blocks > 0")
         check_choice(self.importance, "importance", GROUP_SCORES.names())
         check_choice(self.reduction, "reduction", REDUCTIONS)
         check_choice(self.allocation, "allocation", ALLOCATION_RULES)
@@ -211,6 +215,10 @@ def _allocate(model: nn.Module, graph: Graph, groups: list, cfg: Structured, bas
         cost, budget, what = graph.macs, cfg.target_macs * base["macs"], "target_macs"
     elif cfg.target_params is not None:
         cost, budget, what = graph.params, cfg.target_params * base["params"], "target_params"
+    elif cfg.sparsity is not None:
+        scores = _scores(model, graph, groups, cfg, inputs, data)
+        mins = min_counts(groups, cfg.max_group_sparsity, cfg.round_to)
+        return {"counts": uniform_counts(groups, cfg.sparsity, mins, cfg.round_to), "scores": scores}
     else:
         return {"counts": {}, "scores": {}}
     floor = cost(min_counts(groups, cfg.max_group_sparsity, cfg.round_to))

@@ -507,6 +507,11 @@ def _matmul(t, a: Tensor, b: Tensor, out: Tensor, batch: bool) -> None:
         for lay_ in (al[-2:], bl[-2:]):
             for d in lay_:
                 t.A.fix(d, f"attention product of activations in {t.module or 'the model'}")
+        if batch:  # heads ride in the batch dims (eager attention): count the non-input leaves as heads
+            heads = [lf for d in al[:-2] for lf in t.A.leaves(d) if t.A.fixed.get(lf) != "model input"]
+            kv = [lf for d in bl[:-2] for lf in t.A.leaves(d) if t.A.fixed.get(lf) != "model input"]
+            if heads and kv:
+                t.record_heads(Prod(tuple(heads)), Prod(tuple(kv)))
 
 
 @register_op("mm", "bmm", "matmul")

@@ -159,7 +159,7 @@ def verify(model: nn.Module, example_inputs: Any, expected: list[tuple[int, ...]
     try:
         got = output_shapes(model, example_inputs)
     except Exception as e:
-        where = stack[-1] if stack else "the top-level model"
+        where = stack[-1] if stack and stack[-1] else "the top-level model"
         raise TraceError(f"the pruned model fails in module {where!r}: {type(e).__name__}: {e}; its forward "
                          f"probably uses a width prunekit could not see; add {where!r} to ignore=[...]") from e
     finally:

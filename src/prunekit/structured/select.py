@@ -42,9 +42,19 @@ def uniform_counts(groups: list[Group], s: float, mins: Counts, round_to: int) -
     return {g.id: max(mins[g.id], _ceil_to(g.size * (1.0 - s), _round(g, round_to), g.size)) for g in groups}
 
 
-def global_counts(groups: list[Group], z: dict[int, Tensor], t: float, mins: Counts, round_to: int) -> Counts:
-    """Each group keeps its units whose normalized score exceeds ``t`` (rounded up, floored at ``mins``)."""
-    return {g.id: max(mins[g.id], _ceil_to(int((z[g.id] > t).sum()), _round(g, round_to), g.size)) for g in groups}
+def global_order(groups: list[Group], z: dict[int, Tensor]) -> Tensor:
+    """Group index of every unit, in the order units are removed: lowest normalized score first (ties in
+    group order, then unit order)."""
+    gidx = torch.cat([torch.full((g.size,), i) for i, g in enumerate(groups)])
+    vals = torch.cat([z[g.id] for g in groups])
+    return gidx[torch.argsort(vals, stable=True)]
+
+
+def global_counts(groups: list[Group], order: Tensor, k: int, mins: Counts, round_to: int) -> Counts:
+    """Each group loses its units among the first ``k`` of ``order`` (rounded, floored at ``mins``)."""
+    removed = torch.bincount(order[:k], minlength=len(groups)).tolist()
+    return {g.id: max(mins[g.id], _ceil_to(g.size - r, _round(g, round_to), g.size))
+            for g, r in zip(groups, removed)}
 
 
 def _bisect(f: Callable[[float], Counts], cost: Callable[[Counts], int], lo: float, hi: float, budget: float,
@@ -67,9 +77,10 @@ def allocate(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, bu
     mins = min_counts(groups, max_group_sparsity, round_to)
     if rule == "uniform":
         return _bisect(lambda s: uniform_counts(groups, s, mins, round_to), cost, 0.0, 1.0, budget)
-    z = {g.id: normalize(scores[g.id]) for g in groups}
-    top = max((float(v.max()) for v in z.values()), default=0.0) + 1.0
-    return _bisect(lambda t: global_counts(groups, z, t, mins, round_to), cost, -1.0, top, budget, iters=60)
+    order = global_order(groups, {g.id: normalize(scores[g.id]) for g in groups})
+    n = len(order)
+    return _bisect(lambda t: global_counts(groups, order, round(t * n), mins, round_to), cost, 0.0, 1.0, budget,
+                   iters=max(20, n.bit_length() + 2))
 
 
 def normalize(s: Tensor) -> Tensor:
@@ -83,7 +94,7 @@ def keep_indices(groups: list[Group], scores: dict[int, Tensor], counts: Counts)
     """The ``counts[g]`` highest-scoring units of each shrinking group, as sorted indices."""
     out = {}
     for g in groups:
-        k = counts[g.id]
+        k = counts.get(g.id, g.size)
         if k < g.size:
             out[g.id] = torch.sort(torch.topk(scores[g.id], k).indices).values
     return out

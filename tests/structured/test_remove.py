@@ -1,0 +1,143 @@
+"""remove_: budgets met, outputs keep their shapes, zeroed units remove exactly, plans round-trip."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from prunekit.accounting import count_macs
+from prunekit.structured import Plan, Structured, TraceError, load_pruned, remove_, save_pruned
+from prunekit.zoo import example_inputs, get_model
+
+from ._util import forward, removal_error
+
+ZOO = ["mlp", "lenet5", "cnn1d", "resnet20", "resnet56", "vgg", "mobilenetv2", "vit"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_coverage_30_and_50_percent_macs_exact_removal_and_round_trip(name, tmp_path):
+    x = example_inputs(name)
+    err, _ = removal_error(get_model(name, seed=0), x)
+    assert err < 1e-5
+    for target in (0.7, 0.5):
+        m = get_model(name, seed=0)
+        base = count_macs(m, x)
+        shapes = [o.shape for o in forward(m, x)]
+        plan = remove_(m, x, Structured(target_macs=target))
+        ratio = count_macs(m, x) / base
+        assert target - 0.06 <= ratio <= target + 1e-9, ratio
+        assert plan.summary["macs_after"] == count_macs(m, x)
+        assert [o.shape for o in forward(m, x)] == shapes
+    save_pruned(m, plan, tmp_path, source={"zoo": name, "kwargs": {}})
+    m2 = load_pruned(tmp_path)  # built from the plan's source, no pickle
+    assert torch.equal(forward(m, x)[0], forward(m2, x)[0])
+
+
+def test_plan_replays_on_a_fresh_copy_of_the_same_weights():
+    x = example_inputs("resnet20")
+    m, fresh = get_model("resnet20", seed=1), get_model("resnet20", seed=1)
+    plan = remove_(m, x, Structured(target_params=0.5, importance="l1"))
+    again = remove_(fresh, x, Plan.from_dict(json.loads(plan.to_json())))  # a plan replays via remove_ too
+    assert again is not None and torch.equal(forward(m, x)[0], forward(fresh, x)[0])
+    assert sum(p.numel() for p in m.parameters()) <= 0.5 * sum(p.numel() for p in get_model("resnet20").parameters())
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "fpgm", "bn_scale", "random"])
+def test_every_importance_meets_the_budget(importance):
+    x = example_inputs("vgg")
+    m = get_model("vgg", seed=0)
+    base = count_macs(m, x)
+    remove_(m, x, Structured(target_macs=0.5, importance=importance, allocation="global"))
+    assert 0.42 <= count_macs(m, x) / base <= 0.5
+
+
+def test_l1_keeps_the_largest_channels():
+    m = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 1, 1], [9, 9, 9], [0.1, 0, 0], [5, 5, 5]]))
+    remove_(m, torch.randn(2, 3), Structured(sparsity=0.5, importance="l1"))
+    assert m[0].weight[:, 0].tolist() == [9.0, 5.0] and m[2].in_features == 2
+
+
+def test_round_to_and_global_allocation():
+    x = example_inputs("resnet20")
+    m = get_model("resnet20", seed=0)
+    remove_(m, x, Structured(target_macs=0.6, round_to=4, allocation="global"))
+    assert all(c.out_channels % 4 == 0 for c in m.modules() if isinstance(c, nn.Conv2d))
+
+
+def test_unreachable_target_is_an_error_and_model_is_untouched():
+    x = example_inputs("lenet5")
+    m = get_model("lenet5", seed=0)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ValueError, match=r"target_macs=0\.01 is unreachable.*accepted: target_macs in \["):
+        remove_(m, x, Structured(target_macs=0.01))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({}, "needs target_macs or target_params"),
+    ({"target_macs": 0.5, "target_params": 0.5}, "give one of"),
+    ({"target_macs": 1.5}, r"target_macs must be in \(0, 1\]"),
+    ({"target_macs": 0.5, "importance": "l3"}, "importance must be one of"),
+    ({"target_macs": 0.5, "allocation": "erk"}, "allocation must be one of"),
+    ({"target_macs": 0.5, "round_to": 0}, "round_to must be a positive integer"),
+    ({"target_macs": 0.5, "ignore": "fc"}, "ignore must be a list"),
+])
+def test_bad_config_is_rejected_naming_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Structured(**kwargs)
+
+
+def test_config_json_round_trip():
+    cfg = Structured(target_macs=0.5, ignore=["fc"], importance="fpgm")
+    from prunekit.config import Config
+
+    assert Config.from_json(cfg.to_json()) == cfg
+
+
+def test_ignored_layer_keeps_its_shape():
+    x = example_inputs("vgg")
+    m = get_model("vgg", seed=0)
+    before = m.features[0].weight.shape
+    remove_(m, x, Structured(target_macs=0.6, ignore=["features.0"]))
+    assert m.features[0].weight.shape == before
+
+
+def test_unknown_op_fails_before_any_change():
+    class FFT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(torch.fft.fft(self.a(x)).real)
+
+    m = FFT()
+    with pytest.raises(TraceError, match="top-level model"):
+        remove_(m, torch.randn(2, 4), Structured(sparsity=0.5))
+    assert m.a.out_features == 8
+
+
+def test_remove_blocks_by_block_influence():
+    x = example_inputs("vit")
+    m = get_model("vit", seed=0)
+    plan = remove_(m, x, Structured(remove_blocks=0.5))
+    assert len(m.blocks) == 2 and plan.blocks == {"blocks": plan.blocks["blocks"]}
+    assert forward(m, x)[0].shape == (2, 10)
+
+
+def test_bias_compensation_adds_the_mean_of_removed_inputs():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3, bias=False))
+    x = torch.randn(64, 4)
+    y0 = forward(m, x)[0]
+    m2 = copy.deepcopy(m)
+    plan = remove_(m, x, Structured(sparsity=0.5, bias_compensation=True))
+    remove_(m2, x, Structured(sparsity=0.5))
+    assert "2.bias" in plan.added and m[2].bias is not None
+    # compensation removes the mean error over the calibration inputs
+    assert abs(float((forward(m, x)[0] - y0).mean(0).abs().max())) < 1e-5
+    assert float((forward(m2, x)[0] - y0).mean(0).abs().max()) > 1e-3
