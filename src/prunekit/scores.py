@@ -66,3 +66,27 @@ def lamp(weight: Tensor, stats: Stats | None = None) -> Tensor:
 def get_score(name: str):
     """The registered criterion ``name`` (error lists the accepted names)."""
     return SCORES.get(name)
+
+
+# Pruning-at-initialization criteria; their statistics come from ``prunekit.training.pai``.
+
+
+@SCORES.register("snip")
+def snip(weight: Tensor, stats: Stats | None = None) -> Tensor:
+    """|W * dL/dW| at initialization: SNIP connection sensitivity (Lee et al. 2019, Sec. 4.1, before normalizing)."""
+    g = _need(stats, "grad", "snip")
+    return (weight.detach() * g).abs()
+
+
+@SCORES.register("grasp")
+def grasp(weight: Tensor, stats: Stats | None = None) -> Tensor:
+    """W * Hg: minus GraSP's S(-W) = -W * Hg (Wang et al. 2020, eq. 8), which prunes the highest S first."""
+    hg = _need(stats, "hg", "grasp")
+    return weight.detach() * hg
+
+
+@SCORES.register("synflow")
+def synflow(weight: Tensor, stats: Stats | None = None) -> Tensor:
+    """|W * dR/dW| with R = 1^T (prod_l |W_l|) 1: synaptic saliency (Tanaka et al. 2020, eq. 1 and Sec. 6)."""
+    dr = _need(stats, "synflow_grad", "synflow")
+    return (weight.detach() * dr).abs()

@@ -1,0 +1,204 @@
+"""Checkpoints of sparse training: model, masks, optimizer and callbacks' state, without pickle.
+
+A checkpoint is a folder: ``tensors-<step>.safetensors`` holds every tensor (weights and buffers,
+masks, optimizer state such as momentum and Adam moments, callbacks' tensors such as SR-STE's dense
+weights or SET's generator state) and ``checkpoint.json`` holds everything else (step, epoch,
+history, optimizer hyper-parameters, callbacks' scalars) and names the tensor file. The JSON file is
+written last, atomically: a crash leaves the previous checkpoint readable, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..io import check_writable, load_tensors, save_tensors, write_json
+from ..masks import attach, attached
+from .distributed import rank, unwrap
+from .loop import Batch, Callback, TrainState
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "prunekit.checkpoint"
+CHECKPOINT_VERSION = 1
+INDEX = "checkpoint.json"
+
+
+def _encode(obj: Any, key: str, tensors: dict[str, Tensor]) -> Any:
+    """JSON-able form of ``obj``; tensors go to ``tensors`` under ``key`` and leave a reference."""
+    if torch.is_tensor(obj):
+        tensors[key] = obj
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _encode(v, f"{key}/{k}", tensors) for k, v in obj.items()}
+        return {"__items__": [[_encode(k, f"{key}/k{i}", tensors), _encode(v, f"{key}/{i}", tensors)]
+                              for i, (k, v) in enumerate(obj.items())]}
+    if isinstance(obj, tuple):
+        return {"__tuple__": [_encode(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, list):
+        return [_encode(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint entry {key!r} is a {type(obj).__name__}: only tensors, numbers, strings, "
+                    "lists, tuples and dicts can be saved (prunekit never pickles)")
+
+
+def _decode(obj: Any, tensors: dict[str, Tensor]) -> Any:
+    """Inverse of ``_encode``."""
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            if obj["__tensor__"] not in tensors:
+                raise ValueError(f"checkpoint tensor {obj['__tensor__']!r} is missing from the tensor file")
+            return tensors[obj["__tensor__"]]
+        if "__items__" in obj:
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in obj["__items__"]}
+        if "__tuple__" in obj:
+            return tuple(_decode(v, tensors) for v in obj["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_decode(v, tensors) for v in obj]
+    return obj
+
+
+def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Clone tensors that share storage with an earlier one (tied weights): safetensors refuses shared memory."""
+    seen: set[tuple[int, str]] = set()
+    out = {}
+    for k, v in tensors.items():
+        ptr = (v.untyped_storage().data_ptr(), str(v.device)) if v.numel() else (id(v), "empty")
+        out[k] = v.detach().clone() if ptr in seen else v
+        seen.add(ptr)
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    callbacks: Sequence[Callback] = (), step: int = 0, *, epoch: int = 0,
+                    history: list[dict[str, float]] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Save model, masks, optimizer and callbacks' state to the folder ``path`` (atomic); returns the index file."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"checkpoint path {folder} is a file; give a folder (it will hold {INDEX} and tensors)")
+    check_writable(folder, "checkpoint folder")
+    tensors: dict[str, Tensor] = {}
+    net = unwrap(model)
+    doc: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step),
+                           "epoch": int(epoch), "history": history or []}
+    doc["extra"] = _encode(extra or {}, "extra", tensors)
+    doc["model"] = _encode(dict(net.state_dict()), "model", tensors)
+    ms = attached(net)
+    doc["masks"] = _encode(dict(ms.masks) if ms is not None else {}, "masks", tensors)
+    doc["optimizer"] = _encode(optimizer.state_dict(), "optimizer", tensors) if optimizer is not None else None
+    doc["callbacks"] = [{"type": type(cb).__name__, "state": _encode(cb.state_dict(), f"callbacks/{i}", tensors)}
+                        for i, cb in enumerate(callbacks)]
+    name = f"tensors-{int(step):09d}.safetensors"
+    doc["tensors"] = name
+    save_tensors(folder / name, _unshared(tensors), {"format": CHECKPOINT_FORMAT})
+    index = write_json(folder / INDEX, doc)  # the commit point
+    for old in folder.glob("tensors-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    log.debug("checkpoint at step %d written to %s", step, folder)
+    return index
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` read besides the tensors it loaded in place."""
+
+    step: int
+    epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def train_state(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    device: str | torch.device = "cpu") -> TrainState:
+        """A ``TrainState`` to pass to ``fit(..., state=...)`` so training resumes at this step."""
+        return TrainState(model, optimizer, 0, 0, torch.device(device), step=self.step, epoch=self.epoch,
+                          history=list(self.history))
+
+
+def read_index(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON index of the checkpoint folder ``path`` (clear errors for a missing or foreign folder)."""
+    index = Path(path) / INDEX
+    if not index.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: {INDEX} not found")
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint index {index} is not valid JSON ({e})") from e
+    if doc.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{index} is not a prunekit checkpoint (format={doc.get('format')!r})")
+    if doc.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint {path} has version {doc.get('version')}, this prunekit reads "
+                         f"version {CHECKPOINT_VERSION}")
+    return doc
+
+
+def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    callbacks: Sequence[Callback] = (), strict: bool = True) -> Checkpoint:
+    """Load a checkpoint into ``model`` (weights, masks), ``optimizer`` and ``callbacks``, in place."""
+    doc = read_index(path)
+    saved = doc.get("callbacks", [])
+    got = [type(cb).__name__ for cb in callbacks]
+    if callbacks and [c["type"] for c in saved] != got:
+        raise ValueError(f"checkpoint {path} holds callbacks {[c['type'] for c in saved]}, got {got}: pass the same "
+                         "callbacks, in the same order, as when it was saved")
+    if optimizer is not None and doc.get("optimizer") is None:
+        raise ValueError(f"checkpoint {path} holds no optimizer state")
+    tensors, _ = load_tensors(Path(path) / doc["tensors"], "checkpoint tensor file")
+    net = unwrap(model)
+    net.load_state_dict(_decode(doc["model"], tensors), strict=strict)
+    masks = _decode(doc.get("masks", {}), tensors)
+    if masks:
+        dev = next(net.parameters()).device
+        attach(net, {k: m.to(dev) for k, m in masks.items()})
+    if optimizer is not None:
+        optimizer.load_state_dict(_decode(doc["optimizer"], tensors))
+    for cb, c in zip(callbacks, saved):
+        cb.load_state_dict(_decode(c["state"], tensors))
+    return Checkpoint(int(doc["step"]), int(doc["epoch"]), list(doc.get("history", [])),
+                      _decode(doc.get("extra", {}), tensors))
+
+
+@dataclass
+class CheckpointEvery(Callback):
+    """Save a checkpoint to ``path`` every ``every`` optimizer steps (and at the end) with ``callbacks``' state.
+
+    Only rank 0 writes under torch.distributed.
+    """
+
+    path: str | os.PathLike
+    every: int
+    callbacks: list[Callback] = field(default_factory=list)
+    at_end: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"every must be a positive integer (optimizer steps), got {self.every!r}")
+        folder = Path(self.path)
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"checkpoint path {folder} is a file; give a folder")
+        check_writable(folder, "checkpoint folder")
+
+    def _save(self, state: TrainState) -> None:
+        if rank() != 0:  # one writer under torch.distributed; every rank holds the same state
+            return
+        save_checkpoint(self.path, state.model, state.optimizer, self.callbacks, state.step, epoch=state.epoch,
+                        history=state.history)
+
+    def on_step_end(self, state: TrainState, batch: Batch) -> None:
+        if state.step % self.every == 0:
+            self._save(state)
+
+    def on_fit_end(self, state: TrainState) -> None:
+        if self.at_end:
+            self._save(state)

@@ -1,0 +1,255 @@
+"""Iterative magnitude pruning (IMP) and lottery tickets with rewinding, as rounds of ``fit``.
+
+Level 0 trains the dense model. Each following level prunes ``fraction`` of the remaining weights by
+magnitude (Han et al. 2015), then either rewinds the surviving weights to their values after
+``rewind_step`` optimizer steps (Frankle & Carbin 2019 for step 0; Frankle et al. 2020, "Linear Mode
+Connectivity and the Lottery Ticket Hypothesis", for step k > 0) and trains again from step k, or keeps
+the trained weights and fine-tunes them (``rewind_step=None``). Sparsity after level r is exactly
+1 - (1 - fraction)^r (``schedules.Iterative``).
+
+The optimizer state at each level is an explicit policy, ``optimizer_state``:
+- ``"reset"``: a new optimizer (no momentum), as OpenLTH does;
+- ``"rewind"``: the optimizer state saved at ``rewind_step``, rewound with the weights;
+- ``"keep"``: the optimizer of the previous level, its state of pruned weights zeroed.
+
+``random_reinit_control`` trains the same masks from freshly drawn initial weights: the control that
+tells a winning ticket from a good mask.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..api import Magnitude, prune_scored_
+from ..errors import check_choice, check_fraction, check_sparsity
+from ..masks import DEFAULT_EXCLUDE, attach, attached
+from ..schedules import Iterative
+from .distributed import check_masks_synced, unwrap
+from .loop import Callback, FitResult, TrainState, as_dataset, fit, make_optimizer
+
+log = logging.getLogger(__name__)
+
+OPTIMIZER_STATE_POLICIES = ("reset", "rewind", "keep")
+
+
+@dataclass
+class RewindPoint(Callback):
+    """Saves the model's state (weights and buffers) and the optimizer state after ``step`` optimizer steps."""
+
+    step: int = 0
+    weights: dict[str, Tensor] | None = field(default=None, init=False, repr=False)
+    optimizer_state: dict[str, Any] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 0:
+            raise ValueError(f"rewind step must be an integer >= 0, got {self.step!r}")
+
+    def on_fit_start(self, state: TrainState) -> None:
+        if self.step > state.total_steps:
+            raise ValueError(f"rewind step {self.step} is beyond the training length ({state.total_steps} steps)")
+        if state.step == self.step:
+            self.capture(state)
+
+    def on_step_end(self, state: TrainState, batch: Any) -> None:
+        if state.step == self.step:
+            self.capture(state)
+
+    @torch.no_grad()
+    def capture(self, state: TrainState) -> None:
+        """Copy the weights and optimizer state now."""
+        self.weights = {k: v.detach().clone() for k, v in unwrap(state.model).state_dict().items()}
+        self.optimizer_state = copy.deepcopy(state.optimizer.state_dict())
+
+    @torch.no_grad()
+    def rewind_(self, model: nn.Module) -> None:
+        """Load the saved weights into ``model``; attached masks are re-applied (pruned weights stay zero)."""
+        if self.weights is None:
+            raise RuntimeError(f"no weights were saved at step {self.step} (training ended before it?)")
+        net = unwrap(model)
+        net.load_state_dict(self.weights)
+        ms = attached(net)
+        if ms is not None:
+            ms.apply_()
+
+
+@dataclass
+class Level:
+    """One IMP level: its sparsity, the final training record, the masks, the time it took."""
+
+    level: int
+    sparsity: float
+    metrics: dict[str, float]
+    seconds: float
+    masks: dict[str, Tensor] | None = field(default=None, repr=False)
+
+
+@dataclass
+class IMPResult:
+    """What ``iterative_magnitude`` returns: every level, the rewind point, the settings."""
+
+    levels: list[Level]
+    rewind: RewindPoint | None
+    settings: dict[str, Any]
+
+    def masks(self, level: int = -1) -> dict[str, Tensor]:
+        """The masks of ``level`` (the last by default)."""
+        m = self.levels[level].masks
+        if m is None:
+            raise ValueError(f"level {level} kept no masks (dense level 0, or keep_masks=False)")
+        return m
+
+
+def total_steps(data: Any, *, epochs: int | None = None, steps: int | None = None, batch_size: int = 128,
+                sampler: Any = None) -> int:
+    """Optimizer steps ``fit`` will run for these arguments."""
+    if (epochs is None) == (steps is None):
+        raise ValueError("give exactly one of epochs= or steps= (a positive integer)")
+    if steps is not None:
+        return int(steps)
+    n = len(sampler) if sampler is not None else len(as_dataset(data))
+    return int(epochs) * math.ceil(n / batch_size)  # type: ignore[arg-type]
+
+
+def _validate(fraction: float, rounds: int | None, target_sparsity: float | None, rewind_step: int | None,
+              optimizer_state: str, fit_kwargs: dict[str, Any], data: Any) -> int:
+    check_fraction(fraction, "fraction", high_closed=False)
+    if (rounds is None) == (target_sparsity is None):
+        raise ValueError("give exactly one of rounds= (pruning rounds) or target_sparsity= (a number in [0, 1))")
+    if target_sparsity is not None:
+        check_sparsity(target_sparsity, "target_sparsity")
+        rounds = Iterative.rounds_for(target_sparsity, fraction)
+    Iterative(fraction, rounds)  # type: ignore[arg-type]  (validates rounds >= 1)
+    check_choice(optimizer_state, "optimizer_state", OPTIMIZER_STATE_POLICIES)
+    if rewind_step is None and optimizer_state == "rewind":
+        raise ValueError("optimizer_state='rewind' needs rewind_step (an integer); with rewind_step=None "
+                         "(fine-tuning) use 'reset' or 'keep'")
+    if isinstance(fit_kwargs.get("optimizer"), torch.optim.Optimizer):
+        raise ValueError("pass optimizer= as a name ('sgd', 'adamw', 'adam') or a factory: each level builds its own")
+    total = total_steps(data, epochs=fit_kwargs.get("epochs"), steps=fit_kwargs.get("steps"),
+                        batch_size=fit_kwargs.get("batch_size", 128), sampler=fit_kwargs.get("sampler"))
+    if rewind_step is not None:
+        if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) or rewind_step < 0:
+            raise ValueError(f"rewind_step must be an integer >= 0 or None (fine-tune), got {rewind_step!r}")
+        if rewind_step > total:
+            raise ValueError(f"rewind_step={rewind_step} is beyond the training length ({total} steps)")
+    return int(rounds)  # type: ignore[arg-type]
+
+
+def _new_optimizer(model: nn.Module, fit_kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    return make_optimizer(fit_kwargs.get("optimizer", "sgd"), model.parameters(), fit_kwargs.get("lr", 0.1),
+                          fit_kwargs.get("weight_decay", 5e-4), fit_kwargs.get("momentum", 0.9))
+
+
+def _level_optimizer(model: nn.Module, policy: str, previous: torch.optim.Optimizer, rewind: RewindPoint | None,
+                     fit_kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    if policy == "keep":
+        return previous
+    opt = _new_optimizer(model, fit_kwargs)
+    if policy == "rewind":
+        assert rewind is not None and rewind.optimizer_state is not None
+        opt.load_state_dict(copy.deepcopy(rewind.optimizer_state))
+    return opt
+
+
+def iterative_magnitude(
+    model: nn.Module,
+    data: Any,
+    *,
+    rounds: int | None = None,
+    target_sparsity: float | None = None,
+    fraction: float = 0.2,
+    rewind_step: int | None = 0,
+    optimizer_state: str = "reset",
+    scope: str = "global",
+    allocation: str | None = None,
+    max_layer_sparsity: float = 0.99,
+    exclude: Sequence[str] = DEFAULT_EXCLUDE,
+    callbacks: Sequence[Callback] = (),
+    keep_masks: bool = True,
+    **fit_kwargs: Any,
+) -> IMPResult:
+    """IMP: train, prune ``fraction`` of the remaining weights, rewind (or fine-tune), repeat; ``fit_kwargs``
+    (``epochs`` or ``steps``, ``lr``, ``optimizer``...) are the recipe of every level."""
+    rounds = _validate(fraction, rounds, target_sparsity, rewind_step, optimizer_state, fit_kwargs, data)
+    Magnitude(0.5, scope=scope, allocation=allocation, max_layer_sparsity=max_layer_sparsity, exclude=list(exclude))
+    schedule = Iterative(fraction, rounds)
+    settings = {"fraction": fraction, "rounds": rounds, "rewind_step": rewind_step, "scope": scope,
+                "optimizer_state": optimizer_state, "allocation": allocation}
+    rewind = RewindPoint(rewind_step) if rewind_step is not None else None
+    t0 = time.perf_counter()
+    res = fit(model, data, callbacks=[*([rewind] if rewind else []), *callbacks], **fit_kwargs)
+    levels = [Level(0, 0.0, res.final, time.perf_counter() - t0)]
+    log.info("IMP level 0 (dense): %s", res.final)
+    for r in range(1, rounds + 1):
+        t0 = time.perf_counter()
+        res = _train_level(model, data, schedule.sparsity_at(r), res, rewind, optimizer_state, scope, allocation,
+                           max_layer_sparsity, exclude, callbacks, fit_kwargs)
+        ms = attached(unwrap(model))
+        assert ms is not None
+        masks = {k: m.detach().clone() for k, m in ms.masks.items()} if keep_masks else None
+        levels.append(Level(r, ms.sparsity(), res.final, time.perf_counter() - t0, masks))
+        log.info("IMP level %d (sparsity %.4f): %s", r, ms.sparsity(), res.final)
+    return IMPResult(levels, rewind, settings)
+
+
+def _train_level(model: nn.Module, data: Any, sparsity: float, previous: FitResult, rewind: RewindPoint | None,
+                 policy: str, scope: str, allocation: str | None, max_layer_sparsity: float, exclude: Sequence[str],
+                 callbacks: Sequence[Callback], fit_kwargs: dict[str, Any]) -> FitResult:
+    net = unwrap(model)
+    cfg = Magnitude(sparsity, scope=scope, allocation=allocation, max_layer_sparsity=max_layer_sparsity,
+                    exclude=list(exclude))
+    report = prune_scored_(net, cfg, "magnitude")  # what is pruned stays pruned
+    assert report.masks is not None
+    check_masks_synced(report.masks.masks, f"after pruning to sparsity {sparsity:.4f}")
+    if rewind is not None:
+        rewind.rewind_(net)
+    opt = _level_optimizer(model, policy, previous.state.optimizer, rewind, fit_kwargs)
+    report.masks.watch(opt)
+    start = rewind.step if rewind is not None else 0
+    device = torch.device(fit_kwargs.get("device", "cpu"))
+    state = TrainState(model, opt, 0, 0, device, step=start)
+    return fit(model, data, state=state, callbacks=list(callbacks), **fit_kwargs)
+
+
+def lottery_ticket(model: nn.Module, data: Any, sparsity: float, *, rewind_step: int = 0, fraction: float = 0.2,
+                   **kwargs: Any) -> IMPResult:
+    """Find a lottery ticket at ``sparsity``: IMP with rewinding to ``rewind_step`` (0 = the original LTH)."""
+    if rewind_step is None:
+        raise ValueError("lottery_ticket rewinds: rewind_step must be an integer >= 0 (use iterative_magnitude "
+                         "with rewind_step=None to fine-tune instead)")
+    return iterative_magnitude(model, data, target_sparsity=sparsity, fraction=fraction, rewind_step=rewind_step,
+                               **kwargs)
+
+
+@torch.no_grad()
+def reinitialize_(model: nn.Module, seed: int) -> nn.Module:
+    """Draw fresh initial weights: ``reset_parameters()`` of every submodule under ``seed``; masks re-applied."""
+    net = unwrap(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        for mod in net.modules():
+            reset = getattr(mod, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    ms = attached(net)
+    if ms is not None:
+        ms.apply_()
+    return model
+
+
+def random_reinit_control(model: nn.Module, masks: dict[str, Tensor], data: Any, *, seed: int,
+                          **fit_kwargs: Any) -> FitResult:
+    """The LTH control: ``masks`` on freshly drawn initial weights (``seed``), trained with ``fit_kwargs``."""
+    net = unwrap(model)
+    attach(net, {k: m.clone() for k, m in masks.items()})
+    reinitialize_(net, seed)
+    return fit(model, data, **fit_kwargs)

@@ -1,0 +1,77 @@
+"""Worker of test_ddp.py, a top-level module so spawned processes can import it (pytest's importlib mode
+gives test modules names that a fresh interpreter cannot import)."""
+
+import os
+
+import torch
+from torch import distributed as dist
+from torch import nn
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from prunekit.io import save_tensors
+from prunekit.masks import attach, attached
+from prunekit.training import SET, SRSTE, GraNet, MaskSyncError, RigL, fit
+
+WORLD, GLOBAL_BATCH, STEPS = 2, 16, 12
+METHODS = {
+    "rigl": lambda: RigL(0.8, update_every=3),
+    "set": lambda: SET(0.8, update_every=3),
+    "granet": lambda: GraNet(0.8, update_every=3, begin_step=0),
+    "srste": lambda: SRSTE(2, 4),
+}
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.fc1 = nn.Linear(64, 16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).flatten(1))))
+
+
+def data() -> TensorDataset:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 4, 8, generator=g)
+    return TensorDataset(x, (x[:, 0].sum(1) > 0).long() + 2 * (x[:, 1].sum(1) > 0).long())
+
+
+def make_net() -> Net:
+    torch.manual_seed(0)
+    return Net()
+
+
+def result(model: Net, cb) -> dict[str, torch.Tensor]:
+    """Weights and masks of a finished run, flat for safetensors."""
+    masks = cb.masks if isinstance(cb, SRSTE) else attached(model).masks
+    return {**{f"w/{k}": v for k, v in model.state_dict().items()}, **{f"m/{k}": m for k, m in masks.items()}}
+
+
+def worker(rank: int, port: int, out: str) -> None:
+    """One rank: every method under DDP, then masks that diverge on purpose."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        ds = data()
+        for name, make in METHODS.items():
+            model, cb = make_net(), make()
+            ddp = nn.parallel.DistributedDataParallel(model)
+            sampler = DistributedSampler(ds, num_replicas=WORLD, rank=rank, shuffle=False)
+            fit(ddp, ds, steps=STEPS, batch_size=GLOBAL_BATCH // WORLD, sampler=sampler, lr=0.05, callbacks=[cb])
+            save_tensors(os.path.join(out, f"{name}-{rank}.safetensors"), result(model, cb))
+        model = make_net()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        g = torch.Generator().manual_seed(rank)  # a bug on purpose: each rank draws its own conv mask
+        attach(model, {"conv.weight": torch.rand(model.conv.weight.shape, generator=g) < 0.5})
+        try:
+            fit(ddp, ds, steps=2, batch_size=8, callbacks=[RigL(None)])
+            msg = "no error"
+        except MaskSyncError as e:
+            msg = str(e)
+        with open(os.path.join(out, f"diverge-{rank}.txt"), "w") as f:
+            f.write(msg)
+    finally:
+        dist.destroy_process_group()
