@@ -76,11 +76,26 @@ def allocate(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, bu
     """Per-group unit counts meeting ``cost(counts) <= budget``; ``rule`` is ``"uniform"`` or ``"global"``."""
     mins = min_counts(groups, max_group_sparsity, round_to)
     if rule == "uniform":
-        return _bisect(lambda s: uniform_counts(groups, s, mins, round_to), cost, 0.0, 1.0, budget)
+        first = _bisect(lambda s: uniform_counts(groups, s, mins, round_to), cost, 0.0, 1.0, budget)
+        return _refill(groups, first, mins, cost, budget, round_to)
     order = global_order(groups, {g.id: normalize(scores[g.id]) for g in groups})
     n = len(order)
     return _bisect(lambda t: global_counts(groups, order, round(t * n), mins, round_to), cost, 0.0, 1.0, budget,
                    iters=max(20, n.bit_length() + 2))
+
+
+def _refill(groups: list[Group], counts: Counts, mins: Counts, cost: Callable[[Counts], int], budget: float,
+            round_to: int, coarse: int = 16) -> Counts:
+    """Give the budget that coarse groups (few units, e.g. 2 kv heads) left unused back to the fine ones,
+    all by one fraction again, so uniform widths stay uniform."""
+    fine = [g for g in groups if g.size >= coarse]
+    if not fine or len(fine) == len(groups):
+        return counts
+
+    def f(s: float) -> Counts:
+        return {**counts, **uniform_counts(fine, s, mins, round_to)}
+
+    return _bisect(f, cost, 0.0, 1.0, budget)
 
 
 def normalize(s: Tensor) -> Tensor:
