@@ -1,0 +1,41 @@
+"""Data pruning: score every example, select what to keep, train on it.
+
+- ``DynamicsRecorder`` (a ``fit`` callback) records per-example training dynamics into a memmap;
+  ``el2n``, ``forgetting``, ``aum``, ``entropy``, ``loss`` are derived from the recorded runs.
+- ``grand`` (per-example gradient norms with ``torch.func``), ``prototype`` (distance to the nearest
+  k-means centroid of embeddings), ``random``. Every score is a difficulty: higher = harder.
+- ``select(scores, keep_fraction, rule)`` with rules ``keep-hard``, ``keep-easy``, ``random``,
+  ``class-balanced``, ``ccs``, ``dbp``.
+- ``semdedup`` (embeddings, streamed), ``dsir`` (text), ``RS2Sampler`` (per-epoch random subsets).
+- ``save_selection`` / ``load_selection``: kept indices ``.npy`` plus a JSON manifest.
+"""
+
+from .cluster import Clusters, Embeddings, cluster_complexity, kmeans, prototype
+from .dedup import DedupResult, semdedup
+from .dsir import DSIRResult, dsir, hashed_ngrams, kl_reduction
+from .dynamics import FIELDS, Dynamics, DynamicsRecorder
+from .embed import MiniLMEncoder, RandomConvEncoder, embed
+from .io import load_selection, save_selection
+from .proxy import record_runs
+from .sampler import RS2Sampler
+from .scores import (
+    DATA_SCORES,
+    area_under_margin,
+    aum,
+    el2n,
+    entropy,
+    forgetting,
+    grand,
+    loss,
+    per_example_grad_norm,
+)
+from .scores import random as random_scores
+from .select import SELECTORS, ccs, class_balanced, dbp, keep_easy, keep_hard, select
+
+__all__ = [
+    "DATA_SCORES", "FIELDS", "SELECTORS", "Clusters", "DSIRResult", "DedupResult", "Dynamics", "DynamicsRecorder",
+    "Embeddings", "MiniLMEncoder", "RS2Sampler", "RandomConvEncoder", "area_under_margin", "aum", "ccs",
+    "class_balanced", "cluster_complexity", "dbp", "dsir", "el2n", "embed", "entropy", "forgetting", "grand",
+    "hashed_ngrams", "keep_easy", "keep_hard", "kl_reduction", "kmeans", "load_selection", "loss",
+    "per_example_grad_norm", "prototype", "random_scores", "record_runs", "save_selection", "select", "semdedup",
+]

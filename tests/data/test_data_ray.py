@@ -1,0 +1,41 @@
+"""The Ray Data backend gives the same embeddings and prototype scores as the local backend (local Ray)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra: pip install 'prunekit[ray]'")
+
+from prunekit.data import RandomConvEncoder, embed, kmeans, prototype  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # raised inside Ray's own DataContext
+        ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_ray_backend_matches_local(local_ray, tmp_path):
+    x = torch.randn(600, 40, generator=torch.Generator().manual_seed(0))
+    enc = RandomConvEncoder(dim=16, seed=0)
+    local = embed(enc, x, batch_size=100)
+    remote = embed(enc, x, out=tmp_path / "e.npy", batch_size=100, backend="ray")
+    np.testing.assert_allclose(np.asarray(remote), local, rtol=1e-5, atol=1e-6)
+
+    cl_local = kmeans(str(tmp_path / "e.npy"), 5, seed=0)
+    cl_ray = kmeans(str(tmp_path / "e.npy"), 5, seed=0, backend="ray")  # file rows read on the workers
+    np.testing.assert_array_equal(cl_local.centroids, cl_ray.centroids)
+    np.testing.assert_array_equal(cl_local.assign, cl_ray.assign)
+    np.testing.assert_allclose(cl_local.cosine, cl_ray.cosine, atol=1e-6)
+    s_local = prototype(local, n_clusters=5, seed=0)
+    s_ray = prototype(local, n_clusters=5, seed=0, backend="ray")  # in-memory rows via the object store
+    torch.testing.assert_close(s_local, s_ray, atol=1e-6, rtol=0)
