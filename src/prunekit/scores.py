@@ -73,20 +73,20 @@ def get_score(name: str):
 
 @SCORES.register("snip")
 def snip(weight: Tensor, stats: Stats | None = None) -> Tensor:
-    """|W * dL/dW| at initialization: SNIP connection sensitivity (Lee et al. 2019, Sec. 4.1, before normalizing)."""
+    """|W * dL/dW| at initialization: SNIP connection sensitivity (Lee et al. 2019, "SNIP", s_j before normalizing)."""
     g = _need(stats, "grad", "snip")
     return (weight.detach() * g).abs()
 
 
 @SCORES.register("grasp")
 def grasp(weight: Tensor, stats: Stats | None = None) -> Tensor:
-    """W * Hg: minus GraSP's S(-W) = -W * Hg (Wang et al. 2020, eq. 8), which prunes the highest S first."""
+    """W * Hg: minus GraSP's S(-W) = -W * Hg (Wang et al. 2020, "GraSP"), which prunes the highest S."""
     hg = _need(stats, "hg", "grasp")
     return weight.detach() * hg
 
 
 @SCORES.register("synflow")
 def synflow(weight: Tensor, stats: Stats | None = None) -> Tensor:
-    """|W * dR/dW| with R = 1^T (prod_l |W_l|) 1: synaptic saliency (Tanaka et al. 2020, eq. 1 and Sec. 6)."""
+    """|W * dR/dW| with R = 1^T (prod_l |W_l|) 1: synaptic saliency (Tanaka et al. 2020, "SynFlow")."""
     dr = _need(stats, "synflow_grad", "synflow")
     return (weight.detach() * dr).abs()

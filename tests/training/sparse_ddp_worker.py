@@ -10,7 +10,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from prunekit.io import save_tensors
 from prunekit.masks import attach, attached
-from prunekit.training import SET, SRSTE, GraNet, MaskSyncError, RigL, fit
+from prunekit.training import SET, SRSTE, GraNet, MaskSyncError, PruneAtInit, RigL, fit
 
 WORLD, GLOBAL_BATCH, STEPS = 2, 16, 12
 METHODS = {
@@ -18,6 +18,7 @@ METHODS = {
     "set": lambda: SET(0.8, update_every=3),
     "granet": lambda: GraNet(0.8, update_every=3, begin_step=0),
     "srste": lambda: SRSTE(2, 4),
+    "snip": lambda: PruneAtInit("snip", 0.8, data=data(), options={"batch_size": 8}),
 }
 
 

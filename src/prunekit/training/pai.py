@@ -107,7 +107,7 @@ def _batches(data: Any, batches: int, batch_size: int) -> list[tuple[Tensor, Ten
 
 def snip_scores(model: nn.Module, data: Any, *, batches: int = 1, batch_size: int = 128,
                 loss_fn: LossFn | None = None, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
-    """SNIP connection sensitivity |W * dL/dW| at the current weights (Lee et al. 2019, Sec. 4.1)."""
+    """SNIP connection sensitivity |W * dL/dW| at the current weights (Lee et al. 2019, "SNIP")."""
     _check_positive_int(batches, "batches")
     params = _weights(model, exclude)
     grads = mean_gradients(unwrap(model), data, params, batches, batch_size, loss_fn)
@@ -118,7 +118,7 @@ def snip_scores(model: nn.Module, data: Any, *, batches: int = 1, batch_size: in
 
 def grasp_scores(model: nn.Module, data: Any, *, temperature: float = 200.0, batches: int = 1,
                  batch_size: int = 128, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
-    """W * Hg with g = dL/dW and H its Hessian, logits divided by ``temperature`` (Wang et al. 2020, eq. 8)."""
+    """W * Hg with g = dL/dW and H its Hessian, logits divided by ``temperature`` (Wang et al. 2020, GraSP)."""
     params = _weights(model, exclude)
     hg = grasp_hessian_gradient(model, data, temperature=temperature, batches=batches, batch_size=batch_size,
                                 exclude=exclude)
@@ -211,7 +211,10 @@ def snip_masks(model: nn.Module, data: Any, sparsity: float, *, batches: int = 1
 def grasp_masks(model: nn.Module, data: Any, sparsity: float, *, temperature: float = 200.0, batches: int = 1,
                 batch_size: int = 128, scope: str = "global", allocation: str | None = None,
                 max_layer_sparsity: float = 0.99, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
-    """GraSP masks: remove the weights whose removal reduces gradient flow least (Wang et al. 2020, eq. 8)."""
+    """GraSP masks: keep the highest W * Hg, i.e. remove the highest S(-W) = -W * Hg (Wang et al. 2020, "GraSP").
+
+    The removed weights are those whose removal reduces the gradient flow least (or increases it).
+    """
     _check_common(sparsity, scope, allocation, max_layer_sparsity)
     scores = grasp_scores(model, data, temperature=temperature, batches=batches, batch_size=batch_size,
                           exclude=exclude)
