@@ -167,20 +167,21 @@ class _DynamicSparse(Callback):
         assert self.schedule is not None
         fraction = annealed_fraction(self.schedule, self.anneal, state.step)
         ms = self._mask_set(state)
-        changed = self._drop_grow(ms, fraction, self._grads)
+        changed = self._drop_grow(ms, fraction, self._grads, [state.optimizer])
         self._grads = {}
         check_masks_synced(ms.masks, f"after the mask update at step {state.step}")
         self.history.append({"step": state.step, "fraction": fraction, "changed": changed})
         log.debug("step %d: drop/grow fraction %.4f, %d weights moved", state.step, fraction, changed)
 
-    def _drop_grow(self, ms: MaskSet, fraction: float, grads: dict[str, Tensor]) -> int:
+    def _drop_grow(self, ms: MaskSet, fraction: float, grads: dict[str, Tensor],
+                   optimizers: list[torch.optim.Optimizer]) -> int:
         new, changed = {}, 0
         for k, p in ms.params.items():
             old = ms.masks[k]
             k_upd = update_count(fraction, int(old.sum()))
             new[k] = drop_grow(old, p.detach().abs(), self.grow_score(k, p, grads), k_upd)
             grown = new[k] & ~old
-            reset_grown_(p, grown, ms._optimizers)
+            reset_grown_(p, grown, optimizers)
             changed += int(grown.sum())
         ms.update_(new)
         return changed
@@ -321,7 +322,7 @@ class GraNet(_DynamicSparse):
         s_t = self.prune_schedule.sparsity_at(state.step)
         ms.update_(self._prune_to(ms, s_t))
         fraction = self.schedule.fraction_at(state.step)
-        changed = self._drop_grow(ms, fraction, self._grads) if fraction > 0 else 0
+        changed = self._drop_grow(ms, fraction, self._grads, [state.optimizer]) if fraction > 0 else 0
         self._grads = {}
         check_masks_synced(ms.masks, f"after the mask update at step {state.step}")
         self.history.append({"step": state.step, "sparsity": s_t, "fraction": fraction, "changed": changed})
