@@ -112,6 +112,7 @@ class MethodSpec:
 
     @property
     def gradual(self) -> bool:
+        """True for gradual magnitude pruning (a training run), False for one-shot methods."""
         return self.type == GRADUAL
 
 
@@ -369,6 +370,7 @@ class PlannedRun:
 
     @property
     def label(self) -> str:
+        """``<model> <method>@<sparsity> seed <seed>``, for logs and progress lines."""
         name = self.method.label if self.method else BASELINE
         return f"{self.model.label} {name}@{self.sparsity:g} seed {self.seed}"
 
@@ -551,6 +553,7 @@ class SweepResult:
 
     @property
     def total(self) -> int:
+        """Runs in the sweep: done now plus found stored."""
         return len(self.ran) + len(self.skipped)
 
 
