@@ -203,7 +203,7 @@ def prune_scored_(model: nn.Module, config: _Criterion, score_name: str, data: A
         layers.append(LayerReport(k, list(p.shape), p.numel(), 1.0 - float(m.sum()) / m.numel(), targets[k],
                                   time.perf_counter() - t1))
     ms = attach(model, masks)
-    log.info("pruned %d layers to %.4f sparsity", len(layers), sum(r.sparsity * r.numel for r in layers) /
+    log.debug("pruned %d layers to %.4f sparsity", len(layers), sum(r.sparsity * r.numel for r in layers) /
              max(1, sum(r.numel for r in layers)))
     return Report(config.to_dict(), layers, time.perf_counter() - t0, ms)
 

@@ -76,7 +76,7 @@ def test_demo_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_mod, "QUICK_EPOCHS", {"dense": 1, "finetune": 1})
     res = run_demo(tmp_path / "out", quick=True)
     assert res.db == tmp_path / "out" / "prunekit-results.sqlite" and len(res.sweep.ran) == 4
-    assert res.paths["html"].exists() and res.paths["layer_sparsity_demo-quick_cnn1d"].exists()
+    assert res.paths["html"].exists() and res.paths["layer_sparsity_demo-quick_cnn1d-channels-64"].exists()
     assert "| one-shot-magnitude+finetune |" in res.summary and "| gradual-magnitude |" in res.summary
     again = cli.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "out")])
     assert again.exit_code == 0, again.output
