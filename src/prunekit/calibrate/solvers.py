@@ -106,19 +106,21 @@ def damped_inverse_factor(H: Tensor, percdamp: float = 0.01, escalations: int = 
     """
     if not torch.isfinite(H).all():
         raise CholeskyError(f"the Hessian of {name} contains NaN or Inf (check the calibration activations)")
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0  # inputs that are always zero: unit curvature, the weights there do not matter
-    mean_diag = float(torch.diag(H).mean())
-    idx = torch.arange(H.shape[0], device=H.device)
+    dead = torch.diag(H) == 0  # inputs that are always zero: unit curvature, their weights do not matter
+    diag = torch.where(dead, torch.ones_like(torch.diag(H)), torch.diag(H))
+    mean_diag = float(diag.mean())
     tried = []
     for step in range(escalations + 1):
         pd = percdamp * 10**step
-        Hd = H.clone()
-        Hd[idx, idx] += pd * mean_diag
+        Hd = H.clone()  # (in, in); the only full copy besides the factors, to keep peak memory low
+        Hd.diagonal().copy_(diag + pd * mean_diag)
         L, info = torch.linalg.cholesky_ex(Hd)
+        del Hd
         if int(info) == 0:
-            U, info2 = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
+            Hinv = torch.cholesky_inverse(L)
+            del L
+            U, info2 = torch.linalg.cholesky_ex(Hinv, upper=True)
+            del Hinv
             if int(info2) == 0 and torch.isfinite(U).all():
                 if step:
                     log.warning("%s: Cholesky needed dampening %.3g (asked %.3g)", name, pd, percdamp)

@@ -32,14 +32,14 @@ class LMRecipe:
     """Architecture and training schedule of the zoo LM."""
 
     vocab_size: int = 2048
-    hidden_size: int = 256
+    hidden_size: int = 192
     num_layers: int = 4
     num_heads: int = 4
-    intermediate_size: int = 704
+    intermediate_size: int = 512
     max_positions: int = 512
     seq_len: int = 128
     batch_size: int = 16
-    steps: int = 400
+    steps: int = 300
     lr: float = 3e-3
     warmup: int = 20
     weight_decay: float = 0.1
