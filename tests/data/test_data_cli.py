@@ -104,3 +104,13 @@ def test_nan_scores_and_wrong_width_embeddings_rejected(tmp_path):
     assert r.exit_code == 2 and "width 384" in r.output and not (tmp_path / "d").exists()
     r = _run("score", "--method", "el2m", "--out", str(tmp_path / "x"))
     assert r.exit_code == 2 and "method must be one of" in r.output
+
+
+def test_score_grand_on_a_zoo_data_set(tmp_path):
+    r = _run("score", "--method", "grand", "--dataset", "digits", "--model", "lenet5", "--seeds", "0",
+             "--out", str(tmp_path / "g"))
+    assert r.exit_code == 0, r.output
+    g = np.load(tmp_path / "g.npy")
+    assert g.shape == (1347,) and (g > 0).all()
+    r = _run("score", "--method", "grand", "--out", str(tmp_path / "h"))
+    assert r.exit_code == 2 and "--dataset and --model" in r.output

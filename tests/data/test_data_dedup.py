@@ -92,3 +92,17 @@ def test_kmeans_streams_in_chunks_like_one_pass(monkeypatch, dup_embeddings):
     chunked = kmeans(x, 8, seed=1)
     np.testing.assert_array_equal(full.assign, chunked.assign)
     np.testing.assert_allclose(full.cosine, chunked.cosine, atol=1e-6)
+
+
+def test_file_rows_are_read_window_by_window(monkeypatch, tmp_path):
+    from prunekit.data import cluster
+
+    x = np.arange(1000 * 4, dtype=np.float32).reshape(1000, 4)
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setattr(cluster, "CHUNK_BYTES", 4096)  # windows of 256 rows
+    emb = cluster.Embeddings(str(tmp_path / "x.npy"))
+    idx = np.array([0, 3, 255, 256, 257, 700, 999])
+    np.testing.assert_array_equal(emb.take(idx), x[idx])
+    starts = [s for s, _ in emb.chunks()]
+    assert starts == [0, 256, 512, 768]
+    np.testing.assert_array_equal(np.concatenate([b for _, b in emb.chunks()]), x)

@@ -76,6 +76,14 @@ def _scores_from(method: str, dynamics: list[Path], embeddings: Path | None, num
         if embeddings is None:
             raise ValueError("method 'prototype' needs --embeddings FILE.npy")
         return cluster.prototype(str(embeddings), n_clusters=params["clusters"], seed=params["seed"])
+    if method == "grand":
+        dataset, model, seeds = run_args[0], run_args[1], run_args[2]
+        if not (dataset and model):
+            raise ValueError("method 'grand' needs --dataset and --model (gradient norms at initialisation)")
+        from ..zoo import get_model
+
+        models = [get_model(model, seed=s) for s in _seeds(seeds)]
+        return scores.grand(models, _train_split(dataset).train)
     if method == "random":
         if num_examples is None:
             raise ValueError("method 'random' needs --num-examples")
@@ -83,7 +91,7 @@ def _scores_from(method: str, dynamics: list[Path], embeddings: Path | None, num
     raise ValueError(f"method must be one of {', '.join(SCORE_METHODS)}, got {method!r}")
 
 
-SCORE_METHODS = ("el2n", "forgetting", "aum", "entropy", "loss", "prototype", "random")
+SCORE_METHODS = ("el2n", "forgetting", "aum", "entropy", "loss", "grand", "prototype", "random")
 
 
 @app.command()
@@ -97,7 +105,7 @@ def score(
     num_examples: int | None = typer.Option(None, help="random: data set size"),
     dataset: str | None = typer.Option(None, help="record proxy runs on this zoo data set"),
     model: str | None = typer.Option(None, help="record proxy runs with this zoo model"),
-    seeds: str = typer.Option("0,1,2", help="proxy run seeds"),
+    seeds: str = typer.Option("0,1,2", help="proxy run seeds (grand: models at init, one per seed)"),
     epochs: int = typer.Option(10, help="proxy run epochs"),
     workdir: Path | None = typer.Option(None, help="folder for recorded proxy runs (reused when complete)"),
     seed: int = typer.Option(0, help="seed for random / k-means"),

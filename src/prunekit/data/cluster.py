@@ -52,11 +52,6 @@ class Embeddings:
         self.path, self._offset = Path(mm.filename), int(mm.offset)
         self.shape, self.dtype = tuple(mm.shape), mm.dtype
 
-    def _open(self) -> np.ndarray:
-        if self.array is not None:
-            return self.array
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self._offset, shape=self.shape)
-
     def chunk_rows(self, per_row_bytes: int | None = None) -> int:
         """Rows per chunk so that one chunk costs about ``CHUNK_BYTES``."""
         return max(256, CHUNK_BYTES // max(1, per_row_bytes or self.d * 4))
@@ -65,17 +60,37 @@ class Embeddings:
         """``(start, float32 rows)`` chunks in order; the file is mapped for one chunk at a time."""
         rows = rows or self.chunk_rows()
         for start in range(0, self.n, rows):
-            mm = self._open()
-            block = np.array(mm[start:start + rows], dtype=np.float32)
-            del mm
-            yield start, block
+            if self.array is not None:
+                yield start, np.array(self.array[start:start + rows], dtype=np.float32)
+            else:
+                mm = self._window(start, rows)
+                block = np.array(mm, dtype=np.float32)
+                del mm
+                yield start, block
 
     def take(self, idx: np.ndarray) -> np.ndarray:
-        """Rows at sorted indices ``idx`` as a float32 copy ``(len(idx), d)``."""
-        mm = self._open()
-        out = np.array(mm[idx], dtype=np.float32)
-        del mm
+        """Rows at sorted indices ``idx`` as a float32 copy ``(len(idx), d)``.
+
+        A file is read one window of ``chunk_rows()`` rows at a time, each window mapped only while it
+        is read, so the mapped pages never exceed one window whatever the spread of ``idx``.
+        """
+        if self.array is not None:
+            return np.array(self.array[idx], dtype=np.float32)
+        out = np.empty((len(idx), self.d), np.float32)
+        rows = self.chunk_rows()
+        cuts = np.searchsorted(idx, np.arange(0, self.n + rows, rows))
+        for w, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+            if a < b:
+                mm = self._window(w * rows, rows)
+                out[a:b] = mm[idx[a:b] - w * rows]
+                del mm
         return out
+
+    def _window(self, start: int, rows: int) -> np.memmap:
+        """Map rows ``[start, start + rows)`` of the file (read-only)."""
+        offset = self._offset + start * self.d * self.dtype.itemsize
+        shape = (min(rows, self.n - start), self.d)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=offset, shape=shape)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:

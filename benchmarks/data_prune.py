@@ -1,0 +1,219 @@
+"""Accuracy against kept fraction for data-pruning methods, equal SGD steps for every kept fraction.
+
+    nice -n 10 .venv/bin/python benchmarks/data_prune.py --dataset mnist1d --seeds 0 1 2 \
+        --out bench-out/data --db prunekit-results.sqlite
+
+Scores come from 3 full-data proxy runs (seeds 100-102, recorded by ``DynamicsRecorder``, as many
+steps as one subset run): EL2N at an early epoch (10% of the proxy run) averaged over the runs,
+forgetting and -AUM over all epochs; prototype scores from k-means on fixed random ConvNet features
+(``RandomConvEncoder``; 10 clusters, DBP 20). Then for each method, kept fraction and seed a fresh
+model trains for the setup's fixed number of steps on the kept examples and is tested on the full
+test split. RS2 trains on a fresh random subset every epoch (same steps). Results go to
+``OUT/<dataset>.jsonl`` (resumable), the results store (kind "data"), a Markdown table and plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from data_common import SETUPS, load, machine, proxy_epochs, store, train_eval
+
+from prunekit.data import (
+    RandomConvEncoder,
+    RS2Sampler,
+    aum,
+    cluster_complexity,
+    el2n,
+    embed,
+    forgetting,
+    kmeans,
+    record_runs,
+    select,
+)
+from prunekit.data.report import accuracy_table, plot_accuracy_vs_keep, plot_score_histograms
+from prunekit.zoo import get_model
+
+KEEPS = (0.9, 0.7, 0.5, 0.3, 0.2, 0.1)
+LOW_KEEPS = (0.05,)  # extra kept fractions for random and RS2 only
+CCS_BETA = {0.3: 0.1, 0.2: 0.2, 0.1: 0.3, 0.05: 0.3}  # fixed before the runs, as in the CCS README
+METHODS = ("random", "el2n-hard", "el2n-easy", "forgetting-hard", "aum-hard", "ccs", "prototype-hard", "dbp",
+           "rs2", "rs2-repl")
+
+
+def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict[str, Any]:
+    """Every score the methods need, with the time each took (the cost of selection)."""
+    setup = SETUPS[name]
+    e = proxy_epochs(name, len(data.y_train))
+    t = time.perf_counter()
+    runs = record_runs(lambda s: get_model(setup["model"], seed=s), data.train, work / f"{name}-dynamics",
+                       seeds=proxy_seeds, epochs=e, **setup["fit"])
+    proxy_s = time.perf_counter() - t
+    el2n_epoch = max(1, e // 10)
+    t = time.perf_counter()
+    emb = embed(RandomConvEncoder(dim=64, seed=0), data.x_train.reshape(len(data.x_train), -1))
+    cl10, cl20 = kmeans(emb, 10, seed=0), kmeans(emb, 20, seed=0)
+    proto_s = time.perf_counter() - t
+    return {"el2n": el2n(runs, epoch=el2n_epoch), "forgetting": forgetting(runs), "aum": aum(runs),
+            "prototype": torch.from_numpy(1.0 - cl10.cosine.astype(np.float64)),
+            "dbp_scores": torch.from_numpy(1.0 - cl20.cosine.astype(np.float64)), "dbp_clusters": cl20.assign,
+            "dbp_complexity": cluster_complexity(cl20),
+            "meta": {"proxy_epochs": e, "el2n_epoch": el2n_epoch, "proxy_seeds": proxy_seeds,
+                     "proxy_s": proxy_s, "prototype_s": proto_s,
+                     "proxy_train_acc_last": float(np.mean([r.field("correct", -1).mean() for r in runs]))}}
+
+
+def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int) -> torch.Tensor | None:
+    """Kept indices of a static method (None for RS2, which samples per epoch)."""
+    if method == "random":
+        return select(torch.zeros(n), keep, "random", seed=seed)
+    if method in ("el2n-hard", "el2n-easy"):
+        return select(sc["el2n"], keep, "keep-hard" if method.endswith("hard") else "keep-easy")
+    if method in ("forgetting-hard", "aum-hard", "prototype-hard"):
+        return select(sc[method.split("-")[0]], keep, "keep-hard")
+    if method == "ccs":
+        return select(sc["el2n"], keep, "ccs", beta=CCS_BETA.get(keep, 0.0), strata=50, cutoff_scores=sc["aum"],
+                      seed=seed)
+    if method == "dbp":
+        return select(sc["dbp_scores"], keep, "dbp", clusters=sc["dbp_clusters"], complexity=sc["dbp_complexity"],
+                      temperature=0.5, seed=seed)
+    return None
+
+
+def run_grid(name: str, methods: list[str], keeps: list[float], seeds: list[int], out: Path, db: str | None,
+             proxy_seeds: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train every (method, keep, seed) not already in ``OUT/<name>.jsonl``; return all records."""
+    data = load(name)
+    n = len(data.y_train)
+    sc = scores_for(name, data, out, proxy_seeds)
+    log_path = out / f"{name}.jsonl"
+    done = {(r["method"], r["keep_fraction"], r["seed"]): r for r in _read(log_path)}
+    st = store(db)
+    for seed in seeds:
+        if ("full", 1.0, seed) not in done:
+            acc, dt = train_eval(name, data, seed)
+            done[("full", 1.0, seed)] = _log(log_path, st, name, "full", 1.0, seed, acc, dt, n)
+        for keep in list(keeps) + list(LOW_KEEPS):
+            for method in methods:
+                if (method, keep, seed) in done or not _planned(method, keep):
+                    continue
+                idx = kept_for(method, sc, keep, seed, n)
+                sampler = None if idx is not None else RS2Sampler(n, keep, replacement=method == "rs2-repl", seed=seed)
+                acc, dt = train_eval(name, data, seed, idx=idx, sampler=sampler)
+                done[(method, keep, seed)] = _log(log_path, st, name, method, keep, seed, acc, dt, n)
+    return list(done.values()), sc
+
+
+def _planned(method: str, keep: float) -> bool:
+    if method.startswith("rs2"):
+        return keep <= 0.3
+    return keep in KEEPS or method == "random"
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+
+
+def _log(path: Path, st: Any, name: str, method: str, keep: float, seed: int, acc: float, dt: float,
+         n: int) -> dict[str, Any]:
+    rec = {"dataset": name, "method": method, "keep_fraction": keep, "seed": seed, "accuracy": acc, "train_s": dt,
+           "steps": SETUPS[name]["steps"], "num_train": n}
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    if st is not None:
+        cfg = {"dataset": name, "method": method, "keep_fraction": keep, "seed": seed, "steps": SETUPS[name]["steps"],
+               "model": SETUPS[name]["model"], "ccs_beta": CCS_BETA.get(keep, 0.0) if method == "ccs" else None}
+        st.add({"experiment": f"data-prune-{name}", "kind": "data", "config": cfg,
+                "metrics": {"accuracy": acc}, "timings": {"train_s": dt}}, replace=True)
+    logging.info("%s %s keep=%.2f seed=%d acc=%.4f (%.1fs)", name, method, keep, seed, acc, dt)
+    return rec
+
+
+def markdown(name: str, records: list[dict[str, Any]], methods: list[str], meta: dict[str, Any]) -> str:
+    """Mean (std) test accuracy in % per kept fraction and method, with the claim checks."""
+    tab = accuracy_table(records)
+    keeps = sorted({r["keep_fraction"] for r in records if r["method"] != "full"}, reverse=True)
+    cols = [m for m in methods if m in tab]
+    lines = ["| keep | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for k in keeps:
+        cells = [f"{tab[m][k][0] * 100:.1f} ({tab[m][k][1] * 100:.1f})" if k in tab[m] else "" for m in cols]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    full = tab.get("full", {}).get(1.0)
+    if full:
+        lines.append(f"\nFull data ({SETUPS[name]['steps']} steps): {full[0] * 100:.1f} ({full[1] * 100:.1f}).")
+    lines.append(f"Selection cost: proxy runs {meta['proxy_s']:.0f} s ({len(meta['proxy_seeds'])} runs x "
+                 f"{meta['proxy_epochs']} epochs), prototype embedding + k-means {meta['prototype_s']:.1f} s; "
+                 f"EL2N epoch {meta['el2n_epoch']}; proxy final train accuracy {meta['proxy_train_acc_last']:.3f}.")
+    lines += [""] + checks(tab)
+    return "\n".join(lines)
+
+
+def checks(tab: dict[str, dict[float, tuple[float, float, int]]]) -> list[str]:
+    """The issue's claims, evaluated on the means (points = percentage points)."""
+    def m(method: str, k: float) -> float | None:
+        v = tab.get(method, {}).get(k)
+        return None if v is None else v[0] * 100
+
+    out = []
+    scored = [x for x in tab if x not in ("random", "full", "rs2", "rs2-repl")]
+    for k in (0.9, 0.7):
+        if m("random", k) is not None:
+            best = max(scored, key=lambda x: m(x, k) or -1)
+            out.append(f"- keep {k}: best score-based {best} {m(best, k):.1f} vs random {m('random', k):.1f} "
+                       f"({m(best, k) - m('random', k):+.1f} pts; claim >= -0.5)")
+    for k in (0.2, 0.1):
+        if m("el2n-hard", k) is not None:
+            out.append(f"- keep {k}: EL2N keep-hard {m('el2n-hard', k):.1f} vs random {m('random', k):.1f} "
+                       f"({m('el2n-hard', k) - m('random', k):+.1f} pts; claim < 0)")
+    if "ccs" in tab:
+        diffs = [m("ccs", k) - m("random", k) for k in tab["ccs"] if m("random", k) is not None]
+        out.append(f"- CCS - random, worst over keeps: {min(diffs):+.1f} pts (claim >= -1)")
+        for k in (0.3, 0.2, 0.1):
+            if m("el2n-hard", k) is not None and m("ccs", k) is not None:
+                out.append(f"- keep {k}: CCS {m('ccs', k):.1f} vs EL2N keep-hard {m('el2n-hard', k):.1f} (claim >)")
+    for k in (0.1, 0.05):
+        for v in ("rs2", "rs2-repl"):
+            if m(v, k) is not None:
+                out.append(f"- keep {k}: {v} {m(v, k):.1f} vs static random {m('random', k):.1f} "
+                           f"({m(v, k) - m('random', k):+.1f} pts; claim > 0)")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=sorted(SETUPS), default="mnist1d")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--keeps", nargs="+", type=float, default=list(KEEPS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--proxy-seeds", nargs="+", type=int, default=[100, 101, 102])
+    ap.add_argument("--out", type=Path, default=Path("bench-out/data"))
+    ap.add_argument("--db", default="prunekit-results.sqlite", help="results store ('' for none)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None, help="override the setup's steps (smoke runs)")
+    args = ap.parse_args()
+    if args.steps:
+        SETUPS[args.dataset]["steps"] = args.steps
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("prunekit").setLevel(logging.WARNING)  # no per-epoch lines from fit
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    records, sc = run_grid(args.dataset, args.methods, args.keeps, args.seeds, args.out, args.db, args.proxy_seeds)
+    md = markdown(args.dataset, records, ["full", *args.methods], sc["meta"])
+    md += f"\n\nMachine: {json.dumps(machine())}; wall time {time.perf_counter() - t:.0f} s."
+    (args.out / f"{args.dataset}.md").write_text(md + "\n")
+    plot_accuracy_vs_keep([r for r in records if r["method"] != "full"], args.out / f"{args.dataset}-accuracy.png",
+                          title=f"{args.dataset}: accuracy vs kept fraction (equal steps)")
+    plot_score_histograms({k: sc[k] for k in ("el2n", "forgetting", "aum", "prototype")},
+                          args.out / f"{args.dataset}-scores.png", title=f"{args.dataset} scores")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
