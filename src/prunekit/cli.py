@@ -183,6 +183,10 @@ def _mount() -> None:
         ("prunekit.calibrate.cli", lambda m: app.add_typer(m.app, name="llm", help="Post-training pruning of "
                                                            "transformers / LLMs.")),
         ("prunekit.zoo.cli", _mount_zoo),
+        ("prunekit.structured.cli", lambda m: app.add_typer(m.app, name="structured", help="Structured pruning: "
+                                                            "dependency groups and real removal.")),
+        ("prunekit.training.cli", lambda m: app.add_typer(m.app, name="sparse", help="Sparse training: DST, "
+                                                          "pruning at init, N:M, lottery tickets.")),
     ]:
         try:
             attach(importlib.import_module(modname))
