@@ -130,6 +130,15 @@ def test_prune_via_the_public_verb(calib_ids):
     assert report.sparsity == pytest.approx(0.5)
 
 
+def test_foundation_magnitude_runs_through_the_engine(calib_ids):
+    model = tiny_model("mistral")
+    report = prunekit.prune_(model, prunekit.Magnitude(0.5), data=calib_ids)
+    assert report.sparsity == pytest.approx(0.5)
+    assert all(r.error is not None for r in report.layers)  # the engine's per-layer error report
+    with pytest.raises(ValueError, match="scope"):
+        prunekit.prune_(tiny_model("mistral"), prunekit.Magnitude(0.5, scope="global"), data=calib_ids)
+
+
 def test_find_blocks_names_the_block_list():
     assert find_blocks(tiny_model("opt"))[0] == "model.decoder.layers"
     assert find_blocks(tiny_model("gpt2"))[0] == "transformer.h"

@@ -79,6 +79,8 @@ def _plan(solver: str, config: Any, owl: Any, dsnot: Any) -> Plan:
     if getattr(config, "scope", "layer") not in ("layer", "row") or getattr(config, "allocation", None):
         raise ValueError("calibrated pruning supports scope='layer' (or 'row') and no allocation rule; use owl=True "
                          "for a per-layer allocation")
+    if getattr(config, "include", None) is not None:
+        raise ValueError("include=... is not supported by calibrated pruning; list layers to skip in exclude=[...]")
     if solver == "magnitude" and getattr(config, "scope", "layer") == "row":
         solver = "magnitude_row"
     opts = {k: getattr(config, k) for k in ("blocksize", "percdamp", "escalations") if hasattr(config, k)}
@@ -258,8 +260,10 @@ def _fingerprint(plan: Plan, solver: str, config: Any, calib: Calibration, model
     cfg = config.to_json() if hasattr(config, "to_json") else repr(config)
     h.update(json.dumps([solver, cfg, repr(plan)], sort_keys=True).encode())
     h.update(calib.input_ids.numpy().tobytes())
-    for n, p in model.named_parameters():
+    for n, p in model.named_parameters():  # names, shapes and a strided sample of the values
         h.update(f"{n}{tuple(p.shape)}{p.dtype}".encode())
+        flat = p.detach().reshape(-1)
+        h.update(flat[:: max(1, flat.numel() // 256)][:256].float().cpu().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -350,7 +354,8 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
     root = None if state_dir is None else check_writable(state_dir, "state_dir")
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device) if device is not None else next(blocks[0].parameters()).device
+    home = next(blocks[0].parameters()).device
+    dev = torch.device(device) if device is not None else home
     state = _State(root, _fingerprint(plan, solver, config, calib, model))
     was_training = model.training
     model.eval()
@@ -372,6 +377,7 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
             progress("prune", i + 1, len(blocks))
         if on_block_end:
             on_block_end(i, state.data["blocks"][-1])
+    move_outside_blocks(model, blocks, home)
     model.train(was_training)
     return _report(model, plan, config, solver, calib, state, masks, time.perf_counter() - t0)
 

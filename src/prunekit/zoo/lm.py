@@ -105,7 +105,7 @@ def _train(model: torch.nn.Module, stream: torch.Tensor, recipe: LMRecipe, progr
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr, betas=(0.9, 0.95))
     model.train()
-    t0, losses, step = time.perf_counter(), [], 0
+    t0, c0, losses, step = time.perf_counter(), time.process_time(), [], 0
     for step in range(recipe.steps):
         if time.perf_counter() - t0 > recipe.max_minutes * 60:
             log.warning("zoo LM: stopped at step %d of %d (max_minutes=%s)", step, recipe.steps, recipe.max_minutes)
@@ -125,8 +125,8 @@ def _train(model: torch.nn.Module, stream: torch.Tensor, recipe: LMRecipe, progr
     else:
         step = recipe.steps
     model.eval()
-    return {"steps_done": step, "seconds": time.perf_counter() - t0, "final_train_loss": sum(losses[-20:]) /
-            max(1, len(losses[-20:]))}
+    return {"steps_done": step, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+            "threads": torch.get_num_threads(), "final_train_loss": sum(losses[-20:]) / max(1, len(losses[-20:]))}
 
 
 def train_lm(out_dir: str | os.PathLike | None = None, recipe: LMRecipe | None = None, overwrite: bool = False,
