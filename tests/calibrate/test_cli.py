@@ -42,8 +42,10 @@ def test_prune_then_eval(model_dir, tmp_path):
     assert man["calibration"]["source"] == "builtin:stdlib-docstrings" and man["calibration"]["nsamples"] == 4
     assert all(abs(v["sparsity"] - 0.5) < 1e-9 for v in man["layers"].values())
     assert not (tmp_path / ".pruned.state").exists()  # resume files removed after success
-    r = runner.invoke(app, ["eval", str(out), "--seq-len", "32", "--max-windows", "4", "--results", str(db)])
+    r = runner.invoke(app, ["eval", str(out), "--seq-len", "32", "--max-windows", "4", "--results", str(db),
+                            "--show-layers"])
     assert r.exit_code == 0, r.output
+    assert "model.layers.1.mlp.down_proj.weight | 32x64 | 0.5000 | 0.5000 |" in r.output
     assert json.loads(r.output[r.output.index("{"):])["protocol"]["n_windows"] == 4
     rows = sqlite3.connect(db).execute("SELECT experiment, kind FROM runs").fetchall()
     assert sorted(rows) == [("llm-eval", "llm"), ("llm-prune", "llm")]

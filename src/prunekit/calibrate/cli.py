@@ -94,6 +94,7 @@ def prune(
     state_dir: Path | None = typer.Option(None, help="resume folder (default: OUT.state); deleted when done"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty --out folder"),
     results: Path | None = typer.Option(Path("prunekit-results.sqlite"), help="SQLite results store ('' to skip)"),
+    show_layers: bool = typer.Option(False, "--show-layers", help="print the per-layer table"),
 ) -> None:
     """Prune every transformer block of MODEL_DIR and save a model plain transformers loads."""
     from . import io
@@ -118,6 +119,8 @@ def prune(
         clear_state(state)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as e:
         _fail(e)
+    if show_layers:
+        console.print(report.to_markdown())
     console.print(f"pruned {len(report.layers)} layers to sparsity {report.sparsity:.4f} in {report.seconds:.1f}s"
                   f" -> {out}")
     per_layer = {r.name: r.sparsity for r in report.layers}
@@ -157,6 +160,7 @@ def eval_(
     max_windows: int | None = typer.Option(None, help="cap on evaluation windows"),
     batch_size: int = typer.Option(8),
     results: Path | None = typer.Option(Path("prunekit-results.sqlite"), help="SQLite results store ('' to skip)"),
+    show_layers: bool = typer.Option(False, "--show-layers", help="print the per-layer table of the manifest"),
 ) -> None:
     """Perplexity (causal LM) or embedding fidelity against --dense (encoder) under a pinned protocol."""
     from . import io
@@ -172,9 +176,23 @@ def eval_(
         metrics = _evaluate(model, tok, texts, name, dense, seq_len, max_windows, batch_size)
     except (ValueError, FileNotFoundError, TypeError) as e:
         _fail(e)
+    if show_layers:
+        console.print(layers_markdown(model_dir))
     console.print_json(data=metrics)
     _store(None if str(results) in ("", ".") else results, "llm-eval", {"model": str(model_dir),
            "protocol": metrics.get("protocol"), "dense": str(dense)}, metrics, {}, {})
+
+
+def layers_markdown(model_dir: Path) -> str:
+    """Per-layer sparsity, target and relative reconstruction error from a pruned model's manifest."""
+    from .io import load_manifest
+
+    rows = ["| layer | shape | sparsity | target | rel. error |", "|---|---|---:|---:|---:|"]
+    for name, d in load_manifest(model_dir)["layers"].items():
+        err = "" if d.get("error") is None else f"{d['error']:.4g}"
+        tgt = "" if d.get("target") is None else f"{d['target']:.4f}"
+        rows.append(f"| {name} | {'x'.join(map(str, d['shape']))} | {d['sparsity']:.4f} | {tgt} | {err} |")
+    return "\n".join(rows)
 
 
 def _evaluate(model: Any, tok: Any, texts: list[str], name: str, dense: Path | None, seq_len: int,
