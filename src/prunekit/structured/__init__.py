@@ -5,20 +5,23 @@ the groups, allocates widths to a MACs or parameter budget, shrinks the modules 
 a JSON :class:`Plan` that rebuilds the slim model from safetensors (``save_pruned`` / ``load_pruned``).
 """
 
-from .api import Structured, remove_
+from .api import Structured, remove_, remove_units_, select_units
 from .graph import Graph, Group, Member, build_graph
 from .importance import GROUP_SCORES, group_scores
 from .ops import register_op
 from .plan import Plan, apply_plan_
+from .regularize import BNSlimming, PruningAwareRegularizer
 from .save import load_pruned, save_pruned
 from .trace import TraceError
 
 __all__ = [
+    "BNSlimming",
     "GROUP_SCORES",
     "Graph",
     "Group",
     "Member",
     "Plan",
+    "PruningAwareRegularizer",
     "Structured",
     "TraceError",
     "apply_plan_",
@@ -27,5 +30,7 @@ __all__ = [
     "load_pruned",
     "register_op",
     "remove_",
+    "remove_units_",
     "save_pruned",
+    "select_units",
 ]

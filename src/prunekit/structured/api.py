@@ -58,6 +58,7 @@ class Structured(Config):
     seed: int = 0
 
     def validate(self) -> None:
+        """Raise ``ValueError`` naming the bad field and its accepted values."""
         given = [n for n in ("target_macs", "target_params", "sparsity") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give one of target_macs, target_params or sparsity, not {' and '.join(given)}")
@@ -124,8 +125,8 @@ def _replay(model: nn.Module, example_inputs: Any, plan: Plan) -> Plan:
 def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], data: Any, undo: Undo) -> Plan:
     t0 = time.perf_counter()
     source = hf.source_of(model) if hf.is_hf(model) else None
-    expected = output_shapes(model, inputs)
     graph = build_graph(model, inputs, sorted(ignored))
+    expected = graph.tr.output_shapes
     base = {"macs": graph.macs(), "params": sum(p.numel() for p in model.parameters())}
     plan = Plan(config=cfg.to_dict(), source=source)
     if cfg.remove_blocks:

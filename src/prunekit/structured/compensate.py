@@ -35,7 +35,7 @@ def input_means(model: nn.Module, example_inputs: Any, paths: list[str]) -> dict
     sums: dict[str, Tensor] = {}
     hooks = []
     for p in paths:
-        def pre(_m, args, p=p):
+        def pre(_m: nn.Module, args: tuple, p: str = p) -> None:
             x = args[0].detach().float()
             sums[p] = x.reshape(-1, x.shape[-1]).mean(0)
         hooks.append(model.get_submodule(p).register_forward_pre_hook(pre))

@@ -35,7 +35,7 @@ def block_influence(model: nn.Module, example_inputs: Any, container: str) -> Te
     bi = torch.full((len(blocks),), float("nan"))
     hooks = []
     for i, b in enumerate(blocks):
-        def hook(_m, args, kwargs, out, i=i):
+        def hook(_m: nn.Module, args: tuple, kwargs: dict, out: Any, i: int = i) -> None:
             x = _first_tensor(args) if args else _first_tensor(list(kwargs.values()))
             y = _first_tensor(out)
             if x is not None and y is not None and x.shape == y.shape and x.is_floating_point():

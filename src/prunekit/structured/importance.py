@@ -40,6 +40,7 @@ def unit_sums(v: Tensor, coords: Tensor, n: int) -> Tensor:
 
 def _norm(p: float) -> MemberScore:
     def f(w: Tensor, g: Tensor | None, coords: Tensor, n: int) -> Tensor:
+        """Sum of ``|w|^p`` over each unit's weights."""
         return unit_sums(w.abs().pow(p), coords, n)
 
     return f
@@ -96,6 +97,7 @@ def member_based(kind: str) -> Callable[..., Tensor]:
 
     def score(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
               generator: torch.Generator | None = None) -> Tensor:
+        """Per-unit score of ``group``."""
         members = _weights(model, graph, group, only_norm=False)
         if not members:
             return torch.ones(group.size)

@@ -15,6 +15,7 @@ concatenation, split and grouped convolution need no special cases.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 from torch import Tensor
@@ -34,7 +35,7 @@ class Cat:
     parts: tuple
 
 
-Node = "int | Prod | Cat"
+Node = Union[int, Prod, Cat]  # noqa: UP007 - a runtime alias
 
 
 class Atoms:
@@ -66,7 +67,7 @@ class Atoms:
         return a
 
     # ---- sizes and canonical form -------------------------------------------------------------
-    def nsize(self, n) -> int:
+    def nsize(self, n: Node) -> int:
         """Number of positions of layout ``n`` (original sizes)."""
         if isinstance(n, int):
             return self.size[n]
@@ -78,7 +79,7 @@ class Atoms:
             return out
         return sum(vals)
 
-    def expand(self, n):
+    def expand(self, n: Node) -> Node:
         """Canonical form of ``n``: definitions substituted, nesting flattened, size-1 factors dropped."""
         if isinstance(n, int):
             r = self.find(n)
@@ -95,7 +96,7 @@ class Atoms:
             return self.expand(Cat(tuple(Prod((c, *big[1:])) for c in big[0].parts)))
         return Prod(tuple(big))
 
-    def leaves(self, n) -> list[int]:
+    def leaves(self, n: Node) -> list[int]:
         """Leaf atoms of ``n`` in order of appearance (with repeats)."""
         n = self.expand(n)
         if isinstance(n, int):
@@ -103,18 +104,18 @@ class Atoms:
         return [a for p in n.parts for a in self.leaves(p)]
 
     # ---- flags ------------------------------------------------------------------------------
-    def fix(self, n, why: str) -> None:
+    def fix(self, n: Node, why: str) -> None:
         """Mark every leaf of ``n`` as not prunable, keeping the first reason."""
         for a in self.leaves(n):
             self.fixed.setdefault(a, why)
 
-    def mark_inexact(self, n, why: str) -> None:
+    def mark_inexact(self, n: Node, why: str) -> None:
         """Mark every leaf of ``n`` as mixed by a statistic (removing zero units changes outputs)."""
         for a in self.leaves(n):
             self.inexact.setdefault(a, why)
 
     # ---- unification ------------------------------------------------------------------------
-    def unify(self, x, y, where: str = "") -> None:
+    def unify(self, x: Node, y: Node, where: str = "") -> None:
         """Make layouts ``x`` and ``y`` the same space (refining atoms as needed); on conflict fix both."""
         x, y = self.expand(x), self.expand(y)
         if x == y:
@@ -203,7 +204,7 @@ class Atoms:
         self.fix(y, msg)
 
     # ---- index arithmetic ----------------------------------------------------------------------
-    def kept_positions(self, n, keep: dict[int, Tensor]) -> Tensor:
+    def kept_positions(self, n: Node, keep: dict[int, Tensor]) -> Tensor:
         """Positions of layout ``n`` that survive when leaf ``a`` keeps units ``keep[a]`` (sorted)."""
         n = self.expand(n)
         if isinstance(n, int):
@@ -220,7 +221,7 @@ class Atoms:
             idx = (idx[:, None] * self.nsize(p) + k[None, :]).reshape(-1)
         return idx
 
-    def coords(self, n, leaf: int) -> Tensor:
+    def coords(self, n: Node, leaf: int) -> Tensor:
         """For every position of ``n``, the coordinate of ``leaf`` there (-1 where ``leaf`` is absent)."""
         n = self.expand(n)
         if isinstance(n, int):
@@ -233,7 +234,7 @@ class Atoms:
             out = torch.maximum(out[:, None], c[None, :]).reshape(-1)
         return out
 
-    def new_size(self, n, counts: dict[int, int]) -> int:
+    def new_size(self, n: Node, counts: dict[int, int]) -> int:
         """Size of layout ``n`` once leaf ``a`` keeps ``counts[a]`` units."""
         n = self.expand(n)
         if isinstance(n, int):

@@ -11,12 +11,15 @@ function and one ``@register_op`` line.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .layout import Cat, Prod
+
+if TYPE_CHECKING:
+    from .trace import Tracer
 
 Rule = Callable[[Any, tuple, dict, Any], None]
 RULES: dict[str, Rule] = {}
@@ -52,6 +55,7 @@ def register_op(*names: str) -> Callable[[Rule], Rule]:
     """Decorator filing a rule for the ATen ops ``names`` (overload packet names, e.g. ``"view"``)."""
 
     def deco(fn: Rule) -> Rule:
+        """File ``fn`` under every name."""
         for n in names:
             RULES[n] = fn
         return fn
@@ -87,14 +91,14 @@ def pointwise(t, args: tuple, kwargs: dict, out: Any) -> None:
 
 
 @register_op(*FACTORIES)
-def factory(t, args, kwargs, out) -> None:
+def factory(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """A tensor made inside forward (``arange``, ``zeros`` ...): new spaces that may not be pruned."""
     for o in tensors_in(out):
         t.fresh(o, "tensor created inside forward")
 
 
 @register_op(*INDEXING)
-def indexing(t, args, kwargs, out) -> None:
+def indexing(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Gathers, scatters and masks move units between positions: every dim they touch stays whole."""
     for a in [*tensors_in(list(args)), *tensors_in(list(kwargs.values()))]:
         t.fix_tensor(a, "indexed by a gather/scatter/mask op")
@@ -103,7 +107,7 @@ def indexing(t, args, kwargs, out) -> None:
 
 
 @register_op("flip", "roll", "sort", "topk", "argsort", "kthvalue", "median", "mode", "msort", "fliplr", "flipud")
-def reorder(t, args, kwargs, out) -> None:
+def reorder(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Ops that reorder along some dims: those dims stay whole, the others pass through."""
     x = args[0]
     lay = list(t.dims(x))
@@ -130,7 +134,7 @@ def _reorder_dims(args, kwargs, n: int) -> set[int]:
 # shape ops
 @register_op("view", "_unsafe_view", "reshape", "_reshape_alias", "view_as", "reshape_as", "_reshape_copy",
              "view_copy")
-def view(t, args, kwargs, out) -> None:
+def view(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Reshape: the row-major product of the input dims equals that of the output dims."""
     x = args[0]
     if x.numel() == 0:
@@ -142,13 +146,15 @@ def view(t, args, kwargs, out) -> None:
 
 
 @register_op("permute")
-def permute(t, args, kwargs, out) -> None:
+def permute(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Permute: the dims' layouts are reordered."""
     lay = t.dims(args[0])
     t.set(out, [lay[_dim(d, len(lay))] for d in args[1]])
 
 
 @register_op("transpose", "swapaxes", "swapdims")
-def transpose(t, args, kwargs, out) -> None:
+def transpose(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Swap two dims' layouts."""
     lay = list(t.dims(args[0]))
     a, b = _dim(args[1], len(lay)), _dim(args[2], len(lay))
     lay[a], lay[b] = lay[b], lay[a]
@@ -156,19 +162,22 @@ def transpose(t, args, kwargs, out) -> None:
 
 
 @register_op("t", "numpy_T")
-def transpose2d(t, args, kwargs, out) -> None:
+def transpose2d(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """2-D transpose: the two layouts swap."""
     t.set(out, list(reversed(t.dims(args[0]))))
 
 
 @register_op("unsqueeze")
-def unsqueeze(t, args, kwargs, out) -> None:
+def unsqueeze(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Insert a new size-1 dim."""
     lay = list(t.dims(args[0]))
     lay.insert(_dim(args[1], len(lay) + 1), t.A.new(1))
     t.set(out, lay)
 
 
 @register_op("squeeze")
-def squeeze(t, args, kwargs, out) -> None:
+def squeeze(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Drop size-1 dims."""
     x, lay = args[0], t.dims(args[0])
     if len(args) > 1:
         ds = [args[1]] if isinstance(args[1], int) else list(args[1])
@@ -179,7 +188,7 @@ def squeeze(t, args, kwargs, out) -> None:
 
 
 @register_op("expand", "expand_as", "broadcast_to", "expand_copy")
-def expand(t, args, kwargs, out) -> None:
+def expand(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Broadcast dims (1 -> n) and new leading dims are copies, not channels: new fixed spaces."""
     x, lay = args[0], t.dims(args[0])
     lead = out.dim() - x.dim()
@@ -191,7 +200,7 @@ def expand(t, args, kwargs, out) -> None:
 
 
 @register_op("repeat")
-def repeat(t, args, kwargs, out) -> None:
+def repeat(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Tiling: each repeated dim is ``Prod(copies, dim)``."""
     x, reps = args[0], list(args[1])
     lay = t.dims(x)
@@ -214,7 +223,8 @@ def _take(t, x: Tensor, dim: int, start: int, length: int):
 
 
 @register_op("slice")
-def slice_(t, args, kwargs, out) -> None:
+def slice_(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """A contiguous slice is a part of a concat of the input dim; a strided one stays whole."""
     x = args[0]
     dim = _dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), x.dim())
     start = args[2] if len(args) > 2 else kwargs.get("start")
@@ -232,7 +242,8 @@ def slice_(t, args, kwargs, out) -> None:
 
 
 @register_op("select")
-def select(t, args, kwargs, out) -> None:
+def select(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Selecting one index removes the dim (a size-1 part of it)."""
     x = args[0]
     dim = _dim(args[1], x.dim())
     idx = args[2] + x.shape[dim] if args[2] < 0 else args[2]
@@ -244,7 +255,7 @@ def select(t, args, kwargs, out) -> None:
 
 @register_op("split", "split_with_sizes", "unsafe_split", "unsafe_split_with_sizes", "unbind", "chunk",
              "tensor_split")
-def split(t, args, kwargs, out) -> None:
+def split(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Split into consecutive parts: the input dim is the concat of the parts."""
     x, outs = args[0], list(out)
     if t.func_name == "unbind":
@@ -266,7 +277,8 @@ def _is_unbind(x: Tensor, outs: list[Tensor]) -> bool:
 
 
 @register_op("cat", "concat", "concatenate")
-def cat(t, args, kwargs, out) -> None:
+def cat(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Concatenation: the output dim is the concat of the inputs' dims; the other dims are one space."""
     xs = [x for x in args[0] if not (x.dim() == 1 and x.numel() == 0)]
     dim = _dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), out.dim())
     lays = [t.dims(x) for x in xs]
@@ -280,7 +292,8 @@ def cat(t, args, kwargs, out) -> None:
 
 
 @register_op("stack")
-def stack(t, args, kwargs, out) -> None:
+def stack(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Stack: the inputs' dims are one space; the new dim is fixed."""
     xs = list(args[0])
     dim = _dim(args[1] if len(args) > 1 else kwargs.get("dim", 0), out.dim())
     lays = [t.dims(x) for x in xs]
@@ -294,7 +307,7 @@ def stack(t, args, kwargs, out) -> None:
 
 @register_op("constant_pad_nd", "pad", "reflection_pad1d", "reflection_pad2d", "reflection_pad3d",
              "replication_pad1d", "replication_pad2d", "replication_pad3d", "_pad_enum", "circular_pad")
-def pad(t, args, kwargs, out) -> None:
+def pad(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Zero padding along a channel dim is a concat with new fixed parts; others fix the dim."""
     x, p = args[0], list(args[1])
     lay = list(t.dims(x))
@@ -315,7 +328,8 @@ def pad(t, args, kwargs, out) -> None:
 
 
 @register_op("pixel_shuffle")
-def pixel_shuffle(t, args, kwargs, out) -> None:
+def pixel_shuffle(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Pixel shuffle: input channels are ``Prod(out_channels, r, r)``."""
     x, r = args[0], args[1]
     lay = list(t.dims(x))
     c = t.A.new(out.shape[-3])
@@ -324,7 +338,8 @@ def pixel_shuffle(t, args, kwargs, out) -> None:
 
 
 @register_op("pixel_unshuffle")
-def pixel_unshuffle(t, args, kwargs, out) -> None:
+def pixel_unshuffle(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Pixel unshuffle: output channels are ``Prod(in_channels, r, r)``."""
     x, r = args[0], args[1]
     lay = list(t.dims(x))
     c = Prod((lay[-3], t.A.new(r, "pixel shuffle"), t.A.new(r, "pixel shuffle")))
@@ -332,7 +347,8 @@ def pixel_unshuffle(t, args, kwargs, out) -> None:
 
 
 @register_op("channel_shuffle", "native_channel_shuffle")
-def channel_shuffle(t, args, kwargs, out) -> None:
+def channel_shuffle(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Channel shuffle (ShuffleNet): ``Prod(groups, per_group)`` becomes ``Prod(per_group, groups)``."""
     x, g = args[0], args[1]
     lay = list(t.dims(x))
     ga, ca = t.A.new(g), t.A.new(x.shape[1] // g)
@@ -348,7 +364,7 @@ REDUCE_EXACT = {"sum", "nansum", "any", "all", "count_nonzero"}
 @register_op("sum", "nansum", "mean", "nanmean", "amax", "amin", "max", "min", "var", "std", "var_mean",
              "std_mean", "prod", "logsumexp", "linalg_vector_norm", "norm", "any", "all", "argmax", "argmin",
              "count_nonzero", "aminmax")
-def reduce(t, args, kwargs, out) -> None:
+def reduce(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Reduced dims vanish (or become size 1); a mean, max or variance over a channel dim mixes units."""
     x = args[0]
     if not isinstance(x, Tensor):
@@ -382,7 +398,8 @@ def _reduce_dims(name: str, args: tuple, kwargs: dict, n: int) -> set[int]:
 
 
 @register_op("_softmax", "softmax", "_log_softmax", "log_softmax", "special_softmax")
-def softmax(t, args, kwargs, out) -> None:
+def softmax(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Softmax: shape-preserving; its dim is mixed by the normalization (inexact)."""
     x = args[0]
     lay = t.dims(x)
     t.A.mark_inexact(lay[_dim(args[1], x.dim())], f"softmax in {t.module or 'the model'}")
@@ -392,7 +409,7 @@ def softmax(t, args, kwargs, out) -> None:
 @register_op("native_batch_norm", "_native_batch_norm_legit", "_native_batch_norm_legit_no_training",
              "_native_batch_norm_legit_functional", "batch_norm", "instance_norm", "cudnn_batch_norm",
              "miopen_batch_norm", "_batch_norm_impl_index", "native_batch_norm_legit")
-def batch_norm(t, args, kwargs, out) -> None:
+def batch_norm(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """BatchNorm: per-channel statistics and affine, all on dim 1 (exact under removal)."""
     x = args[0]
     lay = t.dims(x)
@@ -410,7 +427,7 @@ def batch_norm(t, args, kwargs, out) -> None:
 
 
 @register_op("native_layer_norm", "layer_norm", "rms_norm", "_fused_rms_norm")
-def layer_norm(t, args, kwargs, out) -> None:
+def layer_norm(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """LayerNorm / RMSNorm over the last dims: statistics mix those units (inexact under removal)."""
     x, shape = args[0], list(args[1])
     lay = t.dims(x)
@@ -429,7 +446,7 @@ def layer_norm(t, args, kwargs, out) -> None:
 
 
 @register_op("native_group_norm", "group_norm")
-def group_norm(t, args, kwargs, out) -> None:
+def group_norm(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """GroupNorm: channels are ``Prod(groups, per_group)``; whole groups are exact to remove."""
     x = args[0]
     g = args[6] if t.func_name == "native_group_norm" else args[1]
@@ -454,7 +471,7 @@ def group_norm(t, args, kwargs, out) -> None:
 @register_op("convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
              "conv_transpose3d", "mkldnn_convolution", "_convolution_mode", "conv_tbc", "cudnn_convolution",
              "slow_conv2d_forward", "_slow_conv2d_forward", "thnn_conv2d")
-def convolution(t, args, kwargs, out) -> None:
+def convolution(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Convolution, grouped and transposed: channels are ``Prod(groups, per_group)`` on both sides."""
     x, w = args[0], args[1]
     b = args[2] if len(args) > 2 else kwargs.get("bias")
@@ -515,18 +532,21 @@ def _matmul(t, a: Tensor, b: Tensor, out: Tensor, batch: bool) -> None:
 
 
 @register_op("mm", "bmm", "matmul")
-def mm(t, args, kwargs, out) -> None:
+def mm(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Matrix product (batched or not): the contracted dims are one space."""
     _matmul(t, args[0], args[1], out, args[0].dim() > 2)
 
 
 @register_op("addmm", "baddbmm", "_addmm_activation", "addbmm")
-def addmm(t, args, kwargs, out) -> None:
+def addmm(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """Bias plus matrix product (a Linear layer after decomposition)."""
     _matmul(t, args[1], args[2], out, args[1].dim() > 2)
     t.broadcast_into(out, [args[0]])
 
 
 @register_op("linear")
-def linear(t, args, kwargs, out) -> None:
+def linear(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """``F.linear`` when it reaches dispatch undecomposed."""
     x, w = args[0], args[1]
     b = args[2] if len(args) > 2 else kwargs.get("bias")
     xl, wl = t.dims(x), t.dims(w)
@@ -539,7 +559,7 @@ def linear(t, args, kwargs, out) -> None:
 
 
 @register_op("embedding", "_embedding_bag", "embedding_bag")
-def embedding(t, args, kwargs, out) -> None:
+def embedding(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Embedding rows are indexed by token ids (stay whole); the embedding dim is a channel."""
     w, idx = args[0], args[1]
     wl = t.dims(w)
@@ -554,7 +574,8 @@ def embedding(t, args, kwargs, out) -> None:
 
 
 @register_op("_prelu_kernel", "prelu")
-def prelu(t, args, kwargs, out) -> None:
+def prelu(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """PReLU: a per-channel slope couples with dim 1."""
     x, w = args[0], args[1]
     if w.numel() > 1:
         t.A.unify(t.dims(w)[0], t.dims(x)[1], t.where("prelu"))
@@ -562,7 +583,7 @@ def prelu(t, args, kwargs, out) -> None:
 
 
 @register_op(*ATTENTION)
-def attention(t, args, kwargs, out) -> None:
+def attention(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Scaled dot-product attention (Vaswani et al. 2017, Eq. 1): heads are channels; with grouped-query
     attention the query heads are ``Prod(kv_heads, queries_per_kv)`` so removal keeps the ratio.
     Head dims (``E``) and sequence dims stay whole."""
@@ -607,7 +628,7 @@ def _unify_mask(t, mask: Tensor, lay: list, shape: list[int]) -> None:
 POOLS = ("pool", "upsample", "interpolate", "_upsample", "grid_sampler", "adaptive")
 
 
-def spatial(t, args, kwargs, out) -> None:
+def spatial(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     """Pooling and resampling: batch and channel dims pass through; spatial dims are new."""
     x = args[0]
     k = 3 if "3d" in t.func_name else (1 if "1d" in t.func_name else 2)

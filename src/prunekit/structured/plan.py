@@ -45,6 +45,7 @@ class Plan:
         return {"type": "prunekit.structured.plan", "version": self.version, **asdict(self)}
 
     def to_json(self) -> str:
+        """The plan as one JSON string."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod

@@ -27,6 +27,7 @@ class BNSlimming(Callback):
         self.lam = _check_lam(lam)
 
     def on_after_backward(self, state: TrainState, batch: Batch) -> None:
+        """Add ``lam * sign(gamma)`` to every BatchNorm scale's gradient."""
         for m in state.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None and m.weight.grad is not None:
                 m.weight.grad.add_(self.lam * torch.sign(m.weight.detach()))
@@ -51,6 +52,7 @@ class PruningAwareRegularizer(Callback):
         self.targets = _targets(model, self.graph, self.keep, bn_only=mode == "bn")
 
     def on_after_backward(self, state: TrainState, batch: Batch) -> None:
+        """Add the penalty's (sub)gradient on the units chosen for removal."""
         for members in self.targets.values():
             if self.mode == "bn":
                 for p, dim, pos, _ in members:

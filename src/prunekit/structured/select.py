@@ -93,6 +93,7 @@ def _refill(groups: list[Group], counts: Counts, mins: Counts, cost: Callable[[C
         return counts
 
     def f(s: float) -> Counts:
+        """Counts with the fine groups at fraction ``s``."""
         return {**counts, **uniform_counts(fine, s, mins, round_to)}
 
     return _bisect(f, cost, 0.0, 1.0, budget)

@@ -110,9 +110,11 @@ class Tracer(TorchDispatchMode):
     # ---- API used by the rules ---------------------------------------------------------------
     @property
     def module(self) -> str:
+        """Path of the innermost module running now ("" for the top level)."""
         return self.stack[-1] if self.stack else ""
 
     def where(self, op: str) -> str:
+        """``op`` and the current module, for messages."""
         return f"{op} in {self.module or 'the top-level model'}"
 
     def dims(self, x: Tensor) -> list:
@@ -124,6 +126,7 @@ class Tracer(TorchDispatchMode):
         return self.lay[k]
 
     def set(self, x: Tensor, lay: list) -> None:
+        """Give ``x`` the per-dim layout ``lay`` (``None`` entries: new fixed spaces)."""
         if id(x) in self.lay and self.lay[id(x)] is not lay:  # in-place op: unify with what it was
             for a, b in zip(self.lay[id(x)], lay):
                 if b is not None:
@@ -133,12 +136,14 @@ class Tracer(TorchDispatchMode):
         self.alive.append(x)
 
     def fresh(self, x: Any, why: str) -> None:
+        """New fixed spaces for every dim of the tensors in ``x`` that have no layout yet."""
         for o in tensors_in(x):
             if id(o) not in self.lay:
                 self.lay[id(o)] = [self.A.new(s, why) for s in o.shape]
                 self.alive.append(o)
 
     def fix_tensor(self, x: Tensor, why: str) -> None:
+        """Mark every dim of ``x`` as not prunable."""
         for d in self.dims(x):
             self.A.fix(d, why)
 
@@ -163,15 +168,19 @@ class Tracer(TorchDispatchMode):
                     self.A.unify(xl[i], ol[j], self.where(self.func_name))
 
     def is_param_like(self, x: Tensor) -> bool:
+        """True for parameters, buffers and views of them."""
         return id(x) in self.param_like
 
     def macs(self, nodes: list) -> None:
+        """Record a MAC term: the product of the sizes of ``nodes``."""
         self.macs_terms.append((self.module, list(nodes)))
 
     def record_attr(self, attr: str, node: Any) -> None:
+        """Remember which layout the current module's hyperparameter ``attr`` counts."""
         self.module_attrs[(self.module, attr)] = node
 
     def record_heads(self, q: Any, k: Any) -> None:
+        """Remember the query-head and kv-head layouts of an attention call."""
         self.heads.append((self.module, q, k))
 
     # ---- dispatch ------------------------------------------------------------------------------
@@ -271,6 +280,7 @@ def output_tensors(out: Any) -> list[Tensor]:
 
 
 def input_tensors(inputs: Any) -> list[Tensor]:
+    """Tensors among example inputs (tensor, tuple/list, or dict of keyword arguments)."""
     if isinstance(inputs, dict):
         return [t for v in inputs.values() for t in input_tensors(v)]
     return output_tensors(inputs)
@@ -339,6 +349,7 @@ def _source_ints(model: nn.Module):
                 m.__dict__[k] = _SourcedInt(v, (path, k))
 
     def restore() -> None:
+        """Put the plain ints back."""
         for m, k, v in swapped:
             m.__dict__[k] = v
 
@@ -348,10 +359,10 @@ def _source_ints(model: nn.Module):
 def _stack_hooks(model: nn.Module, t: Tracer) -> list:
     hooks = []
     for path, m in model.named_modules():
-        def pre(_m, _a, path=path):
+        def pre(_m: nn.Module, _a: Any, path: str = path) -> None:
             t.stack.append(path)
 
-        def post(_m, _a, _o):
+        def post(_m: nn.Module, _a: Any, _o: Any) -> None:
             if t.stack:
                 t.stack.pop()
 
