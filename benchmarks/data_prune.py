@@ -5,7 +5,10 @@
 
 Scores come from 3 full-data proxy runs (seeds 100-102, recorded by ``DynamicsRecorder``, as many
 steps as one subset run): EL2N at an early epoch (10% of the proxy run) averaged over the runs,
-forgetting and -AUM over all epochs; prototype scores from k-means on fixed random ConvNet features
+forgetting and -AUM (logit margins, Pleiss et al.) over all epochs. CCS stratifies the negated
+softmax-margin AUM (``prob-aum``, the "accumulated margin" of the CCS code) into 50 strata after
+cutting the beta hardest by it (the CCS README's "CCS with AUM"; beta fixed per kept fraction before
+any run, ``CCS_BETA``). Prototype scores from k-means on fixed random ConvNet features
 (``RandomConvEncoder``; 10 clusters, DBP 20). Then for each method, kept fraction and seed a fresh
 model trains for the setup's fixed number of steps on the kept examples and is tested on the full
 test split. RS2 trains on a fresh random subset every epoch (same steps). Results go to
@@ -34,6 +37,7 @@ from prunekit.data import (
     embed,
     forgetting,
     kmeans,
+    prob_aum,
     record_runs,
     select,
 )
@@ -52,15 +56,20 @@ def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict
     setup = SETUPS[name]
     e = proxy_epochs(name, len(data.y_train))
     t = time.perf_counter()
-    runs = record_runs(lambda s: get_model(setup["model"], seed=s), data.train, work / f"{name}-dynamics",
-                       seeds=proxy_seeds, epochs=e, **setup["fit"])
-    proxy_s = time.perf_counter() - t
+    root = work / f"{name}-dynamics"
+    runs = record_runs(lambda s: get_model(setup["model"], seed=s), data.train, root, seeds=proxy_seeds, epochs=e,
+                       **setup["fit"])
+    cost = root / "proxy_cost.json"  # the proxies' training time, kept for reruns that reuse them
+    if not cost.exists():
+        cost.write_text(json.dumps({"proxy_s": time.perf_counter() - t}))
+    proxy_s = json.loads(cost.read_text())["proxy_s"]
     el2n_epoch = max(1, e // 10)
     t = time.perf_counter()
     emb = embed(RandomConvEncoder(dim=64, seed=0), data.x_train.reshape(len(data.x_train), -1))
     cl10, cl20 = kmeans(emb, 10, seed=0), kmeans(emb, 20, seed=0)
     proto_s = time.perf_counter() - t
     return {"el2n": el2n(runs, epoch=el2n_epoch), "forgetting": forgetting(runs), "aum": aum(runs),
+            "prob-aum": prob_aum(runs),
             "prototype": torch.from_numpy(1.0 - cl10.cosine.astype(np.float64)),
             "dbp_scores": torch.from_numpy(1.0 - cl20.cosine.astype(np.float64)), "dbp_clusters": cl20.assign,
             "dbp_complexity": cluster_complexity(cl20),
@@ -77,9 +86,8 @@ def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int) ->
         return select(sc["el2n"], keep, "keep-hard" if method.endswith("hard") else "keep-easy")
     if method in ("forgetting-hard", "aum-hard", "prototype-hard"):
         return select(sc[method.split("-")[0]], keep, "keep-hard")
-    if method == "ccs":
-        return select(sc["el2n"], keep, "ccs", beta=CCS_BETA.get(keep, 0.0), strata=50, cutoff_scores=sc["aum"],
-                      seed=seed)
+    if method == "ccs":  # the CCS code's configuration: strata over the softmax-margin AUM, cut-off by it
+        return select(sc["prob-aum"], keep, "ccs", beta=CCS_BETA.get(keep, 0.0), strata=50, seed=seed)
     if method == "dbp":
         return select(sc["dbp_scores"], keep, "dbp", clusters=sc["dbp_clusters"], complexity=sc["dbp_complexity"],
                       temperature=0.5, seed=seed)

@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from prunekit.data import FIELDS, Dynamics, DynamicsRecorder, aum, el2n, entropy, forgetting, loss, record_runs
+from prunekit.data import (
+    FIELDS,
+    Dynamics,
+    DynamicsRecorder,
+    aum,
+    el2n,
+    entropy,
+    forgetting,
+    loss,
+    prob_aum,
+    record_runs,
+)
 from prunekit.data.dynamics import example_stats
 from prunekit.data.scores import area_under_margin, forgetting_events
 from prunekit.training import Batch, TrainState, fit
@@ -26,6 +37,7 @@ def test_example_stats_by_hand():
     assert st[:, 3].tolist() == [1.0, 0.0]  # correct
     assert st[0, 4] == pytest.approx(float((p0 - torch.tensor([1.0, 0, 0])).norm()), rel=1e-5)  # el2n
     assert st[0, 5] == pytest.approx(float(-(p0 * p0.log()).sum()), rel=1e-5)  # entropy
+    assert st[0, 6] == pytest.approx(float(p0[0] - p0[1]), rel=1e-5)  # softmax margin: label vs best other
     assert st[:, 0].tolist() == [0.5, 2.5]
 
 
@@ -130,6 +142,8 @@ def test_el2n_aum_loss_entropy_average_over_runs_and_epochs(tmp_path):
     assert area_under_margin(runs).tolist() == pytest.approx([2.5, -1.0])  # mean of 1,3,2,4 / -1,-2,0,-1
     assert aum(runs).tolist() == pytest.approx([-2.5, 1.0])  # difficulty = -AUM: the low-margin one is harder
     assert aum(runs, epochs=1).tolist() == pytest.approx([-3.5, 1.5])
+    pm = {"prob_margin": np.array([[0.5, -0.2], [0.9, 0.0]])}
+    assert prob_aum(_fake_run(tmp_path / "c", pm)).tolist() == pytest.approx([-0.7, 0.1])
     assert loss(runs[0]).tolist() == pytest.approx([2.0, 3.0])
     assert entropy(runs[0]).tolist() == pytest.approx([0.3, 0.2])  # last epoch by default
     with pytest.raises(ValueError, match="epoch 5 is out of range"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit.data import DATA_SCORES, DynamicsRecorder, aum, el2n, grand, per_example_grad_norm, prototype
+from prunekit.data import DATA_SCORES, DynamicsRecorder, aum, el2n, grand, per_example_grad_norm, prob_aum, prototype
 from prunekit.data import random_scores as rand_scores
 from prunekit.data.cluster import Clusters, cluster_complexity
 from prunekit.training import fit
@@ -20,7 +20,8 @@ def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
 
 
 def test_registry_names_every_score():
-    assert DATA_SCORES.names() == ["aum", "el2n", "entropy", "forgetting", "grand", "loss", "prototype", "random"]
+    assert DATA_SCORES.names() == ["aum", "el2n", "entropy", "forgetting", "grand", "loss", "prob-aum", "prototype",
+                                   "random"]
     with pytest.raises(ValueError, match="accepted: aum, el2n"):
         DATA_SCORES.get("el2m")
 
@@ -86,3 +87,4 @@ def test_aum_and_el2n_flag_symmetric_label_noise(tmp_path, make_blobs, make_mlp)
     flag = noisy.numpy()
     assert _auroc(aum(runs).numpy(), flag) >= 0.9
     assert _auroc(el2n(runs, epoch=2).numpy(), flag) >= 0.9
+    assert _auroc(prob_aum(runs).numpy(), flag) >= 0.9

@@ -1,7 +1,7 @@
 """Data pruning: score every example, select what to keep, train on it.
 
 - ``DynamicsRecorder`` (a ``fit`` callback) records per-example training dynamics into a memmap;
-  ``el2n``, ``forgetting``, ``aum``, ``entropy``, ``loss`` are derived from the recorded runs.
+  ``el2n``, ``forgetting``, ``aum``, ``prob_aum``, ``entropy``, ``loss`` come from the recorded runs.
 - ``grand`` (per-example gradient norms with ``torch.func``), ``prototype`` (distance to the nearest
   k-means centroid of embeddings), ``random``. Every score is a difficulty: higher = harder.
 - ``select(scores, keep_fraction, rule)`` with rules ``keep-hard``, ``keep-easy``, ``random``,
@@ -28,6 +28,7 @@ from .scores import (
     grand,
     loss,
     per_example_grad_norm,
+    prob_aum,
 )
 from .scores import random as random_scores
 from .select import SELECTORS, ccs, class_balanced, dbp, keep_easy, keep_hard, select
@@ -37,5 +38,6 @@ __all__ = [
     "Embeddings", "MiniLMEncoder", "RS2Sampler", "RandomConvEncoder", "area_under_margin", "aum", "ccs",
     "class_balanced", "cluster_complexity", "dbp", "dsir", "el2n", "embed", "entropy", "forgetting", "grand",
     "hashed_ngrams", "keep_easy", "keep_hard", "kl_reduction", "kmeans", "load_selection", "loss",
-    "per_example_grad_norm", "prototype", "random_scores", "record_runs", "save_selection", "select", "semdedup",
+    "per_example_grad_norm", "prob_aum", "prototype", "random_scores", "record_runs", "save_selection", "select",
+    "semdedup",
 ]

@@ -91,7 +91,7 @@ def _scores_from(method: str, dynamics: list[Path], embeddings: Path | None, num
     raise ValueError(f"method must be one of {', '.join(SCORE_METHODS)}, got {method!r}")
 
 
-SCORE_METHODS = ("el2n", "forgetting", "aum", "entropy", "loss", "grand", "prototype", "random")
+SCORE_METHODS = ("el2n", "forgetting", "aum", "prob-aum", "entropy", "loss", "grand", "prototype", "random")
 
 
 @app.command()

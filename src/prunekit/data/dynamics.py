@@ -5,7 +5,7 @@ one epoch at a time, and ``dynamics.json`` (version, N, field names, epochs done
 once it has ended and the JSON says so, so a run that stops mid-epoch resumes by rewriting that epoch.
 Examples not presented in an epoch (a subset sampler) hold NaN.
 
-Fields (``F = 6``), all from the training forward pass before the optimizer step:
+Fields (``F = 7``), all from the training forward pass before the optimizer step:
 
 - ``loss``: the per-example training loss.
 - ``p_label``: softmax probability of the given label.
@@ -13,6 +13,8 @@ Fields (``F = 6``), all from the training forward pass before the optimizer step
 - ``correct``: 1.0 if the argmax equals the label, else 0.0 (Toneva et al. 2019).
 - ``el2n``: ``||softmax(z) - onehot(y)||_2`` (Paul et al. 2021, Eq. 2).
 - ``entropy``: entropy of ``softmax(z)`` in nats.
+- ``prob_margin``: softmax margin ``p_y - max_{i != y} p_i`` (the "accumulated margin" of Zheng et al.
+  2023's CCS code, bounded in [-1, 1], unlike the logit margin).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .io import MANIFEST_VERSION, read_json, write_json
 
 log = logging.getLogger(__name__)
 
-FIELDS = ("loss", "p_label", "margin", "correct", "el2n", "entropy")
+FIELDS = ("loss", "p_label", "margin", "correct", "el2n", "entropy", "prob_margin")
 DATA_FILE = "dynamics.f32"
 META_FILE = "dynamics.json"
 
@@ -46,11 +48,12 @@ def example_stats(logits: Tensor, y: Tensor, loss: Tensor) -> Tensor:
     p_y = p.gather(1, y[:, None]).squeeze(1)  # (B,)
     z_y = z.gather(1, y[:, None]).squeeze(1)
     z_other = z.scatter(1, y[:, None], float("-inf")).amax(1)  # largest logit of another class
+    p_other = p.scatter(1, y[:, None], float("-inf")).amax(1)  # largest probability of another class
     onehot = torch.nn.functional.one_hot(y, z.shape[1]).float()
     el2n = (p - onehot).norm(dim=1)
     entropy = -(p * logp).nan_to_num(0.0).sum(1)
     correct = (z.argmax(1) == y).float()
-    return torch.stack([loss.detach().float(), p_y, z_y - z_other, correct, el2n, entropy], dim=1)
+    return torch.stack([loss.detach().float(), p_y, z_y - z_other, correct, el2n, entropy, p_y - p_other], dim=1)
 
 
 class Dynamics:

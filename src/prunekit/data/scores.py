@@ -24,7 +24,7 @@ from .checks import check_positive_int
 from .dynamics import Dynamics, as_runs
 
 DATA_SCORES = Registry("data score")
-DYNAMICS_SCORES = ("el2n", "forgetting", "aum", "entropy", "loss")
+DYNAMICS_SCORES = ("el2n", "forgetting", "aum", "prob-aum", "entropy", "loss")
 
 RunsArg = Dynamics | str | os.PathLike | Sequence[Dynamics | str | os.PathLike]
 
@@ -117,6 +117,16 @@ def area_under_margin(dynamics: RunsArg, epochs: int | Sequence[int] | slice | N
 def aum(dynamics: RunsArg, epochs: int | Sequence[int] | slice | None = None) -> Tensor:
     """Difficulty from AUM: ``-AUM`` (Pleiss et al. 2020, Eq. 2), so mislabeled-looking examples score high."""
     return -area_under_margin(dynamics, epochs)
+
+
+@DATA_SCORES.register("prob-aum")
+def prob_aum(dynamics: RunsArg, epochs: int | Sequence[int] | slice | None = None) -> Tensor:
+    """Difficulty from the softmax margin ``p_y - max_{i != y} p_i`` averaged over epochs, negated.
+
+    The "accumulated margin" that Zheng et al. 2023 (CCS) stratify and cut on; bounded, so equal-width
+    strata over it are not stretched by a few very large logit margins.
+    """
+    return -_mean_field(dynamics, "prob_margin", epochs)
 
 
 @DATA_SCORES.register("forgetting")
