@@ -77,7 +77,7 @@ def allocate(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, bu
     mins = min_counts(groups, max_group_sparsity, round_to)
     if rule == "uniform":
         first = _bisect(lambda s: uniform_counts(groups, s, mins, round_to), cost, 0.0, 1.0, budget)
-        return _refill(groups, first, mins, cost, budget, round_to)
+        return top_up(groups, _refill(groups, first, mins, cost, budget, round_to), cost, budget, round_to)
     order = global_order(groups, {g.id: normalize(scores[g.id]) for g in groups})
     n = len(order)
     return _bisect(lambda t: global_counts(groups, order, round(t * n), mins, round_to), cost, 0.0, 1.0, budget,
@@ -97,6 +97,27 @@ def _refill(groups: list[Group], counts: Counts, mins: Counts, cost: Callable[[C
         return {**counts, **uniform_counts(fine, s, mins, round_to)}
 
     return _bisect(f, cost, 0.0, 1.0, budget)
+
+
+def top_up(groups: list[Group], counts: Counts, cost: Callable[[Counts], int], budget: float,
+           round_to: int) -> Counts:
+    """Spend what rounding left of the budget: grow groups of the same size and kind together (so
+    identical layers stay identical) by one step at a time, largest groups first, while the budget holds."""
+    classes: dict[tuple[int, str], list[Group]] = {}
+    for g in groups:
+        classes.setdefault((g.size, g.kind), []).append(g)
+    order = sorted(classes, key=lambda k: -k[0])
+    counts = dict(counts)
+    grew = True
+    while grew:
+        grew = False
+        for key in order:
+            trial = dict(counts)
+            for g in classes[key]:
+                trial[g.id] = min(g.size, counts[g.id] + _round(g, round_to))
+            if trial != counts and cost(trial) <= budget:
+                counts, grew = trial, True
+    return counts
 
 
 def normalize(s: Tensor) -> Tensor:
