@@ -1,18 +1,19 @@
 """Accuracy against kept fraction for data-pruning methods, equal SGD steps for every kept fraction.
 
     nice -n 10 .venv/bin/python benchmarks/data_prune.py --dataset mnist1d --seeds 0 1 2 \
-        --out bench-out/data --db prunekit-results.sqlite
+        --out /tmp/datap_bench --db /tmp/datap_bench/results.sqlite
 
 Scores come from 3 full-data proxy runs (seeds 100-102, recorded by ``DynamicsRecorder``, as many
 steps as one subset run): EL2N at an early epoch (10% of the proxy run) averaged over the runs,
 forgetting and -AUM (logit margins, Pleiss et al.) over all epochs. CCS stratifies the negated
 softmax-margin AUM (``prob-aum``, the "accumulated margin" of the CCS code) into 50 strata after
 cutting the beta hardest by it (the CCS README's "CCS with AUM"; beta fixed per kept fraction before
-any run, ``CCS_BETA``). Prototype scores from k-means on fixed random ConvNet features
-(``RandomConvEncoder``; 10 clusters, DBP 20). Then for each method, kept fraction and seed a fresh
-model trains for the setup's fixed number of steps on the kept examples and is tested on the full
-test split. RS2 trains on a fresh random subset every epoch (same steps). Results go to
-``OUT/<dataset>.jsonl`` (resumable), the results store (kind "data"), a Markdown table and plots.
+any run, ``CCS_BETA``); ``ccs-balanced`` runs the same CCS inside each class. Prototype scores come
+from k-means on fixed random ConvNet features (``RandomConvEncoder``; 10 clusters, DBP 20). Then for
+each method, kept fraction and seed a fresh model trains for the setup's fixed number of steps on
+the kept examples and is tested on the full test split. RS2 trains on a fresh random subset every
+epoch (same steps). Results go to ``OUT/<dataset>.jsonl`` (resumable), the results store (kind
+"data"), a Markdown table and plots.
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ from prunekit.zoo import get_model
 KEEPS = (0.9, 0.7, 0.5, 0.3, 0.2, 0.1)
 LOW_KEEPS = (0.05,)  # extra kept fractions for random and RS2 only
 CCS_BETA = {0.3: 0.1, 0.2: 0.2, 0.1: 0.3, 0.05: 0.3}  # fixed before the runs, as in the CCS README
-METHODS = ("random", "el2n-hard", "el2n-easy", "forgetting-hard", "aum-hard", "ccs", "prototype-hard", "dbp",
-           "rs2", "rs2-repl")
+METHODS = ("random", "el2n-hard", "el2n-easy", "forgetting-hard", "aum-hard", "ccs", "ccs-balanced", "prototype-hard",
+           "dbp", "rs2", "rs2-repl")
 
 
 def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict[str, Any]:
@@ -69,7 +70,7 @@ def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict
     cl10, cl20 = kmeans(emb, 10, seed=0), kmeans(emb, 20, seed=0)
     proto_s = time.perf_counter() - t
     return {"el2n": el2n(runs, epoch=el2n_epoch), "forgetting": forgetting(runs), "aum": aum(runs),
-            "prob-aum": prob_aum(runs),
+            "prob-aum": prob_aum(runs), "labels": data.y_train,
             "prototype": torch.from_numpy(1.0 - cl10.cosine.astype(np.float64)),
             "dbp_scores": torch.from_numpy(1.0 - cl20.cosine.astype(np.float64)), "dbp_clusters": cl20.assign,
             "dbp_complexity": cluster_complexity(cl20),
@@ -88,6 +89,9 @@ def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int) ->
         return select(sc[method.split("-")[0]], keep, "keep-hard")
     if method == "ccs":  # the CCS code's configuration: strata over the softmax-margin AUM, cut-off by it
         return select(sc["prob-aum"], keep, "ccs", beta=CCS_BETA.get(keep, 0.0), strata=50, seed=seed)
+    if method == "ccs-balanced":  # the same CCS run inside each class (class quotas as in the full data)
+        return select(sc["prob-aum"], keep, "class-balanced", labels=sc["labels"], within="ccs",
+                      beta=CCS_BETA.get(keep, 0.0), strata=50, seed=seed)
     if method == "dbp":
         return select(sc["dbp_scores"], keep, "dbp", clusters=sc["dbp_clusters"], complexity=sc["dbp_complexity"],
                       temperature=0.5, seed=seed)
@@ -179,12 +183,15 @@ def checks(tab: dict[str, dict[float, tuple[float, float, int]]]) -> list[str]:
         if m("el2n-hard", k) is not None:
             out.append(f"- keep {k}: EL2N keep-hard {m('el2n-hard', k):.1f} vs random {m('random', k):.1f} "
                        f"({m('el2n-hard', k) - m('random', k):+.1f} pts; claim < 0)")
-    if "ccs" in tab:
-        diffs = [m("ccs", k) - m("random", k) for k in tab["ccs"] if m("random", k) is not None]
-        out.append(f"- CCS - random, worst over keeps: {min(diffs):+.1f} pts (claim >= -1)")
+    for c in ("ccs", "ccs-balanced"):
+        if c not in tab:
+            continue
+        diffs = {k: m(c, k) - m("random", k) for k in tab[c] if m("random", k) is not None}
+        worst = min(diffs, key=diffs.get)
+        out.append(f"- {c} - random, worst over keeps: {diffs[worst]:+.1f} pts at keep {worst} (claim >= -1)")
         for k in (0.3, 0.2, 0.1):
-            if m("el2n-hard", k) is not None and m("ccs", k) is not None:
-                out.append(f"- keep {k}: CCS {m('ccs', k):.1f} vs EL2N keep-hard {m('el2n-hard', k):.1f} (claim >)")
+            if m("el2n-hard", k) is not None and m(c, k) is not None:
+                out.append(f"- keep {k}: {c} {m(c, k):.1f} vs EL2N keep-hard {m('el2n-hard', k):.1f} (claim >)")
     for k in (0.1, 0.05):
         for v in ("rs2", "rs2-repl"):
             if m(v, k) is not None:

@@ -131,3 +131,15 @@ def test_dbp_selects_quota_per_cluster_keeping_far_examples():
         select(s, 0.2, "dbp")
     with pytest.raises(ValueError, match=r"clusters must be class indices in \[0, 2\)"):
         select(s, 0.2, "dbp", clusters=clusters + 1, complexity=[0.0, 1.0])
+
+
+def test_class_balanced_ccs_cannot_empty_a_class():
+    y = torch.tensor([0] * 80 + [1] * 20)
+    s = torch.cat([torch.linspace(0, 1, 80), torch.linspace(5, 6, 20)])  # class 1 is all harder than class 0
+    plain = select(s, 0.1, "ccs", beta=0.3, strata=5, seed=0)
+    assert (y[plain] == 1).sum() == 0  # the global cut-off removes the whole hard class
+    bal = select(s, 0.1, "class-balanced", labels=y, within="ccs", beta=0.3, strata=5, seed=0)
+    assert np.bincount(y[bal].numpy()).tolist() == [8, 2]
+    assert s[bal[y[bal] == 1]].max() < 6 - 0.3  # inside class 1 its own 30% hardest were cut
+    with pytest.raises(ValueError, match="use beta <= 1 - keep_fraction"):
+        select(s, 0.8, "class-balanced", labels=y, within="ccs", beta=0.3)

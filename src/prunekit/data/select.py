@@ -28,7 +28,7 @@ from .checks import (
 )
 
 SELECTORS = Registry("data selection rule")
-WITHIN_RULES = ("keep-hard", "keep-easy", "random")
+WITHIN_RULES = ("keep-hard", "keep-easy", "random", "ccs")
 
 
 def _sorted(idx: Tensor) -> Tensor:
@@ -50,11 +50,16 @@ def uniform(n: int, k: int, gen: torch.Generator) -> Tensor:
     return torch.randperm(n, generator=gen)[:k]
 
 
-def _pick(rule: str, scores: Tensor, k: int, gen: torch.Generator) -> Tensor:
+def _pick(rule: str, scores: Tensor, k: int, gen: torch.Generator, ccs_args: dict[str, Any] | None = None,
+          cut: Tensor | None = None) -> Tensor:
+    """Positions of ``k`` of ``scores`` under a within-group rule (``ccs`` takes ``beta`` and ``strata``)."""
     if rule == "keep-hard":
         return hardest(scores, k)
     if rule == "keep-easy":
         return easiest(scores, k)
+    if rule == "ccs":
+        a = ccs_args or {}
+        return ccs_positions(scores, scores if cut is None else cut, k, a.get("beta", 0.0), a.get("strata", 50), gen)
     return uniform(len(scores), k, gen)
 
 
@@ -101,25 +106,39 @@ def largest_remainder(quota: np.ndarray, total: int, upper: np.ndarray) -> np.nd
 
 @SELECTORS.register("class-balanced")
 def class_balanced(scores: Any, keep_fraction: float, labels: Any = None, within: str = "keep-hard",
-                   num_classes: int | None = None, seed: int = 0) -> Tensor:
-    """Keep the same fraction of every class, choosing within a class by ``within`` (keep-hard/keep-easy/random)."""
+                   num_classes: int | None = None, beta: float = 0.0, strata: int = 50, seed: int = 0) -> Tensor:
+    """Keep the same fraction of every class, choosing within a class by ``within``.
+
+    ``within``: ``keep-hard``, ``keep-easy``, ``random``, or ``ccs`` (CCS run inside each class with
+    ``beta`` and ``strata``, so the hard cut-off cannot empty a class).
+    """
     s, f = as_scores(scores), keep_fraction_arg(keep_fraction)
     if labels is None:
         raise ValueError("class-balanced needs labels (one class index per example)")
     y = as_labels(labels, len(s), num_classes)
     check_choice(within, "within", WITHIN_RULES)
-    return _balanced_pick(s, y, keep_count(len(s), f), within, _gen(seed))
+    ccs_args = _ccs_args(beta, strata, f) if within == "ccs" else None
+    return _balanced_pick(s, y, keep_count(len(s), f), within, _gen(seed), ccs_args=ccs_args)
+
+
+def _ccs_args(beta: float, strata: int, keep_fraction: float) -> dict[str, Any]:
+    b = check_nonneg_float(beta, "beta", upper=1.0, upper_open=True)
+    if b > 1.0 - keep_fraction + 1e-12:
+        raise ValueError(f"beta={beta} cuts more than 1 - keep_fraction={keep_fraction} of the examples; "
+                         "use beta <= 1 - keep_fraction")
+    return {"beta": b, "strata": check_positive_int(strata, "strata")}
 
 
 def _balanced_pick(s: Tensor, groups: Tensor, total: int, within: str, gen: torch.Generator,
-                   quotas: np.ndarray | None = None) -> Tensor:
+                   quotas: np.ndarray | None = None, ccs_args: dict[str, Any] | None = None) -> Tensor:
+    """Kept positions: ``quotas[g]`` (default: proportional to group size) from each group by ``within``."""
     counts = np.bincount(groups.numpy(), minlength=int(groups.max()) + 1)
     if quotas is None:
         quotas = largest_remainder(counts * (total / len(s)), total, counts)
     kept = []
     for g in np.flatnonzero(quotas):
         members = torch.nonzero(groups == int(g)).flatten()
-        kept.append(members[_pick(within, s[members], int(quotas[g]), gen)])
+        kept.append(members[_pick(within, s[members], int(quotas[g]), gen, ccs_args)])
     return _sorted(torch.cat(kept)) if kept else torch.zeros(0, dtype=torch.long)
 
 
@@ -172,10 +191,17 @@ def ccs(scores: Any, keep_fraction: float, beta: float = 0.0, strata: int = 50, 
     if n - n_drop < m:
         raise ValueError(f"beta={beta} drops {n_drop} of {n} examples, leaving fewer than the {m} to keep "
                          f"(keep_fraction={keep_fraction}); use beta <= 1 - keep_fraction")
+    return _sorted(ccs_positions(s, cut, m, b, k, _gen(seed)))
+
+
+def ccs_positions(s: Tensor, cut: Tensor, m: int, beta: float, k: int, gen: torch.Generator) -> Tensor:
+    """CCS on one group: cut the ``beta`` hardest by ``cut`` (never below ``m`` left), then ``k`` strata."""
+    n = len(s)
+    n_drop = min(int(math.floor(beta * n)), n - m)
     rest = torch.sort(hardest(cut, n)[n_drop:]).values  # survivors of the cut-off
     st = strata_of(s[rest], k)
     budgets = stratum_budgets(np.bincount(st.numpy(), minlength=k), m)
-    return _sorted(rest[_balanced_pick(s[rest], st, m, "random", _gen(seed), quotas=budgets)])
+    return rest[_balanced_pick(s[rest], st, m, "random", gen, quotas=budgets)]
 
 
 def box_projection(p: np.ndarray, total: float, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -219,7 +245,8 @@ def dbp_quotas(complexity: Any, sizes: np.ndarray, total: int, temperature: floa
 
 @SELECTORS.register("dbp")
 def dbp(scores: Any, keep_fraction: float, clusters: Any = None, complexity: Any = None,
-        temperature: float = 0.5, min_ratio: float = 0.5, within: str = "keep-hard", seed: int = 0) -> Tensor:
+        temperature: float = 0.5, min_ratio: float = 0.5, within: str = "keep-hard", beta: float = 0.0,
+        strata: int = 50, seed: int = 0) -> Tensor:
     """Density-based pruning: per-cluster quotas from complexity, then ``within`` each cluster (Abbas et al. 2024).
 
     ``scores`` are within-cluster difficulties (e.g. ``prototype``: distance to the centroid),
@@ -230,10 +257,11 @@ def dbp(scores: Any, keep_fraction: float, clusters: Any = None, complexity: Any
     if clusters is None or complexity is None:
         raise ValueError("dbp needs clusters (cluster index per example) and complexity (one value per cluster)")
     check_choice(within, "within", WITHIN_RULES)
+    ccs_args = _ccs_args(beta, strata, 0.0) if within == "ccs" else None
     cl = as_labels(clusters, len(s), len(complexity), name="clusters")
     sizes = np.bincount(cl.numpy(), minlength=len(complexity))
     quotas = dbp_quotas(complexity, sizes, keep_count(len(s), f), temperature, min_ratio)
-    return _balanced_pick(s, cl, int(quotas.sum()), within, _gen(seed), quotas=quotas)
+    return _balanced_pick(s, cl, int(quotas.sum()), within, _gen(seed), quotas=quotas, ccs_args=ccs_args)
 
 
 def select(scores: Any, keep_fraction: float, rule: str = "keep-hard", **params: Any) -> Tensor:
