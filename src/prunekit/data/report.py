@@ -12,6 +12,8 @@ import numpy as np
 
 from .io import atomic_write
 
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
+
 
 def accuracy_table(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[float, tuple[float, float, int]]]:
     """``{method: {keep_fraction: (mean, std, runs)}}`` from records with method, keep_fraction, accuracy."""
@@ -42,12 +44,14 @@ def plot_accuracy_vs_keep(records: Sequence[Mapping[str, Any]], path: str | os.P
     table = accuracy_table(records)
     if not table:
         raise ValueError("records must hold at least one {method, keep_fraction, accuracy} entry")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, per in sorted(table.items()):
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colors = plt.get_cmap("tab20").colors
+    for i, (method, per) in enumerate(sorted(table.items())):
         keeps = list(per)
         mean = [per[k][0] * 100 for k in keeps]
         std = [per[k][1] * 100 for k in keeps]
-        ax.errorbar(keeps, mean, yerr=std, marker="o", capsize=2, label=method)
+        ax.errorbar(keeps, mean, yerr=std, marker=MARKERS[i % len(MARKERS)], color=colors[(2 * i) % 20 + (i // 10)],
+                    capsize=2, ms=4, lw=1.2, label=method)
     if full_accuracy is not None:
         ax.axhline(full_accuracy * 100, color="gray", ls="--", lw=1, label="full data")
     ax.set(xlabel="kept fraction", ylabel="test accuracy (%)", title=title)
