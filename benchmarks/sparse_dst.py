@@ -29,7 +29,8 @@ def run_method(name: str, seed: int, args: argparse.Namespace, split, teacher) -
         return train("srste", None, seed, width=args.width, split=split, n=n, m=4, exclude=["convs.0"],
                      epochs=args.epochs)
     if name == "rigl_kd":
-        return train("rigl", args.sparsity, seed, width=args.width, split=split, teacher=teacher, epochs=args.epochs)
+        return train("rigl", args.sparsity, seed, width=args.width, split=split, teacher=teacher, epochs=args.epochs,
+                     alpha=args.kd_alpha, temperature=args.kd_temperature)
     return train(name, None if name == "dense" else args.sparsity, seed, width=args.width, split=split,
                  epochs=args.epochs)
 
@@ -41,6 +42,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=None, help="default: the zoo recipe (60)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--kd-alpha", type=float, default=0.5, help="rigl_kd: weight of the distillation term")
+    ap.add_argument("--kd-temperature", type=float, default=4.0, help="rigl_kd: distillation temperature")
     ap.add_argument("--json", default=None, help="also write every run as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -56,7 +59,8 @@ def main() -> None:
             print(f"seed {seed} {name}: {runs[name][-1]['accuracy']:.4f}", file=sys.stderr, flush=True)
     base = [r["accuracy"] for r in runs.get("dense", [])]
     print(f"\nmachine: {machine()}\n")
-    print(f"cnn1d(channels={args.width}), MNIST-1D 4000/1000, sparsity {args.sparsity}, seeds {args.seeds}\n")
+    print(f"cnn1d(channels={args.width}), MNIST-1D 4000/1000, sparsity {args.sparsity}, seeds {args.seeds}; "
+          f"rigl_kd: teacher = the dense run of the same seed, alpha {args.kd_alpha}, T {args.kd_temperature}\n")
     print("| method | sparsity (measured) | test accuracy % (mean ± std) | vs dense (points) | max change of a "
           "layer's kept count | pruned weights non-zero | N:M violations | s / run |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")

@@ -18,6 +18,7 @@ from .lottery import (  # noqa: E402
     random_reinit_control,
     reinitialize_,
 )
+from .methods import TRAINING_METHODS, training_callbacks  # noqa: E402
 from .nm import SRSTE  # noqa: E402
 from .pai import (  # noqa: E402
     SNIP,
@@ -35,5 +36,6 @@ __all__ += [
     "SET", "SNIP", "SRSTE", "Checkpoint", "CheckpointEvery", "Distillation", "GraNet", "GraSP", "IMPResult",
     "MaskSyncError", "PruneAtInit", "RewindPoint", "RigL", "SynFlow", "check_masks_synced", "grasp_masks",
     "iterative_magnitude", "load_checkpoint", "lottery_ticket", "magnitude_masks", "random_masks",
-    "random_reinit_control", "reinitialize_", "save_checkpoint", "snip_masks", "synflow_masks",
+    "random_reinit_control", "reinitialize_", "save_checkpoint", "snip_masks", "synflow_masks", "TRAINING_METHODS",
+    "training_callbacks",
 ]

@@ -47,6 +47,7 @@ class Distillation(Callback):
             p.requires_grad_(False)
 
     def loss(self, state: TrainState, batch: Batch, loss: Tensor) -> Tensor:
+        """Mix the task loss with the distillation term on this batch."""
         if batch.outputs is None:
             return loss
         with torch.no_grad():

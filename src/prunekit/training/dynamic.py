@@ -144,10 +144,12 @@ class _DynamicSparse(Callback):
         return self.schedule is not None and self.schedule.is_update_step(step)
 
     def on_batch_start(self, state: TrainState, batch: Batch) -> None:
+        """Before the backward pass of an update step, let dense gradients through the mask hook."""
         if self.needs_dense_grads and self.is_update(state.step + 1):
             self._mask_set(state).mask_grads = False  # this backward pass keeps dense gradients
 
     def on_after_backward(self, state: TrainState, batch: Batch) -> None:
+        """Keep a copy of the dense gradients (averaged over ranks), then mask them for the optimizer step."""
         ms = self._mask_set(state)
         if ms.mask_grads:
             return
@@ -162,6 +164,7 @@ class _DynamicSparse(Callback):
                     p.grad.mul_(ms.masks[k])
 
     def on_step_end(self, state: TrainState, batch: Batch) -> None:
+        """On update steps: drop and grow in every layer, then check the masks agree across ranks."""
         if not self.is_update(state.step):
             return
         assert self.schedule is not None
@@ -315,6 +318,7 @@ class GraNet(_DynamicSparse):
         return self.prune_schedule is not None and self.prune_schedule.is_update_step(step)
 
     def on_step_end(self, state: TrainState, batch: Batch) -> None:
+        """On update steps: prune to the cubic schedule's sparsity, then regenerate (drop/grow)."""
         if not self.is_update(state.step):
             return
         assert self.prune_schedule is not None and self.schedule is not None

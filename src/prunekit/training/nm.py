@@ -95,6 +95,7 @@ class SRSTE(Callback):
             p.copy_(self.dense[k] * self.masks[k])
 
     def on_after_backward(self, state: TrainState, batch: Batch) -> None:
+        """Add the SR-STE decay to the straight-through gradient and swap the dense weights in."""
         with torch.no_grad():
             for k, p in self._params.items():
                 if p.grad is None:
@@ -103,6 +104,7 @@ class SRSTE(Callback):
                 p.copy_(self.dense[k])  # the optimizer updates the dense weights
 
     def on_step_end(self, state: TrainState, batch: Batch) -> None:
+        """Keep the updated dense weights, recompute the N:M masks, load the sparse weights back."""
         old = self.masks
         with torch.no_grad():
             for k, p in self._params.items():
