@@ -86,7 +86,9 @@ def main() -> int:
     ap.add_argument("--runs", default=None, help="comma-separated run indices (default: all)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--results", default="prunekit-results.sqlite")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared machine)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
 
     from prunekit.bench.store import ResultsStore, RunRecord
     from prunekit.calibrate import CalibratedMagnitude, SparseGPT, Wanda, prune_blocks
@@ -130,7 +132,8 @@ def table(a: Any, metric: str, rows: list, proto: dict, calib: dict) -> str:
     cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name'"], capture_output=True, text=True).stdout
     better = "higher is better" if metric == "fidelity" else "lower is better"
     lines = [f"Command: `nice -n 10 python {' '.join(sys.argv)}`", "",
-             f"Machine: {os.cpu_count()} CPU cores ({cpu.split(':')[-1].strip()}), torch {torch.__version__}, "
+             f"Machine: {os.cpu_count()} CPU cores ({cpu.split(':')[-1].strip()}), {torch.get_num_threads()} torch "
+             f"thread(s), torch {torch.__version__}, "
              "float32, shared with other jobs (times are indicative).",
              f"Calibration: {calib['nsamples']} x {calib['seq_len']} tokens of the built-in corpus (train split), "
              f"seed {calib.get('seed', 0)}, sha256 {calib['sha256_16']}. Evaluation protocol: {proto}.", "",

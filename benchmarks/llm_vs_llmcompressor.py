@@ -61,7 +61,9 @@ def main() -> int:
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared machine)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
 
     import transformers
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -105,7 +107,8 @@ def table(a: Any, rows: list[dict], dense: dict, ids: torch.Tensor, tf_version: 
 
     cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name'"], capture_output=True, text=True).stdout
     lines = [f"Command: `nice -n 10 .bench-env-llm/bin/python {' '.join(sys.argv)}`", "",
-             f"Machine: {os.cpu_count()} CPU cores ({cpu.split(':')[-1].strip()}), torch {torch.__version__}, "
+             f"Machine: {os.cpu_count()} CPU cores ({cpu.split(':')[-1].strip()}), {torch.get_num_threads()} torch "
+             f"thread(s), torch {torch.__version__}, "
              f"transformers {tf_version}, llmcompressor {llmcompressor.__version__}; float32 on CPU, shared with "
              "other jobs. Same model, same calibration windows "
              f"({ids.shape[0]} x {ids.shape[1]} tokens), same perplexity protocol ({dense['protocol']}). "

@@ -39,7 +39,7 @@ class LMRecipe:
     max_positions: int = 512
     seq_len: int = 128
     batch_size: int = 16
-    steps: int = 300
+    steps: int = 200
     lr: float = 3e-3
     warmup: int = 20
     weight_decay: float = 0.1
