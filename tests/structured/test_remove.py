@@ -141,3 +141,11 @@ def test_bias_compensation_adds_the_mean_of_removed_inputs():
     # compensation removes the mean error over the calibration inputs
     assert abs(float((forward(m, x)[0] - y0).mean(0).abs().max())) < 1e-5
     assert float((forward(m2, x)[0] - y0).mean(0).abs().max()) > 1e-3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_removal_on_gpu_keeps_tensors_on_the_device():
+    x = example_inputs("resnet20").cuda()
+    m = get_model("resnet20", seed=0).cuda()
+    remove_(m, x, Structured(target_macs=0.5, importance="taylor"))
+    assert all(p.is_cuda for p in m.parameters()) and forward(m, x)[0].shape == (2, 10)

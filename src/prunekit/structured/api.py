@@ -240,6 +240,8 @@ def _scores(model: nn.Module, graph: Graph, groups: list, cfg: Structured, input
     if cfg.importance != "taylor" or all(p.grad is not None for p in model.parameters() if p.requires_grad):
         return group_scores(model, graph, groups, cfg.importance, cfg.reduction, cfg.seed)
     had = {id(p) for p in model.parameters() if p.grad is not None}
+    was = model.training
+    model.eval()  # no BatchNorm statistics change while scoring
     with torch.enable_grad():
         if data is not None:
             x, y = data
@@ -251,6 +253,7 @@ def _scores(model: nn.Module, graph: Graph, groups: list, cfg: Structured, input
     try:
         return group_scores(model, graph, groups, cfg.importance, cfg.reduction, cfg.seed)
     finally:
+        model.train(was)
         for p in model.parameters():
             if id(p) not in had:
                 p.grad = None

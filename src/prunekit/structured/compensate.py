@@ -62,7 +62,7 @@ def bias_shifts(model: nn.Module, graph: Graph, keep: dict[int, Tensor], example
         w = model.get_submodule(path).weight.detach().float()  # (out, in)
         removed = torch.ones(w.shape[1], dtype=torch.bool)
         removed[pos] = False
-        out[path] = w[:, removed] @ means[path][removed]  # (out,)
+        out[path] = w[:, removed.to(w.device)] @ means[path][removed.to(w.device)]  # (out,)
     return out
 
 

@@ -25,7 +25,7 @@ MemberScore = Callable[[Tensor, Tensor | None, Tensor, int], Tensor]
 
 def unit_rows(w: Tensor, coords: Tensor, n: int) -> Tensor:
     """``(n, k)``: the values of ``w`` (unit dim first) that belong to each of the ``n`` units."""
-    x = w.detach().reshape(w.shape[0], -1).float()  # (positions, rest)
+    x = w.detach().reshape(w.shape[0], -1).float().cpu()  # (positions, rest)
     sel = coords >= 0
     x, c = x[sel], coords[sel]
     return x[torch.argsort(c, stable=True)].reshape(n, -1)
@@ -33,7 +33,7 @@ def unit_rows(w: Tensor, coords: Tensor, n: int) -> Tensor:
 
 def unit_sums(v: Tensor, coords: Tensor, n: int) -> Tensor:
     """``(n,)``: per-position values ``v`` (positions first) summed into their units."""
-    v = v.detach().reshape(v.shape[0], -1).float().sum(1)  # (positions,)
+    v = v.detach().reshape(v.shape[0], -1).float().sum(1).cpu()  # (positions,)
     sel = coords >= 0
     return torch.zeros(n).index_add_(0, coords[sel], v[sel])
 

@@ -98,7 +98,7 @@ def apply_plan_(model: nn.Module, plan: Plan, undo: Undo | None = None) -> nn.Mo
                 raise ValueError(f"plan shrinks tensor {name!r}, which this model does not have")
             x = state[name].detach()
             for d, pos in dims.items():
-                x = x.index_select(int(d), torch.as_tensor(pos, dtype=torch.long))
+                x = x.index_select(int(d), torch.as_tensor(pos, dtype=torch.long, device=x.device))
             replace_tensor(model, plan.aliases.get(name, [name]), x.clone(), undo)
         for name, shape in plan.added.items():
             m, a = owner(model, name)

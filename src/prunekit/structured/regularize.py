@@ -90,7 +90,8 @@ def _targets(model: nn.Module, graph: Graph, keep: dict[int, Tensor], bn_only: b
             c = graph.coords(m, g)
             sel = (c >= 0) & removed[c.clamp(min=0)]
             pos = torch.nonzero(sel).flatten()
-            out.setdefault(g.id, []).append((params[m.name], m.dim, pos, c[pos]))
+            p = params[m.name]
+            out.setdefault(g.id, []).append((p, m.dim, pos.to(p.device), c[pos]))
     return out
 
 
@@ -101,7 +102,7 @@ def _group_lasso_grad(members: list, lam: float) -> None:
         return
     sq = torch.zeros(n)
     for p, d, pos, u in members:
-        v = p.detach().index_select(d, pos).movedim(d, 0).reshape(len(pos), -1).float().pow(2).sum(1)
+        v = p.detach().index_select(d, pos).movedim(d, 0).reshape(len(pos), -1).float().pow(2).sum(1).cpu()
         sq.index_add_(0, u, v)
     inv = lam / sq.sqrt().clamp(min=1e-12)  # (units,)
     for p, d, pos, u in members:
@@ -110,4 +111,4 @@ def _group_lasso_grad(members: list, lam: float) -> None:
         w = p.detach().index_select(d, pos)
         shape = [1] * w.dim()
         shape[d] = len(pos)
-        p.grad.index_add_(d, pos, w * inv[u].reshape(shape).to(w.dtype))
+        p.grad.index_add_(d, pos, w * inv[u].reshape(shape).to(w.device, w.dtype))

@@ -75,7 +75,7 @@ def shrink_tensors_(model: nn.Module, graph: Graph, keep: dict[int, Tensor], und
             continue
         x = state[name].detach()
         for d, p in pos.items():
-            x = x.index_select(d, p)
+            x = x.index_select(d, p.to(x.device))
         replace_tensor(model, graph.tr.aliases[name], x.clone(), undo)
         out[name] = {str(d): p.tolist() for d, p in pos.items()}
     return out
