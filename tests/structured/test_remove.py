@@ -149,3 +149,13 @@ def test_removal_on_gpu_keeps_tensors_on_the_device():
     m = get_model("resnet20", seed=0).cuda()
     remove_(m, x, Structured(target_macs=0.5, importance="taylor"))
     assert all(p.is_cuda for p in m.parameters()) and forward(m, x)[0].shape == (2, 10)
+
+
+def test_two_removals_in_a_row_save_and_rebuild_from_the_dense_model(tmp_path):
+    x = example_inputs("resnet20")
+    m = get_model("resnet20", seed=0)
+    remove_(m, x, Structured(target_macs=0.7))
+    plan = remove_(m, x, Structured(target_macs=0.5 / 0.7))
+    assert len(plan.previous) == 1
+    save_pruned(m, plan, tmp_path, source={"zoo": "resnet20", "kwargs": {}})
+    assert torch.equal(forward(load_pruned(tmp_path), x)[0], forward(m, x)[0])

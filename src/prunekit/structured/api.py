@@ -17,7 +17,7 @@ from .compensate import add_bias_, bias_shifts
 from .depth import candidate_containers, remove_blocks_
 from .graph import Graph, build_graph
 from .importance import GROUP_SCORES, REDUCTIONS, group_scores
-from .plan import Plan, apply_plan_
+from .plan import LAST_PLAN, Plan, apply_plan_, chain
 from .remove import Undo, output_shapes, shrink_tensors_, sync_modules_, verify
 from .select import allocate, keep_indices, min_counts, uniform_counts
 from .trace import call_model, output_tensors, resolve_ignore
@@ -139,6 +139,8 @@ def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], d
     shrink_(model, graph, keep, plan, undo)
     plan.added = add_bias_(model, shifts, undo)
     verify(model, inputs, expected)
+    chain(model, plan)
+    undo.set(model.__dict__, LAST_PLAN, plan)
     state = model.state_dict()
     plan.aliases = {k: v for k, v in graph.tr.aliases.items() if len(v) > 1}
     plan.shapes = {k: list(state[k].shape) for k in [*plan.tensors, *plan.added] if k in state}
@@ -188,6 +190,8 @@ def remove_units_(model: nn.Module, example_inputs: Any, graph: Graph, keep: dic
     try:
         shrink_(model, graph, {g: torch.as_tensor(v, dtype=torch.long) for g, v in keep.items()}, plan, undo)
         verify(model, example_inputs, expected)
+        chain(model, plan)
+        undo.set(model.__dict__, LAST_PLAN, plan)
     except BaseException:
         undo.rollback()
         raise

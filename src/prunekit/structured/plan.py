@@ -20,6 +20,7 @@ from ..io import atomic_write_text
 from .remove import Undo, owner, replace_tensor
 
 PLAN_FILE = "plan.json"
+LAST_PLAN = "_prunekit_plan"  # attribute on a slim model: the plan that made it (chained on the next removal)
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -38,6 +39,7 @@ class Plan:
     hf_loadable: bool | None = None  # True if plain transformers rebuilds the slim model from hf_config
     source: dict[str, Any] | None = None  # how to build the dense model: {"zoo": name, ...} or {"hf": ...}
     summary: dict[str, Any] = field(default_factory=dict)  # MACs, params, latency before/after, time
+    previous: list[dict[str, Any]] = field(default_factory=list)  # earlier removals, oldest first
     version: ClassVar[int] = 1
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +75,16 @@ class Plan:
         return cls.from_dict(json.loads(p.read_text()))
 
 
+def chain(model: nn.Module, plan: Plan) -> Plan:
+    """Make ``plan`` carry the removals that made ``model`` before it (so it rebuilds from the dense one)."""
+    last = model.__dict__.get(LAST_PLAN)
+    if isinstance(last, Plan) and last is not plan:
+        d = last.to_dict()
+        plan.previous = [*d.pop("previous"), d]
+        plan.source = last.source or plan.source  # the dense original, not the slim config
+    return plan
+
+
 def keep_blocks_(model: nn.Module, blocks: dict[str, list[int]], undo: Undo) -> None:
     """Keep only the listed children of each ``nn.ModuleList`` / ``nn.Sequential`` container."""
     for path, kept in blocks.items():
@@ -91,6 +103,9 @@ def apply_plan_(model: nn.Module, plan: Plan, undo: Undo | None = None) -> nn.Mo
     original removal (on a fresh pretrained copy it reproduces the slim weights too)."""
     undo = undo or Undo()
     try:
+        for earlier in plan.previous:
+            apply_plan_(model, Plan.from_dict({**earlier, "type": "prunekit.structured.plan",
+                                               "version": Plan.version}), undo)
         keep_blocks_(model, plan.blocks, undo)
         state = dict(model.state_dict(keep_vars=True))
         for name, dims in plan.tensors.items():
@@ -110,6 +125,7 @@ def apply_plan_(model: nn.Module, plan: Plan, undo: Undo | None = None) -> nn.Mo
         if plan.hf_config is not None and hasattr(model, "config"):
             from .hf import set_config_
             set_config_(model, plan.hf_config, undo)
+        undo.set(model.__dict__, LAST_PLAN, plan)
     except Exception:
         undo.rollback()
         raise
