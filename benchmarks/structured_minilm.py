@@ -73,20 +73,30 @@ def fidelity(dense, slim, inputs) -> dict[str, float]:
     return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()), "similarity_spearman": spearman(s0, s1)}
 
 
-def tp_half(model, inputs):
-    """torch-pruning 1.6.1, as its README does for BERT: heads at ratio 0.5 and MLP at 0.5, hidden kept."""
+TP_VARIANTS = {  # (BasePruner keyword arguments, keep the hidden width by ignoring the embeddings)
+    "heads only (prune_num_heads, no head dims), hidden kept": (
+        dict(prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=0.5), True),
+    "heads + head dims, hidden kept": (dict(prune_num_heads=True, head_pruning_ratio=0.5), True),
+    "head dims only (torch-pruning defaults), hidden kept": ({}, True),
+    "heads only, hidden pruned too (embeddings not ignored)": (
+        dict(prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=0.5), False),
+}
+
+
+def tp_half(model, inputs, kwargs: dict, keep_hidden: bool):
+    """torch-pruning 1.6.1 at ratio 0.5 with ``num_heads`` for q/k/v, then the README's attribute fixes."""
     import torch_pruning as tp
 
     heads = {}
     for layer in model.encoder.layer:
         a = layer.attention.self
         heads.update({a.query: 12, a.key: 12, a.value: 12})
-    ignored = [model.pooler, model.embeddings.word_embeddings, model.embeddings.position_embeddings,
-               model.embeddings.token_type_embeddings]
+    e = model.embeddings
+    ignored = [model.pooler] + ([e.word_embeddings, e.position_embeddings, e.token_type_embeddings] if keep_hidden
+                                else [])
     pruner = tp.pruner.BasePruner(model, inputs, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=0.5, ignored_layers=ignored, num_heads=heads, prune_num_heads=True,
-                                  prune_head_dims=False, head_pruning_ratio=0.5,
-                                  output_transform=lambda out: out.last_hidden_state)
+                                  pruning_ratio=0.5, ignored_layers=ignored, num_heads=heads,
+                                  output_transform=lambda out: out.last_hidden_state, **kwargs)
     pruner.step()
     for layer in model.encoder.layer:
         a = layer.attention.self
@@ -110,12 +120,17 @@ def main() -> None:
                      "macs_ratio": count_macs(m, x) / count_macs(dense, x),
                      "params_ratio": count_params(m) / count_params(dense), "seconds": plan.summary["seconds"],
                      **fidelity(dense, m, x)})
-    res, err, t = attempt(tp_half, copy.deepcopy(dense), x)
-    if err:
-        rows.append({"variant": "torch-pruning 1.6.1", "error": err, "seconds": t})
-    else:
-        out, err2, _ = attempt(fidelity, dense, res, x)
-        rows.append({"variant": "torch-pruning 1.6.1", "seconds": t, **(out or {"error": "forward: " + str(err2)})})
+    for label, (kw, keep_hidden) in TP_VARIANTS.items():
+        res, err, t = attempt(tp_half, copy.deepcopy(dense), x, kw, keep_hidden)
+        row = {"variant": f"torch-pruning 1.6.1: {label}", "seconds": t}
+        if err:
+            row["error"] = err
+        else:
+            out, err2, _ = attempt(fidelity, dense, res, x)
+            row.update(out or {"error": "forward: " + str(err2)})
+            if out:
+                row["macs_ratio"] = count_macs(res, x) / count_macs(dense, x)
+        rows.append(row)
     for r in rows:
         print(json.dumps(r))
     args.out.parent.mkdir(parents=True, exist_ok=True)
