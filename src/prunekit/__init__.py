@@ -12,11 +12,13 @@ from .config import Config
 from .masks import Report, attach, load_masks, masks_of, save_masks
 from .patterns import NM, Block, Channel, Unstructured, topk_mask
 from .structured import Structured, remove_
+from .training import SNIP, GradualMagnitude, GraSP, SynFlow, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NM", "Block", "Channel", "Config", "Magnitude", "Random", "Report", "SparseGPT", "Structured", "Taylor",
+    "NM", "SNIP", "Block", "Channel", "Config", "GraSP", "GradualMagnitude", "Magnitude", "Random", "Report",
+    "SparseGPT", "Structured", "SynFlow", "Taylor", "fit",
     "Unstructured", "Wanda", "attach", "count_macs", "count_nonzeros", "count_params", "layer_table",
     "load_masks", "masks_of", "prune_", "remove_", "save_masks", "sparsity_report", "topk_mask", "totals",
 ]

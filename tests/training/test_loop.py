@@ -53,3 +53,27 @@ def test_fit_bad_input(tiny_net, tiny_data):
         fit(tiny_net, tiny_data, epochs=0)
     with pytest.raises(ValueError, match="empty"):
         fit(tiny_net, (torch.zeros(0, 4, 8), torch.zeros(0, dtype=torch.long)), epochs=1)
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(tiny_data):
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+
+    straight = net()
+    fit(straight, tiny_data, steps=10, batch_size=16, lr=0.05, seed=3)  # 4 batches an epoch
+    resumed2 = net()
+    part = fit(resumed2, tiny_data, steps=10, batch_size=16, lr=0.05, seed=3, callbacks=[_StopAt(6)])
+    assert part.state.step == 6
+    part.state.stop = False
+    fit(resumed2, tiny_data, steps=10, batch_size=16, lr=0.05, seed=3, state=part.state)
+    for a, b in zip(straight.parameters(), resumed2.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+class _StopAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state, batch):
+        state.stop = state.step >= self.step

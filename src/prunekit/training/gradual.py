@@ -17,6 +17,11 @@ from .loop import Batch, Callback, TrainState
 log = logging.getLogger(__name__)
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a DistributedDataParallel wrapper (masks live on it, with its parameter names)."""
+    return getattr(model, "module", model)
+
+
 @dataclass
 class GradualMagnitude(Callback):
     """Raise sparsity along the cubic schedule s_t = s_f + (s_i - s_f)(1 - (t - t0)/(n dt))^3 (eq. 1).
@@ -54,9 +59,10 @@ class GradualMagnitude(Callback):
         if end > total:
             raise ValueError(f"end_step={end} is beyond the training length ({total} steps)")
         self.schedule = Cubic(self.final_sparsity, begin, end, freq, self.initial_sparsity)
-        if attached(state.model) is None:
-            params = prunable_parameters(state.model, exclude=self.exclude)
-            attach(state.model, {k: torch.ones_like(p, dtype=torch.bool) for k, p in params.items()})
+        model = _unwrap(state.model)
+        if attached(model) is None:
+            params = prunable_parameters(model, exclude=self.exclude)
+            attach(model, {k: torch.ones_like(p, dtype=torch.bool) for k, p in params.items()})
 
     def on_step_end(self, state: TrainState, batch: Batch) -> None:
         assert self.schedule is not None
@@ -64,7 +70,7 @@ class GradualMagnitude(Callback):
             return
         s = self.schedule.sparsity_at(state.step)
         cfg = Magnitude(s, pattern=self.pattern, scope=self.scope, allocation=self.allocation, exclude=self.exclude)
-        report = prune_scored_(state.model, cfg, "magnitude")
+        report = prune_scored_(_unwrap(state.model), cfg, "magnitude")
         self.history.append((state.step, report.sparsity))
         log.debug("step %d: sparsity %.4f", state.step, report.sparsity)
 

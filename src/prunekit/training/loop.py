@@ -203,7 +203,8 @@ def fit(
     ds = IndexedDataset(as_dataset(data))
     if len(ds) == 0:
         raise ValueError("data for training is empty")
-    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed())
+    base_seed = seed if seed is not None else torch.seed()
+    gen = torch.Generator()
     if seed is not None:
         torch.manual_seed(seed)
     loader = DataLoader(ds, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=gen)
@@ -222,10 +223,11 @@ def fit(
     bar = _progress(progress, total, state.step)
     for cb in callbacks:
         cb.on_fit_start(state)
-    masks = attached(model)
+    masks = attached(getattr(model, "module", model))  # DDP wraps the module that holds the masks
     if masks is not None:  # fine-tuning a pruned model: pruned weights stay exactly zero
         masks.watch(state.optimizer)
     while state.step < total and not state.stop:
+        gen.manual_seed(base_seed + state.epoch)  # the shuffle of each epoch is reproducible, so is a resume
         _run_epoch(state, loader, callbacks, loss_fn, total, bar)
         record = {"epoch": float(state.epoch), "step": float(state.step), **state.extra.pop("epoch_metrics", {})}
         if val_data is not None and (eval_every_epoch or state.step >= total):
@@ -243,8 +245,13 @@ def _run_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[Callba
     for cb in callbacks:
         cb.on_epoch_start(state)
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y, idx in loader:
+    skip = state.step - state.epoch * state.steps_per_epoch  # batches this epoch already ran (resume)
+    completed = True
+    for i, (x, y, idx) in enumerate(loader):
+        if i < skip:
+            continue
         if state.step >= total or state.stop:
+            completed = False
             break
         batch = Batch(_move(x, state.device), _move(y, state.device), idx)
         for cb in callbacks:
@@ -271,7 +278,8 @@ def _run_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[Callba
             bar.advance(1)
     for cb in callbacks:
         cb.on_epoch_end(state)
-    state.epoch += 1
+    if completed:  # an epoch cut short (stop, or the step budget) resumes where it stopped
+        state.epoch += 1
     if seen:
         state.extra["epoch_metrics"] = {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
