@@ -65,7 +65,9 @@ def main() -> int:
     ap.add_argument("--nsamples", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared machine)")
     a = ap.parse_args()
+    torch.set_num_threads(a.threads)
 
     from prunekit.calibrate import SparseGPT, Wanda, prune_blocks
     from prunekit.calibrate.config import CalibratedMagnitude
@@ -89,7 +91,7 @@ def main() -> int:
     cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name'"], capture_output=True, text=True).stdout.strip()
     lines = [
         f"Machine: {os.cpu_count()} CPU cores ({cpu.split(':')[-1].strip()}), Python {platform.python_version()}, "
-        f"torch {torch.__version__}; model float32 on CPU, {n_params / 1e9:.3f}B parameters; solver {a.solver} 50%, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); model float32 on CPU, {n_params / 1e9:.3f}B parameters; solver {a.solver} 50%, "
         f"{a.nsamples} x {a.seq_len} calibration tokens.",
         "",
         "| quantity | GiB |",
