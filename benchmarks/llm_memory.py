@@ -91,7 +91,8 @@ def main() -> int:
     cpu = subprocess.run(["bash", "-c", "lscpu | grep 'Model name'"], capture_output=True, text=True).stdout.strip()
     lines = [
         f"Machine: {os.cpu_count()} CPU cores ({cpu.split(':')[-1].strip()}), Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); model float32 on CPU, {n_params / 1e9:.3f}B parameters; solver {a.solver} 50%, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); model float32 on CPU, "
+        f"{n_params / 1e9:.3f}B parameters; solver {a.solver} 50%, "
         f"{a.nsamples} x {a.seq_len} calibration tokens.",
         "",
         "| quantity | GiB |",
