@@ -83,5 +83,5 @@ def plot_score_histograms(scores: Mapping[str, Any], path: str | os.PathLike, fl
             ax.legend(fontsize=7)
         ax.set(title=name, xlabel="score (higher = harder)")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.04)
     return _save(fig, path)
