@@ -51,6 +51,7 @@ def test_recorder_writes_rows_by_index_and_nan_for_unseen(tmp_path):
     rec.on_epoch_start(st)
     z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     b = Batch(torch.zeros(2, 2), torch.tensor([0, 0]), torch.tensor([4, 1]), z, torch.tensor([0.3, 0.7]))
+    st.step = 1  # the loop counts the step before on_step_end; one step is the whole epoch here
     rec.on_step_end(st, b)
     rec.on_epoch_end(st)
     d = Dynamics(tmp_path / "d")
@@ -106,6 +107,7 @@ def _fake_run(path, fields: dict[str, np.ndarray]) -> Dynamics:
     rec = DynamicsRecorder(path, n)
     st = _state(torch.nn.Linear(1, 1))
     for t in range(e):
+        st.epoch, st.step = t, t + 1  # as fit: one step per epoch here, counted before on_epoch_end
         rec.on_epoch_start(st)
         rec._mm[0] = np.stack([fields.get(f, np.zeros((e, n)))[t] for f in FIELDS], axis=1)
         rec.on_epoch_end(st)
@@ -168,3 +170,21 @@ def test_record_runs_reuses_complete_runs(tmp_path, make_mlp, blob_data):
     again = record_runs(make, blob_data, tmp_path, seeds=(0, 1), epochs=2, batch_size=64)
     assert calls == [0, 1]  # nothing retrained
     np.testing.assert_array_equal(again[1].field("loss"), runs[1].field("loss"))
+
+
+def test_fit_resumed_mid_epoch_continues_that_epoch(tmp_path, make_mlp, make_blobs):
+    x, y = make_blobs(n=30)
+    model = make_mlp(0)
+    rec = DynamicsRecorder(tmp_path, 30)
+    res = fit(model, (x, y), steps=4, batch_size=10, callbacks=[rec])  # 3 batches per epoch: stops in epoch 1
+    assert rec.epochs_done == 1 and rec.open_epoch == 1 and Dynamics(tmp_path).epochs == 1
+    before = np.fromfile(tmp_path / "dynamics.f32", np.float32).reshape(-1, 30, len(FIELDS))[1, :, 0]
+    assert (~np.isnan(before)).sum() == 10  # the one batch of epoch 1 that ran
+    again = DynamicsRecorder(tmp_path, 30)  # e.g. a new process after a checkpoint
+    fit(model, (x, y), steps=6, batch_size=10, callbacks=[again], state=res.state)
+    d = Dynamics(tmp_path)
+    assert d.epochs == 2 and again.open_epoch is None
+    lo = d.field("loss", 1)[0]
+    assert not np.isnan(lo).any()  # rows from before and after the interruption
+    kept = ~np.isnan(before)
+    np.testing.assert_array_equal(lo[kept], before[kept])

@@ -1,9 +1,10 @@
 """Training dynamics: one callback records per example and epoch the statistics every dynamics score needs.
 
 Layout on disk (a folder): ``dynamics.f32``, a raw float32 memmap shaped ``(epochs, N, F)`` that grows
-one epoch at a time, and ``dynamics.json`` (version, N, field names, epochs done). An epoch counts only
-once it has ended and the JSON says so, so a run that stops mid-epoch resumes by rewriting that epoch.
-Examples not presented in an epoch (a subset sampler) hold NaN.
+one epoch at a time, and ``dynamics.json`` (version, N, field names, epochs done, the epoch being
+written). An epoch counts only once all its batches ran and the JSON says so; a run interrupted
+mid-epoch and resumed from a checkpoint continues that epoch. Examples not presented in an epoch
+(a subset sampler) hold NaN.
 
 Fields (``F = 7``), all from the training forward pass before the optimizer step:
 
@@ -105,15 +106,19 @@ class Dynamics:
 class DynamicsRecorder(Callback):
     """Callback on ``prunekit.training.fit`` recording ``FIELDS`` per example and epoch into a memmap.
 
-    Memory is bounded by one epoch slice (``N * F`` floats, mapped, not held); the folder resumes: a
-    new recorder on an existing folder appends after the epochs already recorded. Needs a classifier
-    (logits ``(B, C)``) and ``Batch.index`` (given by ``fit``).
+    Memory is bounded by one epoch slice (``N * F`` floats, mapped, not held). The folder resumes:
+    a fresh ``fit`` appends after the epochs already recorded; a ``fit`` resumed from a checkpoint
+    (``state.step > 0``) continues its epochs, and an epoch resumed mid-way keeps the rows recorded
+    before the interruption. An epoch counts once all its batches ran. Needs a classifier (logits
+    ``(B, C)``) and ``Batch.index`` (given by ``fit``).
     """
 
     def __init__(self, path: str | os.PathLike, num_examples: int, resume: bool = True) -> None:
         self.path = Path(path)
         self.num_examples = check_positive_int(num_examples, "num_examples")
         self.epochs_done = 0
+        self.open_epoch: int | None = None  # slot written to but not finished
+        self._offset: int | None = None  # slot = offset + state.epoch during one fit
         self._mm: np.memmap | None = None
         meta_path = self.path / META_FILE
         if meta_path.exists():
@@ -124,17 +129,25 @@ class DynamicsRecorder(Callback):
                 raise ValueError(f"{str(self.path)!r} records {meta['num_examples']} examples with fields "
                                  f"{meta['fields']}, not {self.num_examples} with {list(FIELDS)}")
             self.epochs_done = int(meta["epochs_done"])
+            self.open_epoch = meta.get("open_epoch")
+
+    def on_fit_start(self, state: TrainState) -> None:
+        self._offset = self.epochs_done - state.epoch
 
     def on_epoch_start(self, state: TrainState) -> None:
-        self._open_slot(self.epochs_done)
+        if self._offset is None:
+            self.on_fit_start(state)
+        slot = self._offset + state.epoch  # type: ignore[operator]
+        mid_epoch = state.step > state.epoch * state.steps_per_epoch
+        self._open_slot(slot, clear=not (mid_epoch and self.open_epoch == slot))
 
     def on_step_end(self, state: TrainState, batch: Batch) -> None:
         if batch.outputs is None or batch.loss_per_example is None:
             return
         if batch.outputs.dim() != 2:
             raise ValueError(f"DynamicsRecorder needs classifier logits (B, C), got shape {tuple(batch.outputs.shape)}")
-        if self._mm is None:  # fit started mid-epoch: open the current slot
-            self._open_slot(self.epochs_done)
+        if self._mm is None:
+            self.on_epoch_start(state)
         stats = example_stats(batch.outputs, batch.y, batch.loss_per_example).cpu().numpy()
         idx = batch.index.cpu().numpy()
         self._mm[0, idx, :] = stats  # type: ignore[index]
@@ -144,25 +157,29 @@ class DynamicsRecorder(Callback):
             return
         self._mm.flush()
         self._mm = None
-        self.epochs_done += 1
+        if state.step >= (state.epoch + 1) * state.steps_per_epoch:  # every batch of the epoch ran
+            self.epochs_done = self._offset + state.epoch + 1  # type: ignore[operator]
+            self.open_epoch = None
         self._write_meta()
 
     def on_fit_end(self, state: TrainState) -> None:
         self._mm = None
+        self._offset = None
 
     def dynamics(self) -> Dynamics:
         """The recorded epochs so far as a read-only ``Dynamics``."""
         return Dynamics(self.path)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "epochs_done": self.epochs_done}
+        return {"path": str(self.path), "epochs_done": self.epochs_done, "open_epoch": self.open_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epochs_done = int(state["epochs_done"])
+        self.open_epoch = state.get("open_epoch")
         self._write_meta()
 
-    def _open_slot(self, epoch: int) -> None:
-        """Grow the file to hold ``epoch`` and map that epoch's ``(N, F)`` slice, filled with NaN."""
+    def _open_slot(self, epoch: int, clear: bool = True) -> None:
+        """Grow the file to hold ``epoch`` and map that epoch's ``(N, F)`` slice (NaN-filled if ``clear``)."""
         self.path.mkdir(parents=True, exist_ok=True)
         slot = self.num_examples * len(FIELDS) * 4
         data = self.path / DATA_FILE
@@ -171,15 +188,17 @@ class DynamicsRecorder(Callback):
                 f.truncate((epoch + 1) * slot)
         self._mm = np.memmap(data, dtype=np.float32, mode="r+", offset=epoch * slot,
                              shape=(1, self.num_examples, len(FIELDS)))
-        self._mm[:] = np.nan
-        if not (self.path / META_FILE).exists():
-            self._write_meta()
+        if clear:
+            self._mm[:] = np.nan
+            self._mm.flush()
+        self.open_epoch = epoch
+        self._write_meta()
 
     def _write_meta(self) -> None:
         write_json(self.path / META_FILE, {"version": MANIFEST_VERSION, "kind": "training-dynamics",
                                            "num_examples": self.num_examples, "fields": list(FIELDS),
-                                           "epochs_done": self.epochs_done, "dtype": "float32",
-                                           "layout": "(epochs, num_examples, fields)"})
+                                           "epochs_done": self.epochs_done, "open_epoch": self.open_epoch,
+                                           "dtype": "float32", "layout": "(epochs, num_examples, fields)"})
 
 
 def as_runs(dynamics: Dynamics | str | os.PathLike | Sequence[Dynamics | str | os.PathLike]) -> list[Dynamics]:
