@@ -100,8 +100,8 @@ def test_minilm_half_heads_and_mlp_runs_and_stays_close():
         return torch.nn.functional.normalize((h * w).sum(1) / w.sum(1), dim=-1)
 
     ref = embed(model)
-    plan = remove_(model, inputs, Structured(sparsity=0.5, bias_compensation=True))
+    plan = remove_(model, inputs, Structured(sparsity=0.5, importance="fluctuation", bias_compensation=True))
     layer = model.encoder.layer[0]
     assert layer.attention.self.query.out_features == 6 * 32 and layer.intermediate.dense.out_features == 768
     fidelity = (embed(model) * ref).sum(-1)
-    assert plan.summary["groups_shrunk"] == 12 and torch.all(fidelity > 0.5)
+    assert plan.summary["groups_shrunk"] == 12 and torch.all(fidelity > 0.6)

@@ -44,7 +44,7 @@ def test_plan_replays_on_a_fresh_copy_of_the_same_weights():
     assert sum(p.numel() for p in m.parameters()) <= 0.5 * sum(p.numel() for p in get_model("resnet20").parameters())
 
 
-@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "fpgm", "bn_scale", "random"])
+@pytest.mark.parametrize("importance", ["l1", "l2", "taylor", "fpgm", "bn_scale", "random", "fluctuation"])
 def test_every_importance_meets_the_budget(importance):
     x = example_inputs("vgg")
     m = get_model("vgg", seed=0)

@@ -34,7 +34,8 @@ class Structured(Config):
 
     ``target_macs`` / ``target_params``: fraction of the original to keep, in (0, 1]; or ``sparsity``:
     the fraction of units every group loses (a channel ratio, as torch-pruning's); give one of the three.
-    ``importance``: l1, l2, taylor, fpgm, bn_scale or random; ``reduction`` over a group's members.
+    ``importance``: l1, l2, taylor, fpgm, bn_scale, fluctuation (FLAP, from the example inputs) or random;
+    ``reduction`` over a group's members.
     ``allocation``: ``uniform`` (every group loses the same fraction) or ``global`` (one ranking).
     ``ignore``: module names or glob patterns whose tensors are never touched.
     ``round_to``: kept channel counts are multiples of this. ``max_group_sparsity``: no group loses more.
@@ -242,7 +243,7 @@ def _allocate(model: nn.Module, graph: Graph, groups: list, cfg: Structured, bas
 
 def _scores(model: nn.Module, graph: Graph, groups: list, cfg: Structured, inputs: Any, data: Any) -> dict:
     if cfg.importance != "taylor" or all(p.grad is not None for p in model.parameters() if p.requires_grad):
-        return group_scores(model, graph, groups, cfg.importance, cfg.reduction, cfg.seed)
+        return group_scores(model, graph, groups, cfg.importance, cfg.reduction, cfg.seed, inputs)
     had = {id(p) for p in model.parameters() if p.grad is not None}
     was = model.training
     model.eval()  # no BatchNorm statistics change while scoring

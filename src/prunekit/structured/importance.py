@@ -128,6 +128,13 @@ def bn_scale(model: nn.Module, graph: Graph, group: Group, reduction: str = "mea
     return _reduce(vals, reduction)
 
 
+@GROUP_SCORES.register("fluctuation")
+def _fluctuation_placeholder(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
+                             generator: torch.Generator | None = None) -> Tensor:
+    """Registered name for FLAP's metric; :func:`group_scores` computes it from calibration inputs."""
+    raise ValueError("importance 'fluctuation' is computed by group_scores(..., example_inputs=...)")
+
+
 @GROUP_SCORES.register("random")
 def random(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
            generator: torch.Generator | None = None) -> Tensor:
@@ -135,9 +142,57 @@ def random(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean"
     return torch.rand(group.size, generator=generator)
 
 
+def fluctuation(model: nn.Module, graph: Graph, group: Group, variances: dict[str, Tensor],
+                reduction: str = "mean") -> Tensor:
+    """FLAP's fluctuation metric (An et al. 2024, "Fluctuation-based Adaptive Structured Pruning for Large
+    Language Models", Eq. 4): ``Var(x_j) * ||W[:, j]||^2`` summed over each unit's input columns ``j`` of the
+    Linear layers that consume the group, the variance taken over calibration tokens. Groups that feed
+    no Linear fall back to L2."""
+    params = dict(model.named_parameters())
+    vals = []
+    for m in group.members:
+        layer = m.name.rpartition(".")[0]
+        if m.dim == 1 and m.name.endswith("weight") and layer in variances and m.name in params:
+            w = params[m.name].detach().float().cpu()  # (out, in)
+            per_col = w.pow(2).sum(0) * variances[layer]  # (in,)
+            vals.append(unit_sums(per_col[:, None], graph.coords(m, group), group.size))
+    if not vals:
+        return GROUP_SCORES.get("l2")(model, graph, group, reduction)
+    return _reduce(vals, reduction)
+
+
+def input_variances(model: nn.Module, example_inputs: object) -> dict[str, Tensor]:
+    """Per-input-feature variance of every ``nn.Linear`` over the calibration inputs (one forward pass)."""
+    from .trace import call_model
+
+    out: dict[str, Tensor] = {}
+    hooks = []
+    for path, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            def pre(_m: nn.Module, args: tuple, path: str = path) -> None:
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+                out[path] = x.var(0, unbiased=False).cpu()
+            hooks.append(m.register_forward_pre_hook(pre))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call_model(model, example_inputs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return out
+
+
 def group_scores(model: nn.Module, graph: Graph, groups: list[Group], importance: str, reduction: str,
-                 seed: int = 0) -> dict[int, Tensor]:
-    """Score every unit of every group with criterion ``importance``."""
+                 seed: int = 0, example_inputs: object = None) -> dict[int, Tensor]:
+    """Score every unit of every group with criterion ``importance`` (``fluctuation`` needs inputs)."""
+    if importance == "fluctuation":
+        if example_inputs is None:
+            raise ValueError("importance 'fluctuation' needs example_inputs (calibration data)")
+        var = input_variances(model, example_inputs)
+        return {g.id: fluctuation(model, graph, g, var, reduction).float() for g in groups}
     fn = GROUP_SCORES.get(importance)
     gen = torch.Generator().manual_seed(seed)
     return {g.id: fn(model, graph, g, reduction, gen).float() for g in groups}
