@@ -121,10 +121,10 @@ def own_config_(model: nn.Module, undo: Undo) -> None:
     """Give the model its own copy of its config (shared by every module that held the original), so a
     config object the caller passed to other models is never changed."""
     old = model.config
-    if getattr(old, "_prunekit_owned", False):
+    if model.__dict__.get("_prunekit_owns_config", False):
         return
     new = copy.deepcopy(old)
-    new._prunekit_owned = True
+    undo.set(model.__dict__, "_prunekit_owns_config", True)
     for m in model.modules():
         if m.__dict__.get("config") is old:
             undo.set_attr(m, "config", new)
