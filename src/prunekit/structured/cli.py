@@ -76,9 +76,10 @@ def table(m: dict[str, Any]) -> Table:
 def prune_structured(source: str, *, out: Path, target_macs: float | None = None, target_params: float | None = None,
                      importance: str = "l2", ignore: list[str] | tuple[str, ...] = (), dataset: str | None = None,
                      finetune_epochs: int = 0, allocation: str = "uniform", round_to: int = 1,
-                     remove_blocks: float = 0.0, latency: bool = True, batch: int = 2) -> dict[str, Any]:
+                     remove_blocks: float = 0.0, latency: bool = True, batch: int = 2,
+                     show: bool = True) -> dict[str, Any]:
     """Remove units from ``source`` to the budget, save ``plan.json`` + ``model.safetensors`` in ``out``,
-    print the before/after table and return it (with accuracies if ``dataset`` is given)."""
+    print the before/after table (``show``) and return it (with accuracies if ``dataset`` is given)."""
     from . import Structured, remove_, save_pruned
 
     cfg = Structured(target_macs=target_macs, target_params=target_params,
@@ -96,7 +97,22 @@ def prune_structured(source: str, *, out: Path, target_macs: float | None = None
         report.update(_accuracy(dense, model, data, finetune_epochs))
     plan.summary.update(report)
     save_pruned(model, plan, out, source=src if "zoo" in src else None)
+    if show:
+        show_report(report, out)
     return report
+
+
+def show_report(rep: dict[str, Any], out: Path) -> None:
+    """Print the before/after table, accuracies and where the slim model went."""
+    if "latency_ms_before" in rep:
+        console.print(table(rep))
+    else:
+        console.print(f"MACs {rep['macs_before']:,} -> {rep['macs_after']:,}; parameters {rep['params_before']:,} -> "
+                      f"{rep['params_after']:,}")
+    for k in ("accuracy_before", "accuracy_removed", "accuracy_finetuned"):
+        if k in rep:
+            console.print(f"{k.replace('_', ' ')}: {rep[k]:.4f}")
+    console.print(f"slim model written to {out} (load with prunekit.structured.load_pruned)")
 
 
 def _data(name: str | None) -> Any:
@@ -143,17 +159,11 @@ def prune_cmd(
         rep = prune_structured(source, out=out, target_macs=target_macs, target_params=target_params,
                                importance=importance, ignore=ignore, dataset=dataset,
                                finetune_epochs=finetune_epochs, allocation=allocation, round_to=round_to,
-                               remove_blocks=remove_blocks)
+                               remove_blocks=remove_blocks, show=not as_json)
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
         _fail(e)
     if as_json:
         console.print_json(json.dumps(rep))
-        return
-    console.print(table(rep))
-    for k in ("accuracy_before", "accuracy_removed", "accuracy_finetuned"):
-        if k in rep:
-            console.print(f"{k.replace('_', ' ')}: {rep[k]:.4f}")
-    console.print(f"slim model written to {out} (load with prunekit.structured.load_pruned)")
 
 
 @app.command("groups")
