@@ -39,9 +39,9 @@ class LMRecipe:
     max_positions: int = 512
     seq_len: int = 128
     batch_size: int = 16
-    steps: int = 200
+    steps: int = 600
     lr: float = 3e-3
-    warmup: int = 20
+    warmup: int = 30
     weight_decay: float = 0.1
     seed: int = 0
     max_minutes: float = 15.0
