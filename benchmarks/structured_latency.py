@@ -5,8 +5,10 @@
 Dense and slim models are timed round-robin in one process (``prunekit.bench.latency.compare_latency``,
 2 threads, eval mode, inference mode). Efficiency = (dense median / slim median) / (dense MACs / slim
 MACs); the last column uses the fastest repeat of each instead of the median (less sensitive to other
-processes on a shared machine). ResNet-56 is also timed with BatchNorm folded into the convolutions
-(``torch.fx.experimental.optimization.fuse``), dense and slim alike, the form a CPU deployment runs.
+processes on a shared machine). ResNet-56 is also timed "deployed": BatchNorm folded into the
+convolutions (``torch.fx.experimental.optimization.fuse``) and ``channels_last``, dense and slim alike.
+Variants: width only (channels / heads / neurons, uniform), width with ``round_to=8``, and depth + width
+(``remove_blocks=0.5``: half of the removable blocks by block influence, then widths to the target).
 ResNet-56 (random weights; speed does not depend on values) takes 32x3x32x32 images; MiniLM takes 32
 sequences of 128 tokens. torch-pruning 1.6.1 runs at the channel ratio bisected to the same MACs.
 """
@@ -48,7 +50,8 @@ def run(name: str, make, repeats: int, with_tp: bool) -> list[dict]:
     dense, x = make()
     base = count_macs(dense, x)
     models = {"dense": dense}
-    for label, kw in (("prunekit", {}), ("prunekit round_to=8", {"round_to": 8})):
+    for label, kw in (("prunekit width", {}), ("prunekit width, round_to=8", {"round_to": 8}),
+                      ("prunekit depth+width (remove_blocks=0.5)", {"remove_blocks": 0.5})):
         m = copy.deepcopy(dense)
         remove_(m, x, Structured(target_macs=0.5, **kw))
         models[label] = m
@@ -59,15 +62,22 @@ def run(name: str, make, repeats: int, with_tp: bool) -> list[dict]:
             notes["torch-pruning 1.6.1"] = err
         else:
             models["torch-pruning 1.6.1"] = res[0]
-    if name == "resnet56":  # deployment form: BatchNorm folded into the convolutions, for dense and slim alike
+    if name == "resnet56":  # CPU deployment form, dense and slim alike: BN folded, channels_last
         from torch.fx.experimental.optimization import fuse
 
-        models.update({f"{k}, BN folded": fuse(m) for k, m in list(models.items())})
-    cmp = compare_latency(models, x, warmup=3, repeats=repeats, threads=2)
+        deploy = {f"{k}, deployed": fuse(copy.deepcopy(m)).to(memory_format=torch.channels_last)
+                  for k, m in models.items()}
+        cmp = compare_latency(models, x, warmup=3, repeats=repeats, threads=2)
+        cmp2 = compare_latency(deploy, x.contiguous(memory_format=torch.channels_last), warmup=3, repeats=repeats,
+                               threads=2)
+        cmp.results.update(cmp2.results)
+        models.update(deploy)
+    else:
+        cmp = compare_latency(models, x, warmup=3, repeats=repeats, threads=2)
     rows = []
     for label, m in models.items():
         macs = count_macs(m, x)
-        ref = "dense, BN folded" if label.endswith("BN folded") else "dense"
+        ref = "dense, deployed" if label.endswith("deployed") else "dense"
         speed = cmp.results[ref].median_ms / cmp.results[label].median_ms
         speed_min = cmp.results[ref].min_ms / cmp.results[label].min_ms
         res = cmp.results[label]
