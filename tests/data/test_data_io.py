@@ -98,3 +98,14 @@ def test_manifest_without_version_is_rejected(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"num_examples": 3}))
     with pytest.raises(ValueError, match='"version": 1'):
         load_selection(tmp_path)
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    save_selection(tmp_path, np.array([0]), num_examples=2, method="x")
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("kept.npy", "manifest.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask

@@ -161,5 +161,8 @@ def _close_sink(sink: np.ndarray, tmp: str | None, out: str | os.PathLike | None
         return sink
     sink.flush()  # type: ignore[attr-defined]
     del sink
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
     os.replace(tmp, out)  # type: ignore[arg-type]
     return np.load(out, mmap_mode="r")
