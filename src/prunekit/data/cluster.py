@@ -117,6 +117,7 @@ class Clusters:
 
     @property
     def k(self) -> int:
+        """Number of clusters."""
         return int(self.centroids.shape[0])
 
     def sizes(self) -> np.ndarray:

@@ -41,6 +41,7 @@ class _Source:
         self.kind, self.ref, self.path, self.offset, self.shape, self.dtype = kind, ref, path, offset, shape, dtype
 
     def rows(self, ids: np.ndarray) -> Any:
+        """The rows at ``ids`` (a float32 array, or a list for text)."""
         if self.kind == "npy":
             mm = np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=self.shape)
             out = np.array(mm[ids], dtype=np.float32)

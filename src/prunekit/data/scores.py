@@ -158,6 +158,7 @@ def per_example_grad_norm(model: nn.Module, x: Tensor, y: Tensor,
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
     def one(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
+        """Loss of one example as a function of the parameters."""
         out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
         return loss_fn(out, yi.unsqueeze(0)).sum()
 
