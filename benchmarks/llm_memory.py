@@ -84,7 +84,7 @@ def main() -> int:
     cfg = {"sparsegpt": SparseGPT(0.5, batch_size=a.nsamples), "wanda": Wanda(0.5, batch_size=a.nsamples),
            "magnitude": CalibratedMagnitude(0.5, batch_size=a.nsamples)}[a.solver]
     t1 = time.perf_counter()
-    report = prune_blocks(model, a.solver, cfg, ids)
+    report = prune_blocks(model, a.solver, cfg, ids, attach_masks=False)  # masks stay bit-packed
     t2 = time.perf_counter()
     peak = peak_rss()
     bound = 1.2 * (model_bytes + block_bytes + act_bytes)

@@ -139,6 +139,25 @@ def test_foundation_magnitude_runs_through_the_engine(calib_ids):
         prunekit.prune_(tiny_model("mistral"), prunekit.Magnitude(0.5, scope="global"), data=calib_ids)
 
 
+def test_packed_masks_without_attaching(calib_ids, tmp_path):
+    from prunekit.calibrate.io import unpack_mask
+
+    ref = tiny_model("llama")
+    attached = prune_blocks(ref, "wanda", Wanda(0.5), calib_ids).masks.masks
+    model = tiny_model("llama")
+    report = prune_blocks(model, "wanda", Wanda(0.5), calib_ids, attach_masks=False)
+    assert report.masks is None and not masks_of(model)
+    packed = report.extra["packed_masks"]
+    assert set(packed) == set(attached)
+    for k, (bits, shape) in packed.items():
+        assert bits.dtype == torch.uint8 and bits.numel() * 8 < attached[k].numel() + 8
+        assert torch.equal(unpack_mask(bits, shape), attached[k])
+    d = save_pruned(model, tmp_path / "p", packed, {"method": report.method})
+    masks, man = load_masks(d)
+    assert all(torch.equal(masks[k], attached[k]) for k in masks)
+    assert all(abs(v["sparsity"] - 0.5) < 1e-9 for v in man["layers"].values())
+
+
 def test_find_blocks_names_the_block_list():
     assert find_blocks(tiny_model("opt"))[0] == "model.decoder.layers"
     assert find_blocks(tiny_model("gpt2"))[0] == "transformer.h"

@@ -113,8 +113,9 @@ def prune(
         data = calibration_data(tok, calib, nsamples, seq_len, seed)
         state = state_dir or out.parent / f".{out.name}.state"
         with _bars() as progress:
-            report = prune_blocks(model, method, cfg, data, device=device, state_dir=state, progress=progress)
-        masks = report.masks.bake()  # plain weights (pruned ones exactly zero) for save_pretrained
+            report = prune_blocks(model, method, cfg, data, device=device, state_dir=state, progress=progress,
+                                  attach_masks=False)  # plain weights, pruned ones exactly zero; masks bit-packed
+        masks = report.extra.pop("packed_masks")
         io.save_pruned(model, out, masks, _manifest(report, model_dir), tokenizer=tok, overwrite=overwrite)
         clear_state(state)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as e:

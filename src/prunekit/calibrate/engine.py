@@ -42,12 +42,14 @@ from .blocks import (
 )
 from .config import DSnoTConfig, OWLConfig, as_dsnot, as_owl
 from .data import Calibration, as_calibration
+from .io import pack_mask, unpack_mask
 from .stats import LayerStats
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
 SOLVERS = ("magnitude", "magnitude_row", "wanda", "sparsegpt")
 Progress = Callable[[str, int, int], None]
+Packed = tuple[Tensor, list[int]]  # bit-packed mask and the weight's shape
 
 
 @dataclass
@@ -339,12 +341,15 @@ def _check_inputs(model: nn.Module, calib: Calibration, blocks: nn.ModuleList, p
 def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *,
                  device: torch.device | str | None = None, state_dir: str | Path | None = None,
                  owl: Any = None, dsnot: Any = None, progress: Progress | None = None,
-                 on_block_end: Callable[[int, dict], None] | None = None) -> Report:
+                 on_block_end: Callable[[int, dict], None] | None = None, attach_masks: bool = True) -> Report:
     """Prune every Linear layer of ``model``'s transformer blocks with ``solver``, block by block, in place.
 
     ``config`` gives ``sparsity``, ``pattern`` and the solver options (``SparseGPT``, ``Wanda``,
     ``prunekit.Magnitude``...); ``owl`` / ``dsnot`` override the config's add-ons. Returns the
-    report (per-layer sparsity, target, relative reconstruction error, time) with masks attached.
+    report (per-layer sparsity, target, relative reconstruction error, time) with masks attached;
+    with ``attach_masks=False`` the pruned weights are plain zeros and the masks stay bit-packed in
+    ``report.extra["packed_masks"]`` (``{name: (uint8 bits, shape)}``), so a large model needs no
+    extra byte per weight.
     """
     t0 = time.perf_counter()
     plan = _plan(solver, config, owl, dsnot)
@@ -379,23 +384,23 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
             on_block_end(i, state.data["blocks"][-1])
     move_outside_blocks(model, blocks, home)
     model.train(was_training)
-    return _report(model, plan, config, solver, calib, state, masks, time.perf_counter() - t0)
+    return _report(model, plan, config, solver, calib, state, masks, time.perf_counter() - t0, attach_masks)
 
 
-def _restore(state: _State, blocks: nn.ModuleList, prefix: str, plan: Plan) -> dict[str, Tensor]:
-    """Load the pruned weights and masks of the blocks already done (resume)."""
-    masks: dict[str, Tensor] = {}
+def _restore(state: _State, blocks: nn.ModuleList, prefix: str, plan: Plan) -> dict[str, Packed]:
+    """Load the pruned weights and (bit-packed) masks of the blocks already done (resume)."""
+    masks: dict[str, Packed] = {}
     for i in range(state.next_block):
         saved = state.load_block(i)
         for n, mod in block_layers(blocks[i], plan.exclude).items():
             with torch.no_grad():
                 mod.weight.copy_(saved[f"{n}.weight"].to(mod.weight.device, mod.weight.dtype))
-            masks[f"{prefix}.{i}.{n}.weight"] = saved[f"{n}.mask"].bool()
+            masks[f"{prefix}.{i}.{n}.weight"] = (saved[f"{n}.mask"], list(mod.weight.shape))
     return masks
 
 
 def _prune_block(i: int, block: nn.Module, prefix: str, plan: Plan, alloc: dict[str, float],
-                 inputs: list[BlockInput], dev: torch.device, state: _State, masks: dict[str, Tensor]
+                 inputs: list[BlockInput], dev: torch.device, state: _State, masks: dict[str, Packed]
                  ) -> list[BlockInput]:
     """Gather, solve, re-run one block; commit its state; return the next block's inputs."""
     tb = time.perf_counter()
@@ -410,9 +415,9 @@ def _prune_block(i: int, block: nn.Module, prefix: str, plan: Plan, alloc: dict[
         target = float(alloc.get(f"{full}", plan.sparsity))
         W_new, mask, err = solve_layer(plan, full, weight_2d(mod), stats[n], target)
         set_weight_2d(mod, W_new)
-        pmask = mask_to_param(mod, mask).cpu()
-        masks[f"{full}.weight"] = pmask
-        saved[f"{n}.weight"], saved[f"{n}.mask"] = mod.weight.detach().cpu(), pmask.to(torch.uint8)
+        bits = pack_mask(mask_to_param(mod, mask))  # 1 bit per weight: masks of all layers stay small
+        masks[f"{full}.weight"] = (bits, list(mod.weight.shape))
+        saved[f"{n}.weight"], saved[f"{n}.mask"] = mod.weight.detach().cpu(), bits
         rows.append({"name": f"{full}.weight", "shape": list(mod.weight.shape), "numel": mod.weight.numel(),
                      "sparsity": 1.0 - float(mask.sum()) / mask.numel(), "target": target,
                      "seconds": time.perf_counter() - t1, "error": None if err != err else err})
@@ -431,13 +436,16 @@ def _prune_block(i: int, block: nn.Module, prefix: str, plan: Plan, alloc: dict[
 
 
 def _report(model: nn.Module, plan: Plan, config: Any, solver: str, calib: Calibration, state: _State,
-            masks: dict[str, Tensor], seconds: float) -> Report:
+            masks: dict[str, Packed], seconds: float, attach_masks: bool) -> Report:
     layers = [LayerReport(**r) for r in state.data["layers"]]
     method = config.to_dict() if hasattr(config, "to_dict") else {"type": solver}
     method = {**method, "solver": plan.solver, "owl": None if plan.owl is None else vars(plan.owl),
               "dsnot": None if plan.dsnot is None else vars(plan.dsnot)}
-    ms = attach(model, masks)
     extra = {"blocks": state.data["blocks"], "calibration": calib.info, "owl": state.data["owl"]}
+    if not attach_masks:
+        extra["packed_masks"] = masks
+        return Report(method, layers, seconds, None, extra)
+    ms = attach(model, {k: unpack_mask(bits, shape) for k, (bits, shape) in masks.items()})
     return Report(method, layers, seconds, ms, extra)
 
 

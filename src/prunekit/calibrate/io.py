@@ -45,14 +45,22 @@ def unpack_mask(packed: Tensor, shape: list[int] | tuple[int, ...]) -> Tensor:
     return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
 
 
+def _ones(bits: Tensor) -> int:
+    """Number of set bits (kept weights) in a packed mask."""
+    return int(np.unpackbits(bits.numpy()).sum())
+
+
 def _check_out(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
         raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass overwrite=True (--overwrite)")
 
 
-def save_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Tensor], manifest: dict[str, Any],
+def save_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Any], manifest: dict[str, Any],
                 tokenizer: Any = None, overwrite: bool = False) -> Path:
-    """Write ``model`` with ``save_pretrained``, the bit-packed ``masks`` and the ``manifest``, atomically."""
+    """Write ``model`` with ``save_pretrained``, the bit-packed ``masks`` and the ``manifest``, atomically.
+
+    ``masks`` maps parameter names to bool masks or to already packed ``(uint8 bits, shape)`` pairs.
+    """
     out = Path(out_dir)
     _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -61,9 +69,11 @@ def save_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Tensor],
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        packed = {k: pack_mask(m) for k, m in masks.items()}
-        save_tensors(tmp / MASKS_FILE, packed, {"format": FORMAT, "version": str(VERSION)})
-        layers = {k: {"shape": list(m.shape), "sparsity": 1.0 - float(m.sum()) / m.numel()} for k, m in masks.items()}
+        packed = {k: m if isinstance(m, tuple) else (pack_mask(m), list(m.shape)) for k, m in masks.items()}
+        save_tensors(tmp / MASKS_FILE, {k: bits for k, (bits, _) in packed.items()},
+                     {"format": FORMAT, "version": str(VERSION)})
+        layers = {k: {"shape": list(shape), "sparsity": 1.0 - _ones(bits) / math.prod(shape)}
+                  for k, (bits, shape) in packed.items()}
         for k, extra in manifest.get("layers", {}).items():
             layers.setdefault(k, {}).update(extra)
         write_json(tmp / MANIFEST_FILE, {**manifest, "format": FORMAT, "version": VERSION, "layers": layers})
