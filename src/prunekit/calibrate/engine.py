@@ -413,7 +413,7 @@ def _prune_block(i: int, block: nn.Module, prefix: str, plan: Plan, alloc: dict[
         full = f"{prefix}.{i}.{n}"
         t1 = time.perf_counter()
         target = float(alloc.get(f"{full}", plan.sparsity))
-        W_new, mask, err = solve_layer(plan, full, weight_2d(mod), stats[n], target)
+        W_new, mask, err = solve_layer(plan, full, weight_2d(mod), stats.pop(n), target)  # frees each H once used
         set_weight_2d(mod, W_new)
         bits = pack_mask(mask_to_param(mod, mask))  # 1 bit per weight: masks of all layers stay small
         masks[f"{full}.weight"] = (bits, list(mod.weight.shape))
