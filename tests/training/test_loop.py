@@ -77,3 +77,27 @@ class _StopAt(Callback):
 
     def on_step_end(self, state, batch):
         state.stop = state.step >= self.step
+
+
+class _PlainDataset(torch.utils.data.Dataset):
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def test_batched_tensor_fetch_equals_per_example_collation(tiny_data):
+    nets = []
+    for data in (tiny_data, _PlainDataset(*tiny_data)):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 4))
+        seen = Counter()
+        fit(net, data, epochs=2, batch_size=16, lr=0.05, seed=5, callbacks=[seen])
+        nets.append((net, seen.indices))
+    assert nets[0][1] == nets[1][1]  # same example order
+    for a, b in zip(nets[0][0].parameters(), nets[1][0].parameters()):
+        assert torch.equal(a, b)
