@@ -197,11 +197,12 @@ def _sweep_block(W: Tensor, U: Tensor, prune: Tensor, i1: int, i2: int, nm: Patt
         w = W1[:, i]
         q = w.masked_fill(prune[:, i1 + i], 0.0)
         err = (w - q) / U1[i, i]  # (out,)
-        W1[:, i:] -= err[:, None] * U1[i, i:][None, :]
+        W1[:, i:].addr_(err, U1[i, i:], alpha=-1.0)  # in place: no (out, B) temporary per column
         W1[:, i] = q
         Err1[:, i] = err
     W[:, i1:i2] = W1
-    W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    if i2 < W.shape[1]:
+        W[:, i2:].addmm_(Err1, U[i1:i2, i2:], alpha=-1.0)  # the lazy batch update, in place
 
 
 # ----------------------------------------------------------------------------------------------
@@ -308,10 +309,13 @@ def _group_lowest(wanda_s: Tensor, keep: Tensor, j: Tensor, nm: NM) -> Tensor:
 # error
 
 
-def reconstruction_error(W: Tensor, W_new: Tensor, H: Tensor) -> float:
+def reconstruction_error(W: Tensor, W_new: Tensor, H: Tensor, chunk: int = 256) -> float:
     """Relative output error ||(W - W') X||_F^2 / ||W X||_F^2 = tr(ΔW H ΔW^T) / tr(W H W^T), H = X^T X."""
     W, W_new, H = W.float(), W_new.float(), H.float()
-    D = W - W_new  # (out, in)
-    num = float(((D @ H) * D).sum())
-    den = float(((W @ H) * W).sum())
+    num = den = 0.0
+    for r in range(0, W.shape[0], chunk):  # row chunks keep the temporaries small
+        Wr = W[r : r + chunk]  # (c, in)
+        Dr = Wr - W_new[r : r + chunk]
+        num += float(((Dr @ H) * Dr).sum())
+        den += float(((Wr @ H) * Wr).sum())
     return num / den if den > 0 else 0.0
