@@ -74,7 +74,8 @@ def accuracy(d: dict) -> str:
 
 
 def main() -> None:
-    for name, fn in (("structured_coverage.json", coverage), ("structured_latency.json", latency),
+    for name, fn in (("structured_coverage.json", coverage), ("structured_latency_a.json", latency),
+                     ("structured_latency_b.json", latency),
                      ("structured_minilm.json", minilm), ("structured_accuracy_cnn1d.json", accuracy)):
         d = _load(name)
         if d is not None:
