@@ -90,7 +90,9 @@ def prune(
     structured: bool = typer.Option(False, "--structured", help="remove channels/heads for real"),
     target_macs: float | None = typer.Option(None, help="with --structured: keep this fraction of MACs"),
     target_params: float | None = typer.Option(None, help="with --structured: keep this fraction of params"),
-    importance: str = typer.Option("l2", help="with --structured: l1 | l2 | taylor | bn | fpgm | random"),
+    importance: str = typer.Option(
+        "l2", help="with --structured: l1 | l2 | taylor | fpgm | bn_scale | fluctuation | random"
+    ),
     ignore: list[str] = typer.Option([], help="with --structured: module names never touched"),
 ) -> None:
     """Prune a model (masks, or real removal with --structured) and save weights, masks and a manifest."""
