@@ -58,7 +58,14 @@ def test_text_sources(tmp_path):
 
 
 def test_saved_hf_dataset(tmp_path):
-    datasets = pytest.importorskip("datasets")  # an optional 'hf' dependency
+    try:
+        import datasets  # optional: the 'hf' extra
+    except ImportError:  # without it, the error says what to install
+        (tmp_path / "ds").mkdir()
+        (tmp_path / "ds" / "dataset_info.json").write_text("{}")
+        with pytest.raises(ImportError, match="pip install datasets"):
+            load_texts(tmp_path / "ds")
+        return
     datasets.Dataset.from_dict({"text": ["uno", "dos"], "n": [1, 2]}).save_to_disk(str(tmp_path / "ds"))
     assert load_texts(tmp_path / "ds") == ["uno", "dos"]
 
