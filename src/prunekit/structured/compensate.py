@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .graph import Graph
 from .remove import Undo, owner
-from .trace import call_model
+from .trace import run_with_hooks
 
 
 def _linear_inputs(model: nn.Module, graph: Graph, keep: dict[int, Tensor]) -> dict[str, Tensor]:
@@ -39,15 +39,7 @@ def input_means(model: nn.Module, example_inputs: Any, paths: list[str]) -> dict
             x = args[0].detach().float()
             sums[p] = x.reshape(-1, x.shape[-1]).mean(0)
         hooks.append(model.get_submodule(p).register_forward_pre_hook(pre))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            call_model(model, example_inputs)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    run_with_hooks(model, example_inputs, hooks)
     return sums
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .remove import Undo
-from .trace import call_model, output_tensors
+from .trace import output_tensors, run_with_hooks
 
 
 def candidate_containers(model: nn.Module, ignored: set[str]) -> list[str]:
@@ -42,15 +42,7 @@ def block_influence(model: nn.Module, example_inputs: Any, container: str) -> Te
                 xs, ys = _rows(x), _rows(y)
                 bi[i] = 1.0 - torch.nn.functional.cosine_similarity(xs, ys, dim=-1).mean()
         hooks.append(b.register_forward_hook(hook, with_kwargs=True))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            call_model(model, example_inputs)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    run_with_hooks(model, example_inputs, hooks)
     return bi
 
 

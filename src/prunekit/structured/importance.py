@@ -163,7 +163,7 @@ def fluctuation(model: nn.Module, graph: Graph, group: Group, variances: dict[st
 
 def input_variances(model: nn.Module, example_inputs: object) -> dict[str, Tensor]:
     """Per-input-feature variance of every ``nn.Linear`` over the calibration inputs (one forward pass)."""
-    from .trace import call_model
+    from .trace import run_with_hooks
 
     out: dict[str, Tensor] = {}
     hooks = []
@@ -173,15 +173,7 @@ def input_variances(model: nn.Module, example_inputs: object) -> dict[str, Tenso
                 x = args[0].detach().float().reshape(-1, args[0].shape[-1])
                 out[path] = x.var(0, unbiased=False).cpu()
             hooks.append(m.register_forward_pre_hook(pre))
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            call_model(model, example_inputs)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    run_with_hooks(model, example_inputs, hooks)
     return out
 
 

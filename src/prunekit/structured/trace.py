@@ -261,6 +261,19 @@ def call_model(model: nn.Module, inputs: Any) -> Any:
     return model(inputs)
 
 
+def run_with_hooks(model: nn.Module, inputs: Any, hooks: list[Any]) -> None:
+    """One eval-mode, no-grad forward on ``inputs`` that the ``hooks`` observe; then remove them."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call_model(model, inputs)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+
+
 def _forward_params(model: nn.Module) -> set[str]:
     try:
         return set(inspect.signature(model.forward).parameters)
