@@ -23,8 +23,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn(tmp_path) -> None:
+    """Run the 2 ranks; one retry on a fresh port, since a free port can be taken between probe and bind."""
+    try:
+        mp.spawn(W.worker, args=(_free_port(), str(tmp_path)), nprocs=W.WORLD, join=True)
+    except mp.ProcessRaisedException as e:
+        if "EADDRINUSE" not in str(e) and "address already in use" not in str(e).lower():
+            raise
+        mp.spawn(W.worker, args=(_free_port(), str(tmp_path)), nprocs=W.WORLD, join=True)
+
+
 def test_ddp_two_gloo_ranks(tmp_path):
-    mp.spawn(W.worker, args=(_free_port(), str(tmp_path)), nprocs=W.WORLD, join=True)
+    _spawn(tmp_path)
     ds = W.data()
     for name, make in W.METHODS.items():
         r0, _ = load_tensors(tmp_path / f"{name}-0.safetensors")
