@@ -1,6 +1,7 @@
 """Worker of test_ddp.py, a top-level module so spawned processes can import it (pytest's importlib mode
 gives test modules names that a fresh interpreter cannot import)."""
 
+import gc
 import os
 
 import torch
@@ -50,29 +51,38 @@ def result(model: Net, cb) -> dict[str, torch.Tensor]:
     return {**{f"w/{k}": v for k, v in model.state_dict().items()}, **{f"m/{k}": m for k, m in masks.items()}}
 
 
+def _run(rank: int, out: str) -> None:
+    """Every method under DDP, then masks that diverge on purpose."""
+    ds = data()
+    for name, make in METHODS.items():
+        model, cb = make_net(), make()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        sampler = DistributedSampler(ds, num_replicas=WORLD, rank=rank, shuffle=False)
+        fit(ddp, ds, steps=STEPS, batch_size=GLOBAL_BATCH // WORLD, sampler=sampler, lr=0.05, callbacks=[cb])
+        save_tensors(os.path.join(out, f"{name}-{rank}.safetensors"), result(model, cb))
+    model = make_net()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    g = torch.Generator().manual_seed(rank)  # a bug on purpose: each rank draws its own conv mask
+    attach(model, {"conv.weight": torch.rand(model.conv.weight.shape, generator=g) < 0.5})
+    try:
+        fit(ddp, ds, steps=2, batch_size=8, callbacks=[RigL(None)])
+        msg = "no error"
+    except MaskSyncError as e:
+        msg = str(e)
+    with open(os.path.join(out, f"diverge-{rank}.txt"), "w") as f:
+        f.write(msg)
+
+
 def worker(rank: int, port: int, out: str) -> None:
-    """One rank: every method under DDP, then masks that diverge on purpose."""
+    """One rank. The DDP wrappers are freed and both ranks meet at a barrier before the process group is
+    destroyed: a gloo group torn down while a peer is still using it, or with reducers alive at interpreter
+    exit, can abort the process ("terminate called without an active exception")."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
     try:
-        ds = data()
-        for name, make in METHODS.items():
-            model, cb = make_net(), make()
-            ddp = nn.parallel.DistributedDataParallel(model)
-            sampler = DistributedSampler(ds, num_replicas=WORLD, rank=rank, shuffle=False)
-            fit(ddp, ds, steps=STEPS, batch_size=GLOBAL_BATCH // WORLD, sampler=sampler, lr=0.05, callbacks=[cb])
-            save_tensors(os.path.join(out, f"{name}-{rank}.safetensors"), result(model, cb))
-        model = make_net()
-        ddp = nn.parallel.DistributedDataParallel(model)
-        g = torch.Generator().manual_seed(rank)  # a bug on purpose: each rank draws its own conv mask
-        attach(model, {"conv.weight": torch.rand(model.conv.weight.shape, generator=g) < 0.5})
-        try:
-            fit(ddp, ds, steps=2, batch_size=8, callbacks=[RigL(None)])
-            msg = "no error"
-        except MaskSyncError as e:
-            msg = str(e)
-        with open(os.path.join(out, f"diverge-{rank}.txt"), "w") as f:
-            f.write(msg)
+        _run(rank, out)
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
