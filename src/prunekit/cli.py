@@ -94,13 +94,21 @@ def prune(
         "l2", help="with --structured: l1 | l2 | taylor | fpgm | bn_scale | fluctuation | random"
     ),
     ignore: list[str] = typer.Option([], help="with --structured: module names never touched"),
+    round_to: int = typer.Option(1, help="with --structured: kept widths are multiples of this"),
+    remove_blocks: str = typer.Option("0", help="with --structured: fraction of repeated blocks removed first, "
+                                      "or 'auto' (blocks first down to the budget, then widths)"),
 ) -> None:
     """Prune a model (masks, or real removal with --structured) and save weights, masks and a manifest."""
     if structured:
-        from .structured.cli import prune_structured
+        from .structured.cli import blocks_arg, prune_structured
 
-        prune_structured(source, out=out, target_macs=target_macs, target_params=target_params,
-                         importance=importance, ignore=ignore, dataset=dataset, finetune_epochs=finetune_epochs)
+        try:
+            prune_structured(source, out=out, target_macs=target_macs, target_params=target_params,
+                             importance=importance, ignore=ignore, dataset=dataset, finetune_epochs=finetune_epochs,
+                             allocation=allocation or "uniform", round_to=round_to,
+                             remove_blocks=blocks_arg(remove_blocks))
+        except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+            _fail(e)
         return
     from .api import prune_
     from .checkpoint import save_checkpoint

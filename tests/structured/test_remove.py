@@ -159,3 +159,53 @@ def test_two_removals_in_a_row_save_and_rebuild_from_the_dense_model(tmp_path):
     assert len(plan.previous) == 1
     save_pruned(m, plan, tmp_path, source={"zoo": "resnet20", "kwargs": {}})
     assert torch.equal(forward(load_pruned(tmp_path), x)[0], forward(m, x)[0])
+
+
+class _Res(nn.Module):
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        with torch.no_grad():
+            self.lin.weight.mul_(scale)
+            self.lin.bias.mul_(scale)
+
+    def forward(self, x):
+        return x + self.lin(x)
+
+
+def _stack() -> nn.Module:
+    torch.manual_seed(0)
+    # block influence grows with the scale of a block's residual branch: blocks 1 and 3 matter least
+    return nn.Sequential(nn.Linear(4, 8), nn.Sequential(*[_Res(s) for s in (1.0, 0.01, 0.5, 0.02)]), nn.Linear(8, 2))
+
+
+def test_remove_blocks_auto_goes_depth_first_down_to_the_budget():
+    x = torch.randn(4, 4)
+    # MACs at batch 4: stem 4*4*8 = 128, each block 4*8*8 = 256, head 4*8*2 = 64; total 1216.
+    # Budget 0.5 -> 608: removing two blocks leaves 704 >= 608, a third would leave 448 < 608.
+    m = _stack()
+    assert count_macs(m, x) == 1216
+    plan = remove_(m, x, Structured(target_macs=0.5, remove_blocks="auto"))
+    assert plan.blocks == {"1": [0, 2]}
+    assert len(m[1]) == 2 and m[1][0].lin.weight.abs().mean() > 0.1
+    assert 0.44 <= count_macs(m, x) / 1216 <= 0.5  # widths took the remaining 96 MACs
+    # a budget that no block fits in: widths only
+    m = _stack()
+    plan = remove_(m, x, Structured(target_macs=0.9, remove_blocks="auto"))
+    assert plan.blocks == {} and len(m[1]) == 4
+    # the same by parameters: stem 40, blocks 72 each, head 18 -> 346. Keep 0.6 -> 207.6: one block goes (a second
+    # would leave 202); keep 0.55 -> 190.3: two go (a third would leave 130)
+    for keep, kept in ((0.6, [0, 2, 3]), (0.55, [0, 2])):
+        m = _stack()
+        plan = remove_(m, x, Structured(target_params=keep, remove_blocks="auto"))
+        assert plan.blocks == {"1": kept}
+        assert sum(p.numel() for p in m.parameters()) / 346 <= keep  # widths of 8 are coarse: 6 of 8 kept
+
+
+def test_remove_blocks_auto_needs_a_budget_and_names_its_values():
+    with pytest.raises(ValueError, match="target_macs or target_params"):
+        Structured(remove_blocks="auto")
+    with pytest.raises(ValueError, match="remove_blocks.*auto"):
+        Structured(target_macs=0.5, remove_blocks="deep")
+    cfg = Structured(target_macs=0.5, remove_blocks="auto")
+    assert Structured.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -14,7 +14,7 @@ from ..config import Config, register_config
 from ..errors import check_choice, check_fraction, check_sparsity
 from . import hf
 from .compensate import add_bias_, bias_shifts
-from .depth import candidate_containers, remove_blocks_
+from .depth import candidate_containers, remove_blocks_, remove_blocks_to_budget_
 from .graph import Graph, build_graph
 from .importance import GROUP_SCORES, REDUCTIONS, group_scores
 from .plan import LAST_PLAN, Plan, apply_plan_, chain
@@ -40,7 +40,10 @@ class Structured(Config):
     ``ignore``: module names or glob patterns whose tensors are never touched.
     ``round_to``: kept channel counts are multiples of this. ``max_group_sparsity``: no group loses more.
     ``prune_normalized``: also remove units mixed by LayerNorm/RMSNorm/softmax statistics (inexact).
-    ``remove_blocks``: fraction of repeated same-shape blocks removed first, lowest influence first.
+    ``remove_blocks``: fraction of repeated same-shape blocks removed first (in each stack), lowest
+    block influence first; or ``"auto"`` (depth first): with a MACs or parameter target, remove blocks
+    over all stacks, lowest influence first, for as long as the budget allows, then widths fill the rest.
+    Blocks give the most speed per MAC removed on CPUs (docs/RESULTS.md).
     ``bias_compensation``: FLAP bias compensation of layers that lose inputs (calibrated on the inputs).
     """
 
@@ -54,7 +57,7 @@ class Structured(Config):
     round_to: int = 1
     max_group_sparsity: float = 0.9
     prune_normalized: bool = False
-    remove_blocks: float = 0.0
+    remove_blocks: float | str = 0.0
     bias_compensation: bool = False
     seed: int = 0
 
@@ -79,7 +82,13 @@ class Structured(Config):
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ValueError(f"round_to must be a positive integer, got {self.round_to!r}")
         check_sparsity(self.max_group_sparsity, "max_group_sparsity")
-        check_sparsity(self.remove_blocks, "remove_blocks")
+        if isinstance(self.remove_blocks, str):
+            check_choice(self.remove_blocks, "remove_blocks", ["auto"])
+            if self.target_macs is None and self.target_params is None:
+                raise ValueError("remove_blocks='auto' removes blocks down to a budget: give target_macs or "
+                                 "target_params too (or a fraction in [0, 1) as remove_blocks)")
+        else:
+            check_sparsity(self.remove_blocks, "remove_blocks")
 
 
 def remove_(model: nn.Module, example_inputs: Any, config: Structured | Plan | dict,
@@ -206,7 +215,11 @@ def _depth(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], gr
     if hf.is_hf(model):
         lc = hf.layer_container(model)
         conts = [lc] if lc in conts else []
-    plan.blocks = remove_blocks_(model, inputs, cfg.remove_blocks, conts, undo)
+    if cfg.remove_blocks == "auto":
+        keep, budget = (cfg.target_macs, "macs") if cfg.target_macs is not None else (cfg.target_params, "params")
+        plan.blocks = remove_blocks_to_budget_(model, inputs, keep, budget, conts, undo)
+    else:
+        plan.blocks = remove_blocks_(model, inputs, cfg.remove_blocks, conts, undo)
     if hf.is_hf(model):
         for path, kept in plan.blocks.items():
             plan.hf_config = {**(plan.hf_config or {}), **hf.drop_layers_in_config_(model, kept, undo)}

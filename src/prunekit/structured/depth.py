@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..accounting import count_macs
 from .remove import Undo
 from .trace import output_tensors, run_with_hooks
 
@@ -62,13 +63,56 @@ def choose_blocks(bi: Tensor, fraction: float) -> list[int]:
 def remove_blocks_(model: nn.Module, example_inputs: Any, fraction: float, containers: list[str],
                    undo: Undo) -> dict[str, list[int]]:
     """Remove the least influential ``fraction`` of removable blocks in each container; returns kept indices."""
-    from .plan import keep_blocks_
-
     kept: dict[str, list[int]] = {}
     for path in containers:
         bi = block_influence(model, example_inputs, path)
         keep = choose_blocks(bi, fraction)
         if len(keep) < len(bi):
             kept[path] = keep
-            keep_blocks_(model, {path: keep}, undo)
+    _keep(model, kept, undo)
     return kept
+
+
+def remove_blocks_to_budget_(model: nn.Module, example_inputs: Any, keep: float, budget: str,
+                             containers: list[str], undo: Undo) -> dict[str, list[int]]:
+    """Depth first: remove removable blocks of all ``containers``, lowest block influence first, for as long
+    as the model keeps at least the fraction ``keep`` of its MACs (``budget="macs"``) or parameters
+    (``"params"``); a block that would cross the budget is skipped and the next, cheaper ones are still
+    tried. Every container keeps one block at least. Returns the kept indices per container.
+
+    A removed block takes all its operations with it, so on a CPU the time falls about as its MACs do,
+    which width removal of small layers does not achieve (see docs/RESULTS.md, structured latency)."""
+    if budget == "macs":
+        per = count_macs(model, example_inputs, per_layer=True)
+        total = sum(per.values())
+
+        def cost(path: str) -> int:
+            return sum(v for k, v in per.items() if k == path or k.startswith(path + "."))
+    else:
+        total = sum(p.numel() for p in model.parameters())
+
+        def cost(path: str) -> int:
+            return sum(p.numel() for p in model.get_submodule(path).parameters())
+
+    ranked, cap = [], {}
+    for path in containers:
+        bi = block_influence(model, example_inputs, path)
+        ok = [i for i in range(len(bi)) if not math.isnan(float(bi[i]))]
+        cap[path] = len(ok) - 1 if len(ok) == len(bi) else len(ok)
+        ranked += [(float(bi[i]), path, i) for i in ok]
+    remaining, dropped = total, {p: set() for p in containers}
+    for _, path, i in sorted(ranked):
+        c = cost(f"{path}.{i}" if path else str(i))
+        if len(dropped[path]) < cap[path] and remaining - c >= keep * total:
+            dropped[path].add(i)
+            remaining -= c
+    kept = {p: [i for i in range(len(model.get_submodule(p))) if i not in d] for p, d in dropped.items() if d}
+    _keep(model, kept, undo)
+    return kept
+
+
+def _keep(model: nn.Module, kept: dict[str, list[int]], undo: Undo) -> None:
+    from .plan import keep_blocks_
+
+    for path, keep in kept.items():
+        keep_blocks_(model, {path: keep}, undo)
