@@ -198,3 +198,13 @@ def test_cholesky_failure_raises_and_leaves_no_state(calib_ids, tmp_path):
     with pytest.raises((CholeskyError, ValueError)):
         prune_blocks(model, "sparsegpt", SparseGPT(0.5, blocksize=16), calib_ids, state_dir=tmp_path / "s")
     assert not (tmp_path / "s" / "block_0.safetensors").exists()
+
+
+def test_malloc_thresholds_are_pinned_on_glibc():
+    import ctypes.util
+    import sys
+
+    from prunekit.calibrate.engine import pin_malloc_thresholds
+
+    glibc = sys.platform == "linux" and (ctypes.util.find_library("c") or "").startswith("libc.so")
+    assert pin_malloc_thresholds() is bool(glibc)

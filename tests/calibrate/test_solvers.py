@@ -116,10 +116,20 @@ def test_cholesky_escalates_then_raises():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 8, generator=g)
     H = x.t() @ x  # rank 3 of 8: singular, only dampening makes it positive-definite
+    H0 = H.clone()
     with pytest.raises(CholeskyError):
         damped_inverse_factor(H, percdamp=1e-12, escalations=0)
+    assert torch.equal(H, H0)  # the dampening written into H's diagonal is undone exactly, also on error
     U, used = damped_inverse_factor(H, percdamp=1e-12, escalations=12)
     assert torch.isfinite(U).all() and used > 1e-12  # succeeded only after escalating
+    assert torch.equal(H, H0)
+    # on a well-conditioned H, U is the upper Cholesky factor of (H + λI)^-1, λ = 0.01 * mean(diag H)
+    x = torch.randn(32, 8, generator=g)
+    H = x.t() @ x
+    U, used = damped_inverse_factor(H, percdamp=0.01)
+    Hd = H.double() + 0.01 * float(H.diagonal().mean()) * torch.eye(8, dtype=torch.float64)
+    assert used == 0.01 and torch.equal(U, U.triu())
+    torch.testing.assert_close(U.T.double() @ U.double(), torch.linalg.inv(Hd), rtol=1e-4, atol=1e-6)
     with pytest.raises(CholeskyError, match="percdamp"):
         damped_inverse_factor(-torch.eye(8), percdamp=0.01, escalations=3)
     with pytest.raises(CholeskyError, match="NaN"):
@@ -162,3 +172,4 @@ def test_bad_arguments(layer):
         sparsegpt(W, stats_from_inputs(torch.randn(4, 64), needs={"norms"}), 0.5)
     with pytest.raises(ValueError, match="NaN"):
         wanda(torch.full((2, 4), float("nan")), stats_from_inputs(torch.randn(3, 4)), 0.5)
+

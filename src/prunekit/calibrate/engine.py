@@ -10,10 +10,12 @@ next block with the same result.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -338,10 +340,32 @@ def _check_inputs(model: nn.Module, calib: Calibration, blocks: nn.ModuleList, p
         raise ValueError("the transformer blocks hold no Linear layer to prune (check exclude=...)")
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+def pin_malloc_thresholds(nbytes: int = 128 * 1024) -> bool:
+    """glibc only: serve allocations above ``nbytes`` with mmap and trim the heap above ``nbytes`` free.
+
+    By default glibc raises its mmap threshold after each large free (up to 32 MiB), so the 16-64 MB
+    per-layer weight copies of a 1B model come from the heap afterwards and their freed space stays
+    fragmented in the process. Fixing both thresholds (as ``MALLOC_MMAP_THRESHOLD_`` /
+    ``MALLOC_TRIM_THRESHOLD_`` would) gives that memory back to the OS. Process-wide; returns whether
+    it was applied (False off Linux/glibc).
+    """
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes))) and bool(libc.mallopt(M_TRIM_THRESHOLD, int(nbytes)))
+    except (OSError, AttributeError):
+        return False
+
+
 def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *,
                  device: torch.device | str | None = None, state_dir: str | Path | None = None,
                  owl: Any = None, dsnot: Any = None, progress: Progress | None = None,
-                 on_block_end: Callable[[int, dict], None] | None = None, attach_masks: bool = True) -> Report:
+                 on_block_end: Callable[[int, dict], None] | None = None, attach_masks: bool = True,
+                 pin_malloc: bool = True) -> Report:
     """Prune every Linear layer of ``model``'s transformer blocks with ``solver``, block by block, in place.
 
     ``config`` gives ``sparsity``, ``pattern`` and the solver options (``SparseGPT``, ``Wanda``,
@@ -349,7 +373,10 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
     report (per-layer sparsity, target, relative reconstruction error, time) with masks attached;
     with ``attach_masks=False`` the pruned weights are plain zeros and the masks stay bit-packed in
     ``report.extra["packed_masks"]`` (``{name: (uint8 bits, shape)}``), so a large model needs no
-    extra byte per weight.
+    extra byte per weight. ``pin_malloc``: on CPU with glibc, fix malloc's mmap and trim thresholds
+    (:func:`pin_malloc_thresholds`, process-wide) so that the per-layer float32 copies are returned to
+    the OS when freed instead of growing a fragmented heap (measured on a 1.1B LLaMA: peak RSS 5.79 ->
+    5.14 GiB, about 6% slower; docs/RESULTS.md).
     """
     t0 = time.perf_counter()
     plan = _plan(solver, config, owl, dsnot)
@@ -362,6 +389,8 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
     home = next(blocks[0].parameters()).device
     dev = torch.device(device) if device is not None else home
     state = _State(root, _fingerprint(plan, solver, config, calib, model))
+    if pin_malloc and dev.type == "cpu":
+        pin_malloc_thresholds()
     was_training = model.training
     model.eval()
     move_outside_blocks(model, blocks, dev)
