@@ -7,8 +7,11 @@ Dense and slim models are timed round-robin in one process (``prunekit.bench.lat
 MACs); the last column uses the fastest repeat of each instead of the median (less sensitive to other
 processes on a shared machine). ResNet-56 is also timed "deployed": BatchNorm folded into the
 convolutions (``torch.fx.experimental.optimization.fuse``) and ``channels_last``, dense and slim alike.
-Variants: width only (channels / heads / neurons, uniform), width with ``round_to=8``, and depth + width
-(``remove_blocks=0.5``: half of the removable blocks by block influence, then widths to the target).
+Variants: width only (channels / heads / neurons, uniform), width with ``round_to=8``, depth + width
+(``remove_blocks=0.5``: half of the removable blocks of each stack by block influence, then widths to the
+target) and depth first (``remove_blocks="auto"``: blocks over all stacks, lowest influence first, while
+the budget allows, then the remaining MACs from widths with one global ranking; with and without
+``round_to=8``).
 ResNet-56 (random weights; speed does not depend on values) takes 32x3x32x32 images; MiniLM takes 32
 sequences of 128 tokens. torch-pruning 1.6.1 runs at the channel ratio bisected to the same MACs.
 """
@@ -46,12 +49,18 @@ def minilm() -> tuple[torch.nn.Module, Any]:
     return m, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "use_cache": False}
 
 
+VARIANTS = (("prunekit width", {}), ("prunekit width, round_to=8", {"round_to": 8}),
+            ("prunekit depth+width (remove_blocks=0.5)", {"remove_blocks": 0.5}),
+            ("prunekit depth first (auto, global)", {"remove_blocks": "auto", "allocation": "global"}),
+            ("prunekit depth first (auto, global, round_to=8)",
+             {"remove_blocks": "auto", "allocation": "global", "round_to": 8}))
+
+
 def run(name: str, make, repeats: int, with_tp: bool) -> list[dict]:
     dense, x = make()
     base = count_macs(dense, x)
     models = {"dense": dense}
-    for label, kw in (("prunekit width", {}), ("prunekit width, round_to=8", {"round_to": 8}),
-                      ("prunekit depth+width (remove_blocks=0.5)", {"remove_blocks": 0.5})):
+    for label, kw in VARIANTS:
         m = copy.deepcopy(dense)
         remove_(m, x, Structured(target_macs=0.5, **kw))
         models[label] = m

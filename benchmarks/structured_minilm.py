@@ -113,14 +113,20 @@ def main() -> None:
     dense, calib = load(SENTENCES[::2])
     _, x = load(SENTENCES[1::2])
     rows = []
-    for label, kw in (("prunekit, l2", {}), ("prunekit, l2 + FLAP bias compensation", {"bias_compensation": True}),
-                      ("prunekit, FLAP fluctuation", {"importance": "fluctuation"}),
-                      ("prunekit, FLAP fluctuation + bias compensation", {"importance": "fluctuation",
-                                                                         "bias_compensation": True})):
+    depth = {"target_macs": 0.5, "remove_blocks": "auto", "allocation": "global", "round_to": 8}
+    for label, kw in (("prunekit, l2", {"sparsity": 0.5}),
+                      ("prunekit, l2 + FLAP bias compensation", {"sparsity": 0.5, "bias_compensation": True}),
+                      ("prunekit, FLAP fluctuation", {"sparsity": 0.5, "importance": "fluctuation"}),
+                      ("prunekit, FLAP fluctuation + bias compensation", {"sparsity": 0.5, "importance": "fluctuation",
+                                                                         "bias_compensation": True}),
+                      ("prunekit depth first (auto, global, round_to=8), l2", depth),
+                      ("prunekit depth first (auto, global, round_to=8), FLAP fluctuation + bias compensation",
+                       {**depth, "importance": "fluctuation", "bias_compensation": True})):
         m = copy.deepcopy(dense)
-        plan = remove_(m, calib, Structured(sparsity=0.5, **kw))
+        plan = remove_(m, calib, Structured(**kw))
         layer = m.encoder.layer[0]
-        rows.append({"variant": label, "heads": layer.attention.self.query.out_features // 32,
+        rows.append({"variant": label, "layers": len(m.encoder.layer),
+                     "heads": layer.attention.self.query.out_features // 32,
                      "mlp": layer.intermediate.dense.out_features,
                      "macs_ratio": count_macs(m, x) / count_macs(dense, x),
                      "params_ratio": count_params(m) / count_params(dense), "seconds": plan.summary["seconds"],

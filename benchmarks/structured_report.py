@@ -49,13 +49,13 @@ def latency(d: dict) -> str:
 
 
 def minilm(d: dict) -> str:
-    rows = ["| variant | heads / MLP per layer | MACs kept | cosine to dense (mean / min) | Spearman of pair "
+    rows = ["| variant | layers, heads / MLP per layer | MACs kept | cosine to dense (mean / min) | Spearman of pair "
             "similarities | time (s) |", "|---|---|---|---|---|---|"]
     for r in d["rows"]:
         if "error" in r:
             rows.append(f"| {r['variant']} | **fail**: {r['error']} | | | | {r['seconds']:.2f} |")
             continue
-        w = f"{r['heads']} / {r['mlp']}" if "heads" in r else "-"
+        w = f"{r.get('layers', 6)}, {r['heads']} / {r['mlp']}" if "heads" in r else "-"
         rows.append(f"| {r['variant']} | {w} | {r.get('macs_ratio', float('nan')):.3f} | {r['cosine_mean']:.3f} / "
                     f"{r['cosine_min']:.3f} | {r['similarity_spearman']:.3f} | {r['seconds']:.2f} |")
     return "\n".join(rows)
@@ -66,7 +66,9 @@ def accuracy(d: dict) -> str:
     rows = [f"{d['model']} on {d['dataset']}, {len(d['rows'])} seeds, fine-tuning {d['ft_epochs']} epochs "
             "(mean ± std of test accuracy):", "", "| | dense | right after removal | after fine-tuning | MACs kept |",
             "|---|---|---|---|---|"]
-    for label in ("prunekit", "torch-pruning"):
+    for label in ("prunekit", "torch-pruning", "prunekit_depth_first"):
+        if label + "_removed" not in s:
+            continue
         rows.append(f"| {label} | {s['dense'][0]:.4f} ± {s['dense'][1]:.4f} | {s[label + '_removed'][0]:.4f} ± "
                     f"{s[label + '_removed'][1]:.4f} | {s[label + '_finetuned'][0]:.4f} ± "
                     f"{s[label + '_finetuned'][1]:.4f} | {s[label + '_macs_ratio'][0]:.3f} |")
@@ -74,9 +76,9 @@ def accuracy(d: dict) -> str:
 
 
 def main() -> None:
-    for name, fn in (("structured_coverage.json", coverage), ("structured_latency_a.json", latency),
-                     ("structured_latency_b.json", latency),
-                     ("structured_minilm.json", minilm), ("structured_accuracy_cnn1d.json", accuracy)):
+    for name, fn in (("structured_coverage.json", coverage), ("structured_latency_c.json", latency),
+                     ("structured_latency_d.json", latency), ("structured_minilm.json", minilm),
+                     ("structured_accuracy_cnn1d.json", accuracy), ("structured_accuracy_resnet20.json", accuracy)):
         d = _load(name)
         if d is not None:
             print(f"### {name}\n\nMachine: {d['machine']}\n\n{fn(d)}\n")
