@@ -173,3 +173,13 @@ def test_bad_arguments(layer):
     with pytest.raises(ValueError, match="NaN"):
         wanda(torch.full((2, 4), float("nan")), stats_from_inputs(torch.randn(3, 4)), 0.5)
 
+
+
+def test_finiteness_check_without_a_full_size_temporary():
+    from prunekit.calibrate.solvers import _all_finite
+
+    assert _all_finite(torch.full((4, 4), 3e38))  # finite entries whose float32 sum overflows
+    assert _all_finite(torch.full((3,), 6e4, dtype=torch.float16))
+    assert not _all_finite(torch.tensor([1.0, float("nan")]))
+    assert not _all_finite(torch.tensor([float("inf"), -float("inf")]))  # sum is NaN
+    assert not _all_finite(torch.tensor([3e38, 3e38, float("inf")]))

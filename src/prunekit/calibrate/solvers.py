@@ -38,7 +38,7 @@ def _check(W: Tensor, sparsity: float | None, pattern: Pattern, name: str) -> fl
             f"pattern {pattern} needs the input dimension of {name} to be a multiple of {pattern.m}, "
             f"but it is {W.shape[1]} (shape {list(W.shape)})"
         )
-    if not torch.isfinite(W).all():
+    if not _all_finite(W):
         raise ValueError(f"weight {name} contains NaN or Inf values")
     return s
 
@@ -97,6 +97,15 @@ def wanda(W: Tensor, stats: LayerStats, sparsity: float | None, pattern: Pattern
 # SparseGPT
 
 
+def _all_finite(x: Tensor) -> bool:
+    """Whether every entry is finite, without a temporary of ``x``'s size: a sum with a NaN or Inf in
+    it is not finite, so a finite sum settles it; only when the sum overflows are the entries checked,
+    a million at a time."""
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return all(bool(torch.isfinite(c).all()) for c in x.reshape(-1).split(1 << 20))
+
+
 def damped_inverse_factor(H: Tensor, percdamp: float = 0.01, escalations: int = 4,
                           name: str = "weight") -> tuple[Tensor, float]:
     """Upper Cholesky factor U of (H + λI)^-1 with λ = percdamp * mean(diag H) (SparseGPT, Sec. 3.2).
@@ -107,9 +116,9 @@ def damped_inverse_factor(H: Tensor, percdamp: float = 0.01, escalations: int = 
     Memory: at most one (in, in) matrix besides ``H`` (the largest layer of a 1B model has a 127 MB
     Hessian): the dampening is written into ``H``'s diagonal and the original diagonal is copied back
     exactly before returning (also on error), and the inverse and its factor overwrite the Cholesky
-    factor in place.
+    factor in place. The factor is stored column-major (LAPACK's layout), so no call makes a hidden copy.
     """
-    if not torch.isfinite(H).all():
+    if not _all_finite(H):
         raise CholeskyError(f"the Hessian of {name} contains NaN or Inf (check the calibration activations)")
     original = H.diagonal().clone()
     dead = original == 0  # inputs that are always zero: unit curvature, their weights do not matter
@@ -121,12 +130,13 @@ def damped_inverse_factor(H: Tensor, percdamp: float = 0.01, escalations: int = 
         for step in range(escalations + 1):
             pd = percdamp * 10**step
             H.diagonal().copy_(diag + pd * mean_diag)
-            L, _ = torch.linalg.cholesky_ex(H, out=(torch.empty_like(H), info))
+            # column-major output: LAPACK works in it directly; a row-major one costs a hidden (in, in) copy
+            L, _ = torch.linalg.cholesky_ex(H, out=(torch.empty_like(H).mT, info))
             H.diagonal().copy_(original)
             if int(info) == 0:
                 torch.cholesky_inverse(L, out=L)  # (H + λI)^-1, in place
                 U, _ = torch.linalg.cholesky_ex(L, upper=True, out=(L, info))  # in place
-                if int(info) == 0 and torch.isfinite(U).all():
+                if int(info) == 0 and _all_finite(U):
                     if step:
                         log.warning("%s: Cholesky needed dampening %.3g (asked %.3g)", name, pd, percdamp)
                     return U, pd
@@ -189,8 +199,9 @@ def sparsegpt(W: Tensor, stats: LayerStats, sparsity: float | None, pattern: Pat
         if mask is None and isinstance(pattern, Unstructured):
             prune[:, i1:i2] = _lowest_k(W[:, i1:i2] ** 2 / d[None, :] ** 2, counts[b])
         _sweep_block(W, U, prune, i1, i2, pattern if mask is None else None)
-    keep = ~prune
-    return W * keep, keep
+    del U  # (in, in): free it before the last step, which is where the peak memory would otherwise sit
+    keep = prune.logical_not_()  # in place: the same buffer now says "keep"
+    return W.mul_(keep), keep
 
 
 def _sweep_block(W: Tensor, U: Tensor, prune: Tensor, i1: int, i2: int, nm: Pattern | None) -> None:
