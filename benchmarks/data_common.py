@@ -38,16 +38,21 @@ def proxy_epochs(name: str, n_train: int) -> int:
 
 
 def train_eval(name: str, data: Any, seed: int, idx: torch.Tensor | None = None, sampler: Any = None,
-               y_train: torch.Tensor | None = None) -> tuple[float, float]:
-    """Train a fresh model for the setup's fixed number of steps on ``idx`` (or with ``sampler``); test accuracy, s."""
+               y_train: torch.Tensor | None = None, train: tuple[torch.Tensor, torch.Tensor] | None = None,
+               test: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, float]:
+    """Train a fresh model for the setup's fixed number of steps on ``idx`` (or with ``sampler``); accuracy, s.
+
+    ``train`` / ``test`` replace the data set's splits (the validation mode of ``data_prune.py`` trains on
+    80% of the training split and tests on the held-out 20%); by default the test split is used.
+    """
     setup = SETUPS[name]
-    x, y = data.x_train, (data.y_train if y_train is None else y_train)
-    train = (x, y) if idx is None else (x[idx], y[idx])
+    x, y = train if train is not None else (data.x_train, data.y_train if y_train is None else y_train)
+    pairs = (x, y) if idx is None else (x[idx], y[idx])
     model = get_model(setup["model"], seed=seed)
     t = time.perf_counter()
-    fit(model, train, steps=setup["steps"], sampler=sampler, seed=seed, **setup["fit"])
+    fit(model, pairs, steps=setup["steps"], sampler=sampler, seed=seed, **setup["fit"])
     dt = time.perf_counter() - t
-    return evaluate(model, data.test)["accuracy"], dt
+    return evaluate(model, data.test if test is None else test)["accuracy"], dt
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float:

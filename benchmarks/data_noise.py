@@ -5,7 +5,9 @@
 A ``rate`` fraction of training labels is flipped to a uniformly chosen other class (seed 0). Three
 proxy runs (seeds 100-102) train on the noisy labels with ``DynamicsRecorder`` (as many steps as
 one benchmark run); each score's AUROC for "this label is wrong" is reported (higher score = flagged),
-EL2N at the benchmark's early epoch (10% of the run) and, as a diagnostic, at every epoch.
+EL2N at the pruning benchmark's early epoch (``learned_epoch``: the first epoch at which the proxies'
+mean training accuracy reaches 0.9 of its final value; printed), at the earlier fixed 10% of the run
+for comparison, and, as a diagnostic, at every epoch.
 Then 3 seeds train for the same steps on: all noisy data; the 80% with the lowest -AUM (highest AUM);
 a random 80%; and the clean-label data for reference.
 """
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from data_common import SETUPS, auroc, load, machine, proxy_epochs, symmetric_noise, train_eval
 
-from prunekit.data import aum, el2n, entropy, forgetting, loss, record_runs, select
+from prunekit.data import aum, el2n, entropy, forgetting, learned_epoch, loss, record_runs, select, training_accuracy
 from prunekit.data.report import plot_score_histograms
 from prunekit.zoo import get_model
 
@@ -52,16 +54,21 @@ def main() -> None:
     if not cost.exists():
         cost.write_text(json.dumps({"proxy_s": time.perf_counter() - t}))
     proxy_s = json.loads(cost.read_text())["proxy_s"]
-    el2n_epoch = max(1, e // 10)
-    scores = {f"el2n (epoch {el2n_epoch})": el2n(runs, epoch=el2n_epoch), "-aum": aum(runs),
+    el2n_epoch, fixed_epoch = learned_epoch(runs), max(1, e // 10)
+    acc = training_accuracy(runs)
+    print(f"{name} noisy: EL2N epoch (auto) = {el2n_epoch} of {e}; proxies' mean training accuracy there "
+          f"{acc[el2n_epoch]:.3f}, final {acc[-1]:.3f}", flush=True)
+    scores = {f"el2n (auto: epoch {el2n_epoch})": el2n(runs, epoch="auto"),
+              f"el2n (fixed 10%: epoch {fixed_epoch})": el2n(runs, epoch=fixed_epoch), "-aum": aum(runs),
               "forgetting": forgetting(runs), "loss (mean)": loss(runs), "entropy (last)": entropy(runs)}
     flag = flipped.numpy()
     rows = [f"| {k} | {auroc(v.numpy(), flag):.3f} |" for k, v in scores.items()]
     by_epoch = [auroc(el2n(runs, epoch=t).numpy(), flag) for t in range(e)]
     md = [f"Noisy-label AUROC, {name} ({len(flag)} train, {int(flag.sum())} flipped = {args.rate:.0%} symmetric), "
           f"{len(runs)} proxy runs x {e} epochs ({proxy_s:.0f} s):", "", "| score | AUROC |", "|---|---|", *rows,
-          "", "EL2N AUROC by proxy epoch (0-based): " + ", ".join(f"{t}: {a:.3f}" for t, a in enumerate(by_epoch))]
-    plot_score_histograms({k: v for k, v in scores.items() if k != "entropy (last)"},
+          "", "EL2N AUROC by proxy epoch (0-based): " + ", ".join(f"{t}: {a:.3f}" for t, a in enumerate(by_epoch)),
+          "", "Proxies' mean training accuracy by epoch: " + ", ".join(f"{t}: {a:.3f}" for t, a in enumerate(acc))]
+    plot_score_histograms({k: v for k, v in scores.items() if k != "entropy (last)" and "fixed" not in k},
                           args.out / f"{name}-noise-scores.png", flagged=flag, title=f"{name}, {args.rate:.0%} noise")
     if not args.no_train:
         md += ["", *train_after_cut(name, data, y_noisy, scores["-aum"], args.seeds)]

@@ -4,11 +4,18 @@
         --out /tmp/datap_bench --db /tmp/datap_bench/results.sqlite
 
 Scores come from 3 full-data proxy runs (seeds 100-102, recorded by ``DynamicsRecorder``, as many
-steps as one subset run): EL2N at an early epoch (10% of the proxy run) averaged over the runs,
+steps as one subset run): EL2N at the early epoch ``learned_epoch`` picks (the first epoch at which the
+proxies' mean training accuracy reaches 0.9 of its final value; printed) averaged over the runs,
 forgetting and -AUM (logit margins, Pleiss et al.) over all epochs. CCS stratifies the negated
 softmax-margin AUM (``prob-aum``, the "accumulated margin" of the CCS code) into 50 strata after
-cutting the beta hardest by it (the CCS README's "CCS with AUM"; beta fixed per kept fraction before
-any run, ``CCS_BETA``); ``ccs-balanced`` runs the same CCS inside each class. Prototype scores come
+cutting the beta hardest by it (the CCS README's "CCS with AUM"); ``ccs-balanced`` runs the same CCS
+inside each class. ``--ccs-beta readme`` fixes beta per kept fraction before any run (``CCS_BETA``,
+the README's CIFAR values); ``--ccs-beta val`` chooses it per method and kept fraction with
+``choose_beta`` on a seeded, class-stratified 20% of the *training* split held out as validation
+(proxies recorded again on the other 80%, each candidate subset trained with ``--val-seeds`` for the
+same steps, mean validation accuracy), then trains the test seeds on the full training split with the
+chosen beta, logged as ``ccs-val`` / ``ccs-balanced-val``; the choices go to
+``OUT/<dataset>-ccs-beta-val.json`` (resumable: every validation run is cached there). Prototype scores come
 from k-means on fixed random ConvNet features (``RandomConvEncoder``; 10 clusters, DBP 20). Then for
 each method, kept fraction and seed a fresh model trains for the setup's fixed number of steps on
 the kept examples and is tested on the full test split. RS2 trains on a fresh random subset every
@@ -19,6 +26,7 @@ epoch (same steps). Results go to ``OUT/<dataset>.jsonl`` (resumable), the resul
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import time
@@ -33,15 +41,19 @@ from prunekit.data import (
     RandomConvEncoder,
     RS2Sampler,
     aum,
+    choose_beta,
     cluster_complexity,
     el2n,
     embed,
     forgetting,
     kmeans,
+    learned_epoch,
     prob_aum,
     record_runs,
     select,
+    training_accuracy,
 )
+from prunekit.data.io import write_json
 from prunekit.data.report import accuracy_table, plot_accuracy_vs_keep, plot_score_histograms
 from prunekit.zoo import get_model
 
@@ -50,6 +62,10 @@ LOW_KEEPS = (0.05,)  # extra kept fractions for random and RS2 only
 CCS_BETA = {0.3: 0.1, 0.2: 0.2, 0.1: 0.3, 0.05: 0.3}  # fixed before the runs, as in the CCS README
 METHODS = ("random", "el2n-hard", "el2n-easy", "forgetting-hard", "aum-hard", "ccs", "ccs-balanced", "prototype-hard",
            "dbp", "rs2", "rs2-repl")
+CCS_METHODS = ("ccs", "ccs-balanced")
+# columns of the Markdown table: the methods, the CCS columns with validation-chosen beta, and the EL2N
+# columns of the earlier protocol (fixed epoch 3 = 10% of the proxy run), kept in the log under these names
+COLUMNS = (*METHODS, "ccs-val", "ccs-balanced-val", "el2n-hard-e3", "el2n-easy-e3")
 
 
 def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict[str, Any]:
@@ -64,7 +80,10 @@ def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict
     if not cost.exists():
         cost.write_text(json.dumps({"proxy_s": time.perf_counter() - t}))
     proxy_s = json.loads(cost.read_text())["proxy_s"]
-    el2n_epoch = max(1, e // 10)
+    el2n_epoch = learned_epoch(runs)  # first epoch at 0.9 of the final training accuracy
+    acc = training_accuracy(runs)
+    print(f"{name}: EL2N epoch (auto) = {el2n_epoch} of {e}; proxies' mean training accuracy there "
+          f"{acc[el2n_epoch]:.3f}, final {acc[-1]:.3f}", flush=True)
     t = time.perf_counter()
     emb = embed(RandomConvEncoder(dim=64, seed=0), data.x_train.reshape(len(data.x_train), -1))
     cl10, cl20 = kmeans(emb, 10, seed=0), kmeans(emb, 20, seed=0)
@@ -79,8 +98,59 @@ def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict
                      "proxy_train_acc_last": float(np.mean([r.field("correct", -1).mean() for r in runs]))}}
 
 
-def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int) -> torch.Tensor | None:
-    """Kept indices of a static method (None for RS2, which samples per epoch)."""
+def val_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded class-stratified hold-out of the training split: (sub-train indices, validation indices)."""
+    val = select(torch.zeros(len(y)), fraction, "class-balanced", labels=y, within="random", seed=seed)
+    rest = torch.ones(len(y), dtype=torch.bool)
+    rest[val] = False
+    return torch.nonzero(rest).flatten(), val
+
+
+def val_betas(name: str, data: Any, out: Path, proxy_seeds: list[int], keeps: list[float], methods: list[str],
+              val_seeds: list[int], val_fraction: float) -> dict[str, dict[float, float]]:
+    """CCS's beta per method and kept fraction chosen by ``choose_beta`` on validation held out from training.
+
+    The test split is never used: proxies are recorded on the sub-train part (same seeds, as many steps
+    as one run), each candidate subset of it trains ``val_seeds`` fresh models for the setup's steps,
+    and the value is their mean accuracy on the held-out part.
+    """
+    tr, va = val_split(data.y_train, val_fraction, seed=0)
+    train, val = (data.x_train[tr], data.y_train[tr]), (data.x_train[va], data.y_train[va])
+    setup = SETUPS[name]
+    runs = record_runs(lambda s: get_model(setup["model"], seed=s), train, out / f"{name}-val-dynamics",
+                       seeds=proxy_seeds, epochs=proxy_epochs(name, len(tr)), **setup["fit"])
+    s = prob_aum(runs)
+    path = out / f"{name}-ccs-beta-val.json"
+    state = json.loads(path.read_text()) if path.exists() else {"version": 1, "evals": {}, "chosen": {}}
+    state.update({"num_subtrain": len(tr), "num_val": len(va), "val_seeds": val_seeds, "steps": setup["steps"]})
+
+    def evaluate(kept: torch.Tensor) -> float:
+        """Mean validation accuracy of ``val_seeds`` models trained on ``kept`` (cached by subset and seeds)."""
+        key = hashlib.sha1(kept.numpy().tobytes()).hexdigest() + f":{setup['steps']}:{val_seeds}"
+        if key not in state["evals"]:
+            state["evals"][key] = float(np.mean([train_eval(name, data, v, idx=kept, train=train, test=val)[0]
+                                                 for v in val_seeds]))
+            write_json(path, state)
+        return state["evals"][key]
+
+    chosen: dict[str, dict[float, float]] = {}
+    for m in [m for m in methods if m in CCS_METHODS]:
+        extra = {"rule": "class-balanced", "labels": train[1], "within": "ccs"} if m == "ccs-balanced" else {}
+        for keep in keeps:
+            ch = choose_beta(s, keep, evaluate, strata=50, seed=0, **extra)
+            chosen.setdefault(m, {})[keep] = ch.beta
+            state["chosen"][f"{m}@{keep}"] = {"beta": ch.beta, "values": {str(b): v for b, v in ch.values.items()},
+                                             "skipped": list(ch.skipped)}
+            write_json(path, state)
+            vals = ", ".join(f"{b}: {v * 100:.1f}" for b, v in ch.values.items())
+            print(f"{name} {m} keep {keep}: beta {ch.beta} (validation accuracy % by beta: {vals})", flush=True)
+    return chosen
+
+
+def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int,
+             beta: float | None = None) -> torch.Tensor | None:
+    """Kept indices of a static method (None for RS2, which samples per epoch); ``beta``: CCS's cut-off."""
+    beta = CCS_BETA.get(keep, 0.0) if beta is None else beta
     if method == "random":
         return select(torch.zeros(n), keep, "random", seed=seed)
     if method in ("el2n-hard", "el2n-easy"):
@@ -88,10 +158,10 @@ def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int) ->
     if method in ("forgetting-hard", "aum-hard", "prototype-hard"):
         return select(sc[method.split("-")[0]], keep, "keep-hard")
     if method == "ccs":  # the CCS code's configuration: strata over the softmax-margin AUM, cut-off by it
-        return select(sc["prob-aum"], keep, "ccs", beta=CCS_BETA.get(keep, 0.0), strata=50, seed=seed)
+        return select(sc["prob-aum"], keep, "ccs", beta=beta, strata=50, seed=seed)
     if method == "ccs-balanced":  # the same CCS run inside each class (class quotas as in the full data)
         return select(sc["prob-aum"], keep, "class-balanced", labels=sc["labels"], within="ccs",
-                      beta=CCS_BETA.get(keep, 0.0), strata=50, seed=seed)
+                      beta=beta, strata=50, seed=seed)
     if method == "dbp":
         return select(sc["dbp_scores"], keep, "dbp", clusters=sc["dbp_clusters"], complexity=sc["dbp_complexity"],
                       temperature=0.5, seed=seed)
@@ -99,8 +169,13 @@ def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int) ->
 
 
 def run_grid(name: str, methods: list[str], keeps: list[float], seeds: list[int], out: Path, db: str | None,
-             proxy_seeds: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train every (method, keep, seed) not already in ``OUT/<name>.jsonl``; return all records."""
+             proxy_seeds: list[int], betas: dict[str, dict[float, float]] | None = None,
+             ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train every (method, keep, seed) not already in ``OUT/<name>.jsonl``; return all records.
+
+    ``betas``: CCS's beta per method and kept fraction chosen on validation; those CCS methods are
+    logged as ``<method>-val``. Without it CCS uses ``CCS_BETA``.
+    """
     data = load(name)
     n = len(data.y_train)
     sc = scores_for(name, data, out, proxy_seeds)
@@ -113,12 +188,15 @@ def run_grid(name: str, methods: list[str], keeps: list[float], seeds: list[int]
             done[("full", 1.0, seed)] = _log(log_path, st, name, "full", 1.0, seed, acc, dt, n)
         for keep in list(keeps) + list(LOW_KEEPS):
             for method in methods:
-                if (method, keep, seed) in done or not _planned(method, keep):
+                chosen = (betas or {}).get(method, {}).get(keep)
+                label = f"{method}-val" if chosen is not None else method
+                if (label, keep, seed) in done or not _planned(method, keep):
                     continue
-                idx = kept_for(method, sc, keep, seed, n)
+                idx = kept_for(method, sc, keep, seed, n, beta=chosen)
                 sampler = None if idx is not None else RS2Sampler(n, keep, replacement=method == "rs2-repl", seed=seed)
                 acc, dt = train_eval(name, data, seed, idx=idx, sampler=sampler)
-                done[(method, keep, seed)] = _log(log_path, st, name, method, keep, seed, acc, dt, n)
+                beta = (CCS_BETA.get(keep, 0.0) if chosen is None else chosen) if method in CCS_METHODS else None
+                done[(label, keep, seed)] = _log(log_path, st, name, label, keep, seed, acc, dt, n, beta)
     return list(done.values()), sc
 
 
@@ -133,14 +211,16 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 
 def _log(path: Path, st: Any, name: str, method: str, keep: float, seed: int, acc: float, dt: float,
-         n: int) -> dict[str, Any]:
+         n: int, beta: float | None = None) -> dict[str, Any]:
     rec = {"dataset": name, "method": method, "keep_fraction": keep, "seed": seed, "accuracy": acc, "train_s": dt,
            "steps": SETUPS[name]["steps"], "num_train": n}
+    if beta is not None:
+        rec["ccs_beta"] = beta
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
     if st is not None:
         cfg = {"dataset": name, "method": method, "keep_fraction": keep, "seed": seed, "steps": SETUPS[name]["steps"],
-               "model": SETUPS[name]["model"], "ccs_beta": CCS_BETA.get(keep, 0.0) if method == "ccs" else None}
+               "model": SETUPS[name]["model"], "ccs_beta": beta}
         st.add({"experiment": f"data-prune-{name}", "kind": "data", "config": cfg,
                 "metrics": {"accuracy": acc}, "timings": {"train_s": dt}}, replace=True)
     logging.info("%s %s keep=%.2f seed=%d acc=%.4f (%.1fs)", name, method, keep, seed, acc, dt)
@@ -173,7 +253,8 @@ def checks(tab: dict[str, dict[float, tuple[float, float, int]]]) -> list[str]:
         return None if v is None else v[0] * 100
 
     out = []
-    scored = [x for x in tab if x not in ("random", "full", "rs2", "rs2-repl")]
+    current = (*METHODS, "ccs-val", "ccs-balanced-val")  # not the columns of earlier runs kept in the log
+    scored = [x for x in tab if x in current and x not in ("random", "rs2", "rs2-repl")]
     for k in (0.9, 0.7):
         if m("random", k) is not None:
             best = max(scored, key=lambda x: m(x, k) or -1)
@@ -183,7 +264,7 @@ def checks(tab: dict[str, dict[float, tuple[float, float, int]]]) -> list[str]:
         if m("el2n-hard", k) is not None:
             out.append(f"- keep {k}: EL2N keep-hard {m('el2n-hard', k):.1f} vs random {m('random', k):.1f} "
                        f"({m('el2n-hard', k) - m('random', k):+.1f} pts; claim < 0)")
-    for c in ("ccs", "ccs-balanced"):
+    for c in ("ccs", "ccs-balanced", "ccs-val", "ccs-balanced-val"):
         if c not in tab:
             continue
         diffs = {k: m(c, k) - m("random", k) for k in tab[c] if m("random", k) is not None}
@@ -211,6 +292,10 @@ def main() -> None:
     ap.add_argument("--db", default="prunekit-results.sqlite", help="results store ('' for none)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="override the setup's steps (smoke runs)")
+    ap.add_argument("--ccs-beta", choices=("readme", "val"), default="readme",
+                    help="CCS cut-off: fixed per keep (CCS_BETA) or chosen on validation held out from training")
+    ap.add_argument("--val-seeds", nargs="+", type=int, default=[0, 1], help="--ccs-beta val: training seeds")
+    ap.add_argument("--val-fraction", type=float, default=0.2, help="--ccs-beta val: share of the training split")
     args = ap.parse_args()
     if args.steps:
         SETUPS[args.dataset]["steps"] = args.steps
@@ -219,11 +304,20 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    records, sc = run_grid(args.dataset, args.methods, args.keeps, args.seeds, args.out, args.db, args.proxy_seeds)
-    md = markdown(args.dataset, records, ["full", *args.methods], sc["meta"])
+    betas = None
+    if args.ccs_beta == "val":
+        betas = val_betas(args.dataset, load(args.dataset), args.out, args.proxy_seeds, args.keeps, args.methods,
+                          args.val_seeds, args.val_fraction)
+    records, sc = run_grid(args.dataset, args.methods, args.keeps, args.seeds, args.out, args.db, args.proxy_seeds,
+                           betas)
+    md = markdown(args.dataset, records, ["full", *COLUMNS], sc["meta"])
+    if betas:
+        md += "\n\nCCS beta chosen on validation (per keep): " + "; ".join(
+            f"{m}: " + ", ".join(f"{k}: {b}" for k, b in bk.items()) for m, bk in betas.items())
     md += f"\n\nMachine: {json.dumps(machine())}; wall time {time.perf_counter() - t:.0f} s."
     (args.out / f"{args.dataset}.md").write_text(md + "\n")
-    plot_accuracy_vs_keep([r for r in records if r["method"] != "full"], args.out / f"{args.dataset}-accuracy.png",
+    plotted = (*METHODS, "ccs-val", "ccs-balanced-val")  # not the columns of earlier runs kept in the log
+    plot_accuracy_vs_keep([r for r in records if r["method"] in plotted], args.out / f"{args.dataset}-accuracy.png",
                           title=f"{args.dataset}: accuracy vs kept fraction (equal steps)")
     plot_score_histograms({k: sc[k] for k in ("el2n", "forgetting", "aum", "prototype")},
                           args.out / f"{args.dataset}-scores.png", title=f"{args.dataset} scores")

@@ -49,6 +49,14 @@ def test_score_from_recorded_dynamics(tmp_path, make_mlp, blob_data):
              "--out", str(tmp_path / "el2n.npy"))
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "el2n.npy").shape == (300,)
+    r = _run("score", "--method", "el2n", "--dynamics", str(tmp_path / "runs" / "seed0"),
+             "--out", str(tmp_path / "auto.npy"))  # default --epoch auto: the manifest records the epoch picked
+    assert r.exit_code == 0, r.output
+    picked = json.loads((tmp_path / "auto.json").read_text())["params"]["epoch"]
+    assert picked in (0, 1, 2) and f"el2n epoch {picked} (auto" in r.output
+    r = _run("score", "--method", "el2n", "--epoch", "early", "--dynamics", str(tmp_path / "runs" / "seed0"),
+             "--out", str(tmp_path / "bad.npy"))
+    assert r.exit_code == 2 and "--epoch must be" in r.output and not (tmp_path / "bad.npy").exists()
 
 
 def test_dedup_and_dsir_and_rs2(tmp_path, dup_embeddings):

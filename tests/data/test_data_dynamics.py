@@ -16,12 +16,14 @@ from prunekit.data import (
     el2n,
     entropy,
     forgetting,
+    learned_epoch,
     loss,
     prob_aum,
     record_runs,
+    training_accuracy,
 )
 from prunekit.data.dynamics import example_stats
-from prunekit.data.scores import area_under_margin, forgetting_events
+from prunekit.data.scores import area_under_margin, first_epoch_reaching, forgetting_events
 from prunekit.training import Batch, TrainState, fit
 
 
@@ -150,6 +152,34 @@ def test_el2n_aum_loss_entropy_average_over_runs_and_epochs(tmp_path):
     assert entropy(runs[0]).tolist() == pytest.approx([0.3, 0.2])  # last epoch by default
     with pytest.raises(ValueError, match="epoch 5 is out of range"):
         el2n(runs, epoch=5)
+
+
+def test_el2n_auto_epoch_is_first_epoch_at_fraction_of_final_training_accuracy(tmp_path):
+    # correct (E=4, N=4) of two runs: accuracies 0, 1/4, 3/4, 1 and 0, 2/4, 1, 1 -> mean 0, 0.375, 0.875, 1
+    ca = np.array([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=np.float32)
+    cb = np.array([[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=np.float32)
+    e2 = np.arange(16, dtype=np.float32).reshape(4, 4) / 16  # el2n differs in every epoch
+    runs = [_fake_run(tmp_path / "a", {"correct": ca, "el2n": e2}),
+            _fake_run(tmp_path / "b", {"correct": cb, "el2n": e2})]
+    assert training_accuracy(runs).tolist() == pytest.approx([0.0, 0.375, 0.875, 1.0])
+    assert learned_epoch(runs) == 3  # 0.875 < 0.9 * 1.0 <= 1.0
+    assert learned_epoch(runs, fraction=0.8) == 2 and learned_epoch(runs, fraction=0.3) == 1
+    assert el2n(runs, epoch="auto").tolist() == pytest.approx(e2[3].tolist())
+    assert el2n(runs).tolist() == el2n(runs, epoch=3).tolist()  # "auto" is the default
+    assert el2n(runs, fraction=0.8).tolist() == pytest.approx(e2[2].tolist())
+    with pytest.raises(ValueError, match="epoch must be"):
+        el2n(runs, epoch="early")
+    with pytest.raises(ValueError, match="fraction must be in"):
+        learned_epoch(runs, fraction=0.0)
+
+
+def test_first_epoch_reaching_uses_the_final_value_and_skips_unseen_examples(tmp_path):
+    assert first_epoch_reaching(np.array([0.2, 0.5, 0.4]), 0.9) == 1  # threshold 0.36 from the last value, not max
+    assert first_epoch_reaching(np.array([0.0, 0.0]), 0.9) == 0  # nothing learned: the first epoch
+    c = np.array([[1, np.nan, 0], [1, 1, 1]], dtype=np.float32)  # epoch 0: 1 of the 2 presented correct
+    assert training_accuracy(_fake_run(tmp_path, {"correct": c})).tolist() == pytest.approx([0.5, 1.0])
+    with pytest.raises(ValueError, match="curve must be"):
+        first_epoch_reaching(np.array([]), 0.9)
 
 
 def test_unseen_examples_in_chosen_epoch_are_an_error(tmp_path):

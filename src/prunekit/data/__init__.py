@@ -1,11 +1,12 @@
 """Data pruning: score every example, select what to keep, train on it.
 
 - ``DynamicsRecorder`` (a ``fit`` callback) records per-example training dynamics into a memmap;
-  ``el2n``, ``forgetting``, ``aum``, ``prob_aum``, ``entropy``, ``loss`` come from the recorded runs.
+  ``el2n``, ``forgetting``, ``aum``, ``prob_aum``, ``entropy``, ``loss`` come from the recorded runs;
+  ``el2n(runs, epoch="auto")`` reads EL2N at ``learned_epoch(runs)`` (training accuracy at 90% of its final).
 - ``grand`` (per-example gradient norms with ``torch.func``), ``prototype`` (distance to the nearest
   k-means centroid of embeddings), ``random``. Every score is a difficulty: higher = harder.
 - ``select(scores, keep_fraction, rule)`` with rules ``keep-hard``, ``keep-easy``, ``random``,
-  ``class-balanced``, ``ccs``, ``dbp``.
+  ``class-balanced``, ``ccs``, ``dbp``; ``choose_beta`` picks CCS's cut-off on a validation metric.
 - ``semdedup`` (embeddings, streamed), ``dsir`` (text), ``RS2Sampler`` (per-epoch random subsets).
 - ``save_selection`` / ``load_selection``: kept indices ``.npy`` plus a JSON manifest.
 """
@@ -26,18 +27,21 @@ from .scores import (
     entropy,
     forgetting,
     grand,
+    learned_epoch,
     loss,
     per_example_grad_norm,
     prob_aum,
+    training_accuracy,
 )
 from .scores import random as random_scores
 from .select import SELECTORS, ccs, class_balanced, dbp, keep_easy, keep_hard, select
+from .tune import BetaChoice, choose_beta
 
 __all__ = [
-    "DATA_SCORES", "FIELDS", "SELECTORS", "Clusters", "DSIRResult", "DedupResult", "Dynamics", "DynamicsRecorder",
-    "Embeddings", "MiniLMEncoder", "RS2Sampler", "RandomConvEncoder", "area_under_margin", "aum", "ccs",
-    "class_balanced", "cluster_complexity", "dbp", "dsir", "el2n", "embed", "entropy", "forgetting", "grand",
-    "hashed_ngrams", "keep_easy", "keep_hard", "kl_reduction", "kmeans", "load_selection", "loss",
-    "per_example_grad_norm", "prob_aum", "prototype", "random_scores", "record_runs", "save_selection", "select",
-    "semdedup",
+    "DATA_SCORES", "FIELDS", "SELECTORS", "BetaChoice", "Clusters", "DSIRResult", "DedupResult", "Dynamics",
+    "DynamicsRecorder", "Embeddings", "MiniLMEncoder", "RS2Sampler", "RandomConvEncoder", "area_under_margin", "aum",
+    "ccs", "choose_beta", "class_balanced", "cluster_complexity", "dbp", "dsir", "el2n", "embed", "entropy",
+    "forgetting", "grand", "hashed_ngrams", "keep_easy", "keep_hard", "kl_reduction", "kmeans", "learned_epoch",
+    "load_selection", "loss", "per_example_grad_norm", "prob_aum", "prototype", "random_scores", "record_runs",
+    "save_selection", "select", "semdedup", "training_accuracy",
 ]

@@ -70,6 +70,9 @@ def _scores_from(method: str, dynamics: list[Path], embeddings: Path | None, num
     if method in scores.DYNAMICS_SCORES:
         runs = _dynamics_runs(dynamics, *run_args)
         if method == "el2n":
+            if params["epoch"] == "auto":  # record the epoch the rule picked in the manifest
+                params["epoch"] = scores.learned_epoch(runs)
+                params["epoch_rule"] = f"auto: training accuracy >= {scores.EL2N_AUTO_FRACTION} of its final value"
             return scores.el2n(runs, epoch=params["epoch"])
         return scores.DATA_SCORES.get(method)(runs)
     if method == "prototype":
@@ -91,6 +94,15 @@ def _scores_from(method: str, dynamics: list[Path], embeddings: Path | None, num
     raise ValueError(f"method must be one of {', '.join(SCORE_METHODS)}, got {method!r}")
 
 
+def _epoch_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--epoch must be a 0-based epoch (integer) or 'auto', got {text!r}") from None
+
+
 SCORE_METHODS = ("el2n", "forgetting", "aum", "prob-aum", "entropy", "loss", "grand", "prototype", "random")
 
 
@@ -99,7 +111,8 @@ def score(
     method: str = typer.Option(..., help=f"one of {', '.join(SCORE_METHODS)}"),
     out: Path = typer.Option(..., help="output path; writes OUT.npy and OUT.json"),
     dynamics: list[Path] = typer.Option([], help="a recorded run folder (repeat for several seeds)"),
-    epoch: int = typer.Option(2, help="el2n: the (early) epoch to read, 0-based"),
+    epoch: str = typer.Option("auto", help="el2n: the (early) epoch to read, 0-based, or 'auto' (the first epoch "
+                              "at which the runs' training accuracy reaches 0.9 of its final value)"),
     embeddings: Path | None = typer.Option(None, help="prototype: (N, d) .npy embeddings"),
     clusters: int = typer.Option(10, help="prototype: number of k-means clusters"),
     num_examples: int | None = typer.Option(None, help="random: data set size"),
@@ -116,7 +129,7 @@ def score(
     try:
         if method not in SCORE_METHODS:
             raise ValueError(f"method must be one of {', '.join(SCORE_METHODS)}, got {method!r}")
-        params = {"epoch": epoch, "clusters": clusters, "seed": seed}
+        params = {"epoch": _epoch_arg(epoch), "clusters": clusters, "seed": seed}
         s = _scores_from(method, dynamics, embeddings, num_examples, params,
                          (dataset, model, seeds, epochs, workdir)).numpy()
         base = out.with_suffix("") if out.suffix == ".npy" else out
@@ -127,6 +140,8 @@ def score(
                                                 "orientation": "higher = harder"})
     except (ValueError, TypeError, ImportError) as e:
         _fail(e)
+    if "epoch_rule" in params:
+        typer.echo(f"el2n epoch {params['epoch']} ({params['epoch_rule']})")
     typer.echo(f"wrote {s.size} {method} scores to {base.with_suffix('.npy')}")
 
 

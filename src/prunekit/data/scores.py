@@ -9,6 +9,7 @@ where a paper's quantity is "higher = easier" (AUM): its score is documented as 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -18,10 +19,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ..errors import check_fraction
 from ..registry import Registry
 from ..training.loop import as_dataset
 from .checks import check_positive_int
 from .dynamics import Dynamics, as_runs
+
+log = logging.getLogger(__name__)
 
 DATA_SCORES = Registry("data score")
 DYNAMICS_SCORES = ("el2n", "forgetting", "aum", "prob-aum", "entropy", "loss")
@@ -86,10 +90,67 @@ def _mean_field(runs: RunsArg, field: str, epochs: int | Sequence[int] | slice |
     return torch.from_numpy(total / count)
 
 
+# ---------------------------------------------------------------- the "early epoch" of EL2N
+# Fraction of the final training accuracy at which ``epoch="auto"`` reads EL2N. Fixed from the argument
+# in ``learned_epoch``'s docstring before any benchmark used it; not tuned on AUROC or test accuracy.
+EL2N_AUTO_FRACTION = 0.9
+
+
+def first_epoch_reaching(curve: np.ndarray, fraction: float) -> int:
+    """First index ``t`` with ``curve[t] >= fraction * curve[-1]`` (``curve``: one value per epoch)."""
+    c = np.asarray(curve, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0 or not np.isfinite(c).all():
+        raise ValueError(f"curve must be a non-empty 1-D array of finite values, got {c.tolist()!r}")
+    return int(np.flatnonzero(c >= fraction * c[-1] - 1e-12)[0])
+
+
+def training_accuracy(dynamics: RunsArg) -> np.ndarray:
+    """Mean training accuracy per epoch ``(E,)`` from the recorder's ``correct`` field, averaged over runs.
+
+    Examples not presented in an epoch (NaN) are left out of that epoch's mean; ``E`` is the number of
+    epochs every run recorded.
+    """
+    rs = as_runs(dynamics)
+    e = min(r.epochs for r in rs)
+    acc = np.zeros(e)
+    for r in rs:
+        for t in range(e):
+            c = r.field("correct", t)[0]  # (N,)
+            acc[t] += float(np.nanmean(c)) if np.isfinite(c).any() else 0.0
+    return acc / len(rs)
+
+
+def learned_epoch(dynamics: RunsArg, fraction: float = EL2N_AUTO_FRACTION) -> int:
+    """The early epoch for EL2N: first epoch whose mean training accuracy reaches ``fraction`` of the final one.
+
+    Paul et al. 2021 (Sec. 3-4) score "early in training" (epoch 20 of 200 on CIFAR-10), once the
+    network has learned the easy examples and before it fits the rest; a fixed share of the epochs
+    means very different amounts of learning on different data, model and step counts. This rule reads
+    that state from the proxies' training curve (``training_accuracy``) instead. The default
+    ``fraction = 0.9`` says: the proxies already classify 90% of what they classify at the end, so the
+    easy majority is learned, while what they only get in the last tenth of their learning (the rare,
+    atypical or mislabeled tail that EL2N should rank high) is not yet. It was fixed from this argument,
+    not tuned on a downstream metric (noise AUROC, test accuracy). Returns a 0-based epoch.
+    """
+    f = check_fraction(fraction, "fraction")
+    return first_epoch_reaching(training_accuracy(dynamics), f)
+
+
 # ---------------------------------------------------------------- dynamics scores
 @DATA_SCORES.register("el2n")
-def el2n(dynamics: RunsArg, epoch: int) -> Tensor:
-    """EL2N: ``||softmax(f(x)) - onehot(y)||_2`` at an early ``epoch``, averaged over runs (Paul et al. 2021, Eq. 2)."""
+def el2n(dynamics: RunsArg, epoch: int | str = "auto", fraction: float = EL2N_AUTO_FRACTION) -> Tensor:
+    """EL2N: ``||softmax(f(x)) - onehot(y)||_2`` at an early ``epoch``, averaged over runs (Paul et al. 2021, Eq. 2).
+
+    ``epoch``: a 0-based epoch, or ``"auto"`` for ``learned_epoch(dynamics, fraction)`` (the first
+    epoch at which the runs' mean training accuracy reaches ``fraction`` of its final value).
+    """
+    if isinstance(epoch, str):
+        if epoch != "auto":
+            raise ValueError(f"epoch must be a 0-based epoch (int) or 'auto', got {epoch!r}")
+        epoch = learned_epoch(dynamics, fraction)
+        log.info("el2n: epoch='auto' picked epoch %d (training accuracy >= %.2f of its final value)", epoch, fraction)
+    elif isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+        raise ValueError(f"epoch must be a 0-based epoch (int) or 'auto', got {epoch!r}")
     return _mean_field(dynamics, "el2n", int(epoch))
 
 

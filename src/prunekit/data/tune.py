@@ -1,0 +1,93 @@
+"""Choosing a selector's hyper-parameter on held-out data: CCS's hard cut-off ``beta`` by validation.
+
+Zheng et al. 2023 (CCS, "Coverage-centric Coreset Selection for High Pruning Rates", ICLR) treat
+the cut-off rate ``beta`` as a hyper-parameter found by grid search. ``choose_beta`` runs that grid
+search against a caller-supplied validation metric, so the test split is never looked at: the
+caller trains on each candidate subset of a training split and reports accuracy on a split held out
+from training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from .checks import as_scores, check_nonneg_float, keep_fraction_arg
+from .select import select
+
+log = logging.getLogger(__name__)
+
+BETA_GRID = (0.0, 0.1, 0.2, 0.3, 0.4)
+BETA_RULES = ("ccs", "class-balanced")
+
+
+@dataclass(frozen=True)
+class BetaChoice:
+    """Result of ``choose_beta``: the chosen ``beta``, each evaluated beta's value, the betas skipped."""
+
+    beta: float
+    values: dict[float, float]
+    skipped: tuple[float, ...]
+
+
+def _betas_arg(betas: Sequence[float]) -> list[float]:
+    """``betas`` as a sorted list of unique numbers in [0, 1), or a ``ValueError`` naming ``betas``."""
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) == 0:
+        raise ValueError(f"betas must be a non-empty sequence of numbers in [0, 1), got {betas!r}")
+    vals = [check_nonneg_float(b, "betas", upper=1.0, upper_open=True) for b in betas]
+    if len(set(vals)) != len(vals):
+        raise ValueError(f"betas must not repeat a value, got {list(betas)!r}")
+    return sorted(vals)
+
+
+def _rule_params(rule: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Check that ``rule`` is a CCS rule and ``params`` leave ``beta`` to the search."""
+    if rule not in BETA_RULES:
+        raise ValueError(f"rule must be one of {', '.join(map(repr, BETA_RULES))} (a rule with a CCS cut-off), "
+                         f"got {rule!r}")
+    if rule == "class-balanced" and params.get("within") != "ccs":
+        raise ValueError("rule 'class-balanced' has a beta only with within='ccs'; pass within='ccs'")
+    if "beta" in params:
+        raise ValueError("beta is what choose_beta searches; pass the candidates as betas=..., not beta=")
+    return params
+
+
+def choose_beta(scores: Any, keep_fraction: float, evaluate: Callable[[Tensor], float],
+                betas: Sequence[float] = BETA_GRID, rule: str = "ccs", **params: Any) -> BetaChoice:
+    """Grid-search CCS's hard cut-off ``beta`` by a validation metric (Zheng et al. 2023: beta by grid search).
+
+    For every candidate ``beta`` (``betas <= 1 - keep_fraction``; larger ones would cut more than the
+    examples not kept and are skipped), select ``select(scores, keep_fraction, rule, beta=beta,
+    **params)`` and call ``evaluate(kept_indices)``, which returns the caller's validation metric
+    (higher = better; e.g. accuracy on a split held out from training of a model trained on the kept
+    examples). Returns the beta with the highest value, the smaller beta on ties (less cut), with
+    every evaluated beta's value. ``rule`` is ``"ccs"`` or ``"class-balanced"`` with ``within="ccs"``;
+    ``params`` go to ``select`` (e.g. ``strata``, ``seed``, ``labels``, ``cutoff_scores``).
+    """
+    s, f = as_scores(scores), keep_fraction_arg(keep_fraction)
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be a callable kept_indices -> float, got {type(evaluate).__name__}")
+    grid = _betas_arg(betas)
+    p = _rule_params(rule, dict(params))
+    usable = [b for b in grid if b <= 1.0 - f + 1e-12]
+    skipped = tuple(b for b in grid if b not in usable)
+    if not usable:
+        raise ValueError(f"every beta in betas={list(betas)} exceeds 1 - keep_fraction = {1.0 - f:.4g}; "
+                         "include a beta <= 1 - keep_fraction (0.0 always fits)")
+    if skipped:
+        log.info("choose_beta: skipped betas %s above 1 - keep_fraction = %.4g", list(skipped), 1.0 - f)
+    values: dict[float, float] = {}
+    for b in usable:
+        v = evaluate(select(s, f, rule, beta=b, **p))
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+            raise ValueError(f"evaluate must return a finite number, got {v!r} for beta={b}")
+        values[b] = float(v)
+        log.info("choose_beta: beta=%.3g -> %.6g", b, values[b])
+    best = max(usable, key=lambda b: (values[b], -b))  # highest value; ties -> smaller beta
+    return BetaChoice(beta=best, values=values, skipped=skipped)
