@@ -122,3 +122,6 @@ def test_score_grand_on_a_zoo_data_set(tmp_path):
     assert g.shape == (1347,) and (g > 0).all()
     r = _run("score", "--method", "grand", "--out", str(tmp_path / "h"))
     assert r.exit_code == 2 and "--dataset and --model" in r.output
+    r = _run("score", "--method", "grand", "--dataset", "digits", "--model", "lenet5", "--backend", "spark",
+             "--out", str(tmp_path / "k"))
+    assert r.exit_code == 2 and "--backend must be local or ray" in r.output and not (tmp_path / "k.npy").exists()

@@ -39,3 +39,28 @@ def test_ray_backend_matches_local(local_ray, tmp_path):
     s_local = prototype(local, n_clusters=5, seed=0)
     s_ray = prototype(local, n_clusters=5, seed=0, backend="ray")  # in-memory rows via the object store
     torch.testing.assert_close(s_local, s_ray, atol=1e-6, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_grand_on_ray_matches_local(local_ray):
+    from torch.utils.data import TensorDataset
+
+    from prunekit.data import grand
+
+    g = torch.Generator().manual_seed(0)
+    ds = TensorDataset(torch.randn(50, 2, 5, generator=g), torch.randint(0, 3, (50,), generator=g))
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(10, 3)) for _ in range(2)]
+    local = grand(models, ds, batch_size=16)
+    remote = grand(models, ds, batch_size=16, backend="ray")
+    torch.testing.assert_close(remote, local, rtol=1e-6, atol=1e-9)
+    # hand check of one example for a linear model: ||dCE/dW||_F = ||softmax(z) - onehot(y)|| * ||x||, same for b
+    x, y = ds[0]
+    norms = []
+    for m in models:
+        p = torch.softmax(m(x[None]), -1)[0].detach()
+        r = p - torch.nn.functional.one_hot(y, 3).float()
+        norms.append(float(r.norm() * (x.flatten().norm() ** 2 + 1).sqrt()))
+    assert abs(float(local[0]) - sum(norms) / 2) < 1e-5
+    with pytest.raises(ValueError, match="backend"):
+        grand(models, ds, backend="dask")

@@ -78,7 +78,8 @@ def _scores_from(method: str, dynamics: list[Path], embeddings: Path | None, num
     if method == "prototype":
         if embeddings is None:
             raise ValueError("method 'prototype' needs --embeddings FILE.npy")
-        return cluster.prototype(str(embeddings), n_clusters=params["clusters"], seed=params["seed"])
+        return cluster.prototype(str(embeddings), n_clusters=params["clusters"], seed=params["seed"],
+                                 backend=params["backend"])
     if method == "grand":
         dataset, model, seeds = run_args[0], run_args[1], run_args[2]
         if not (dataset and model):
@@ -86,7 +87,7 @@ def _scores_from(method: str, dynamics: list[Path], embeddings: Path | None, num
         from ..zoo import get_model
 
         models = [get_model(model, seed=s) for s in _seeds(seeds)]
-        return scores.grand(models, _train_split(dataset).train)
+        return scores.grand(models, _train_split(dataset).train, backend=params["backend"])
     if method == "random":
         if num_examples is None:
             raise ValueError("method 'random' needs --num-examples")
@@ -122,6 +123,7 @@ def score(
     epochs: int = typer.Option(10, help="proxy run epochs"),
     workdir: Path | None = typer.Option(None, help="folder for recorded proxy runs (reused when complete)"),
     seed: int = typer.Option(0, help="seed for random / k-means"),
+    backend: str = typer.Option("local", help="grand / prototype: local, or ray (Ray Data; extra 'ray')"),
 ) -> None:
     """Score every example (higher = harder) and write the scores."""
     from .io import score_summary, write_json, write_npy
@@ -129,7 +131,9 @@ def score(
     try:
         if method not in SCORE_METHODS:
             raise ValueError(f"method must be one of {', '.join(SCORE_METHODS)}, got {method!r}")
-        params = {"epoch": _epoch_arg(epoch), "clusters": clusters, "seed": seed}
+        if backend not in ("local", "ray"):
+            raise ValueError(f"--backend must be local or ray, got {backend!r}")
+        params = {"epoch": _epoch_arg(epoch), "clusters": clusters, "seed": seed, "backend": backend}
         s = _scores_from(method, dynamics, embeddings, num_examples, params,
                          (dataset, model, seeds, epochs, workdir)).numpy()
         base = out.with_suffix("") if out.suffix == ".npy" else out

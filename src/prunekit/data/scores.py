@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from ..errors import check_fraction
+from ..errors import check_choice, check_fraction
 from ..registry import Registry
 from ..training.loop import as_dataset
 from .checks import check_positive_int
@@ -230,27 +230,66 @@ def per_example_grad_norm(model: nn.Module, x: Tensor, y: Tensor,
 
 @DATA_SCORES.register("grand")
 def grand(models: nn.Module | Sequence[nn.Module], data: Any, batch_size: int = 256,
-          device: str | torch.device = "cpu") -> Tensor:
+          device: str | torch.device = "cpu", backend: str = "local", concurrency: int | None = None) -> Tensor:
     """GraNd: expected per-example gradient norm over models (e.g. seeds at init) (Paul et al. 2021, Eq. 1).
 
     Models are evaluated in ``eval()`` mode (batch-norm uses running statistics), as per-example
-    gradients need each example's output to depend on that example alone.
+    gradients need each example's output to depend on that example alone. ``backend="ray"`` scores
+    batches of rows on Ray Data tasks (extra ``ray``; the models travel with the task), with the same
+    values as ``"local"``.
     """
     ms = [models] if isinstance(models, nn.Module) else list(models)
     if not ms or not all(isinstance(m, nn.Module) for m in ms):
         raise TypeError("models must be an nn.Module or a non-empty list of them")
     check_positive_int(batch_size, "batch_size")
+    check_choice(backend, "backend", ("local", "ray"))
     ds = as_dataset(data)
+    if backend == "ray":
+        return _grand_ray(ms, ds, batch_size, concurrency)
     total = torch.zeros(len(ds), dtype=torch.float64)
     for m in ms:
-        was = m.training
-        m.eval().to(device)
         pos = 0
         for x, y in DataLoader(ds, batch_size=batch_size):
-            g = per_example_grad_norm(m, x.to(device), y.to(device))
-            total[pos:pos + len(y)] += g.double().cpu()
+            total[pos:pos + len(y)] += _GradNorms(ms=[m], device=device).batch(x, y)
             pos += len(y)
-        m.train(was)
+    return total / len(ms)
+
+
+class _GradNorms:
+    """Per-example gradient norms summed over models, for a batch (picklable: a Ray task body)."""
+
+    def __init__(self, ms: list[nn.Module], device: str | torch.device = "cpu", shape: tuple[int, ...] = ()) -> None:
+        self.ms, self.device, self.shape = ms, device, shape
+
+    def batch(self, x: Tensor, y: Tensor) -> Tensor:
+        total = torch.zeros(len(y), dtype=torch.float64)
+        for m in self.ms:
+            was = m.training
+            m.eval().to(self.device)
+            total += per_example_grad_norm(m, x.to(self.device), y.to(self.device)).double().cpu()
+            m.train(was)
+        return total
+
+    def __call__(self, rows: Any) -> dict[str, Any]:
+        """Rows of ``[flattened x, label]`` (float32) -> ``{"out": summed norms}``."""
+        r = torch.from_numpy(np.array(rows, dtype=np.float32))  # a writable copy of the batch
+        x, y = r[:, :-1].reshape(len(r), *self.shape), r[:, -1].round().long()
+        return {"out": self.batch(x, y).numpy()}
+
+
+def _grand_ray(ms: list[nn.Module], ds: Any, batch_size: int, concurrency: int | None) -> Tensor:
+    from .ray_backend import map_rows
+
+    xs, ys = zip(*(ds[i] for i in range(len(ds))))
+    x = torch.stack([torch.as_tensor(v) for v in xs]).float()
+    y = torch.as_tensor([int(v) for v in ys])
+    if len(y) and int(y.abs().max()) >= 2**24:
+        raise ValueError("labels must be below 2**24 to travel as float32 rows to the Ray backend")
+    rows = torch.cat([x.reshape(len(x), -1), y[:, None].float()], 1).numpy()
+    total = torch.zeros(len(y), dtype=torch.float64)
+    for res in map_rows(_GradNorms(ms, "cpu", tuple(x.shape[1:])), rows, batch_size=batch_size,
+                        concurrency=concurrency):
+        total[torch.from_numpy(np.array(res["id"]))] = torch.from_numpy(np.array(res["out"], dtype=np.float64))
     return total / len(ms)
 
 
