@@ -38,6 +38,9 @@ RUNS: list[tuple[str, str, dict[str, Any]]] = [
     ("Wanda + OWL", "wanda", {"sparsity": 0.7, "owl": True}),
     ("SparseGPT", "sparsegpt", {"sparsity": 0.7}),
     ("SparseGPT + OWL", "sparsegpt", {"sparsity": 0.7, "owl": True}),
+    # DSnoT on attention layers only, the setting of the DSnoT reference code (MLP layers left as solved)
+    ("Wanda + DSnoT (attention only)", "wanda", {"sparsity": 0.6, "dsnot": {"skip": ["mlp"]}}),
+    ("SparseGPT + DSnoT (attention only)", "sparsegpt", {"sparsity": 0.6, "dsnot": {"skip": ["mlp"]}}),
 ]
 
 
