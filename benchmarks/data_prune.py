@@ -55,13 +55,14 @@ from prunekit.data import (
 )
 from prunekit.data.io import write_json
 from prunekit.data.report import accuracy_table, plot_accuracy_vs_keep, plot_score_histograms
+from prunekit.data.ssl import train_contrastive
 from prunekit.zoo import get_model
 
 KEEPS = (0.9, 0.7, 0.5, 0.3, 0.2, 0.1)
 LOW_KEEPS = (0.05,)  # extra kept fractions for random and RS2 only
 CCS_BETA = {0.3: 0.1, 0.2: 0.2, 0.1: 0.3, 0.05: 0.3}  # fixed before the runs, as in the CCS README
 METHODS = ("random", "el2n-hard", "el2n-easy", "forgetting-hard", "aum-hard", "ccs", "ccs-balanced", "prototype-hard",
-           "dbp", "rs2", "rs2-repl")
+           "dbp", "prototype-ssl", "dbp-ssl", "rs2", "rs2-repl")
 CCS_METHODS = ("ccs", "ccs-balanced")
 # columns of the Markdown table: the methods, the CCS columns with validation-chosen beta, and the EL2N
 # columns of the earlier protocol (fixed epoch 3 = 10% of the proxy run), kept in the log under these names
@@ -88,14 +89,32 @@ def scores_for(name: str, data: Any, work: Path, proxy_seeds: list[int]) -> dict
     emb = embed(RandomConvEncoder(dim=64, seed=0), data.x_train.reshape(len(data.x_train), -1))
     cl10, cl20 = kmeans(emb, 10, seed=0), kmeans(emb, 20, seed=0)
     proto_s = time.perf_counter() - t
-    return {"el2n": el2n(runs, epoch=el2n_epoch), "forgetting": forgetting(runs), "aum": aum(runs),
+    ssl = ssl_scores(name, data, work)
+    return {**ssl, "el2n": el2n(runs, epoch=el2n_epoch), "forgetting": forgetting(runs), "aum": aum(runs),
             "prob-aum": prob_aum(runs), "labels": data.y_train,
             "prototype": torch.from_numpy(1.0 - cl10.cosine.astype(np.float64)),
             "dbp_scores": torch.from_numpy(1.0 - cl20.cosine.astype(np.float64)), "dbp_clusters": cl20.assign,
             "dbp_complexity": cluster_complexity(cl20),
             "meta": {"proxy_epochs": e, "el2n_epoch": el2n_epoch, "proxy_seeds": proxy_seeds,
-                     "proxy_s": proxy_s, "prototype_s": proto_s,
+                     "proxy_s": proxy_s, "prototype_s": proto_s, "ssl_s": ssl["ssl_s"],
                      "proxy_train_acc_last": float(np.mean([r.field("correct", -1).mean() for r in runs]))}}
+
+
+def ssl_scores(name: str, data: Any, work: Path, epochs: int = 20) -> dict[str, Any]:
+    """Prototype and DBP inputs on SimCLR features (``train_contrastive``; cached), with the SSL training time."""
+    path, cost = work / f"{name}-ssl-emb.npy", work / f"{name}-ssl-cost.json"
+    if not (path.exists() and cost.exists()):
+        t = time.perf_counter()
+        enc = train_contrastive(data.x_train, epochs=epochs, seed=0)
+        embed(enc, data.x_train.reshape(len(data.x_train), -1), out=path)
+        write_json(cost, {"ssl_train_embed_s": time.perf_counter() - t, "epochs": epochs, "losses": enc.losses})
+    emb = np.load(path)
+    t = time.perf_counter()
+    cl10, cl20 = kmeans(emb, 10, seed=0), kmeans(emb, 20, seed=0)
+    ssl_s = json.loads(cost.read_text())["ssl_train_embed_s"] + time.perf_counter() - t
+    return {"prototype-ssl": torch.from_numpy(1.0 - cl10.cosine.astype(np.float64)),
+            "dbp-ssl_scores": torch.from_numpy(1.0 - cl20.cosine.astype(np.float64)),
+            "dbp-ssl_clusters": cl20.assign, "dbp-ssl_complexity": cluster_complexity(cl20), "ssl_s": ssl_s}
 
 
 def val_split(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,9 +181,11 @@ def kept_for(method: str, sc: dict[str, Any], keep: float, seed: int, n: int,
     if method == "ccs-balanced":  # the same CCS run inside each class (class quotas as in the full data)
         return select(sc["prob-aum"], keep, "class-balanced", labels=sc["labels"], within="ccs",
                       beta=beta, strata=50, seed=seed)
-    if method == "dbp":
-        return select(sc["dbp_scores"], keep, "dbp", clusters=sc["dbp_clusters"], complexity=sc["dbp_complexity"],
-                      temperature=0.5, seed=seed)
+    if method == "prototype-ssl":
+        return select(sc["prototype-ssl"], keep, "keep-hard")
+    if method in ("dbp", "dbp-ssl"):
+        return select(sc[f"{method}_scores"], keep, "dbp", clusters=sc[f"{method}_clusters"],
+                      complexity=sc[f"{method}_complexity"], temperature=0.5, seed=seed)
     return None
 
 
@@ -240,7 +261,8 @@ def markdown(name: str, records: list[dict[str, Any]], methods: list[str], meta:
     if full:
         lines.append(f"\nFull data ({SETUPS[name]['steps']} steps): {full[0] * 100:.1f} ({full[1] * 100:.1f}).")
     lines.append(f"Selection cost: proxy runs {meta['proxy_s']:.0f} s ({len(meta['proxy_seeds'])} runs x "
-                 f"{meta['proxy_epochs']} epochs), prototype embedding + k-means {meta['prototype_s']:.1f} s; "
+                 f"{meta['proxy_epochs']} epochs), prototype embedding + k-means {meta['prototype_s']:.1f} s, "
+                 f"SSL training + embedding + k-means {meta['ssl_s']:.1f} s; "
                  f"EL2N epoch {meta['el2n_epoch']}; proxy final train accuracy {meta['proxy_train_acc_last']:.3f}.")
     lines += [""] + checks(tab)
     return "\n".join(lines)
@@ -319,7 +341,7 @@ def main() -> None:
     plotted = (*METHODS, "ccs-val", "ccs-balanced-val")  # not the columns of earlier runs kept in the log
     plot_accuracy_vs_keep([r for r in records if r["method"] in plotted], args.out / f"{args.dataset}-accuracy.png",
                           title=f"{args.dataset}: accuracy vs kept fraction (equal steps)")
-    plot_score_histograms({k: sc[k] for k in ("el2n", "forgetting", "aum", "prototype")},
+    plot_score_histograms({k: sc[k] for k in ("el2n", "forgetting", "aum", "prototype", "prototype-ssl")},
                           args.out / f"{args.dataset}-scores.png", title=f"{args.dataset} scores")
     print(md)
 

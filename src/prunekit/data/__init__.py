@@ -4,7 +4,8 @@
   ``el2n``, ``forgetting``, ``aum``, ``prob_aum``, ``entropy``, ``loss`` come from the recorded runs;
   ``el2n(runs, epoch="auto")`` reads EL2N at ``learned_epoch(runs)`` (training accuracy at 90% of its final).
 - ``grand`` (per-example gradient norms with ``torch.func``), ``prototype`` (distance to the nearest
-  k-means centroid of embeddings), ``random``. Every score is a difficulty: higher = harder.
+  k-means centroid of embeddings, e.g. of a ``train_contrastive`` SimCLR encoder), ``random``.
+  Every score is a difficulty: higher = harder.
 - ``select(scores, keep_fraction, rule)`` with rules ``keep-hard``, ``keep-easy``, ``random``,
   ``class-balanced``, ``ccs``, ``dbp``; ``choose_beta`` picks CCS's cut-off on a validation metric.
 - ``semdedup`` (embeddings, streamed), ``dsir`` (text), ``RS2Sampler`` (per-epoch random subsets).
@@ -35,6 +36,7 @@ from .scores import (
 )
 from .scores import random as random_scores
 from .select import SELECTORS, ccs, class_balanced, dbp, keep_easy, keep_hard, select
+from .ssl import SSLEncoder, nt_xent, train_contrastive
 from .tune import BetaChoice, choose_beta
 
 __all__ = [
@@ -43,5 +45,5 @@ __all__ = [
     "ccs", "choose_beta", "class_balanced", "cluster_complexity", "dbp", "dsir", "el2n", "embed", "entropy",
     "forgetting", "grand", "hashed_ngrams", "keep_easy", "keep_hard", "kl_reduction", "kmeans", "learned_epoch",
     "load_selection", "loss", "per_example_grad_norm", "prob_aum", "prototype", "random_scores", "record_runs",
-    "save_selection", "select", "semdedup", "training_accuracy",
+    "SSLEncoder", "nt_xent", "save_selection", "select", "semdedup", "train_contrastive", "training_accuracy",
 ]
