@@ -84,7 +84,8 @@ def prune(
     sparsity: float | None = typer.Option(None, help="fraction of zeros in [0, 1) (not with N:M)"),
     pattern: str = typer.Option("unstructured", help="unstructured | N:M (e.g. 2:4) | block:HxW | channel"),
     scope: str = typer.Option("layer", help="layer | global"),
-    allocation: str | None = typer.Option(None, help="uniform | erk | er | lamp (layer scope)"),
+    allocation: str | None = typer.Option(None, help="uniform | erk | er | lamp (layer scope); with --structured: "
+                                          "uniform | global"),
     dataset: str | None = typer.Option(None, help="data for taylor / fine-tuning / evaluation"),
     finetune_epochs: int = typer.Option(0, help="fine-tune with masks kept after pruning"),
     structured: bool = typer.Option(False, "--structured", help="remove channels/heads for real"),

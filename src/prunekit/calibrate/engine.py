@@ -375,8 +375,8 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
     ``report.extra["packed_masks"]`` (``{name: (uint8 bits, shape)}``), so a large model needs no
     extra byte per weight. ``pin_malloc``: on CPU with glibc, fix malloc's mmap and trim thresholds
     (:func:`pin_malloc_thresholds`, process-wide) so that the per-layer float32 copies are returned to
-    the OS when freed instead of growing a fragmented heap (measured on a 1.1B LLaMA: peak RSS 5.79 ->
-    5.14 GiB, about 6% slower; docs/RESULTS.md).
+    the OS when freed instead of growing a fragmented heap (measured on a 1.1B LLaMA, SparseGPT: peak
+    RSS 5.18 -> 4.95 GiB, about 4% slower; docs/RESULTS.md).
     """
     t0 = time.perf_counter()
     plan = _plan(solver, config, owl, dsnot)
