@@ -105,3 +105,21 @@ def test_minilm_half_heads_and_mlp_runs_and_stays_close():
     assert layer.attention.self.query.out_features == 6 * 32 and layer.intermediate.dense.out_features == 768
     fidelity = (embed(model) * ref).sum(-1)
     assert plan.summary["groups_shrunk"] == 12 and torch.all(fidelity > 0.6)
+
+
+def test_depth_first_to_a_budget_reloads_in_plain_transformers(tmp_path):
+    torch.manual_seed(0)
+    t = transformers
+    cfg = dict(SMALL, num_hidden_layers=4)
+    m = t.LlamaForCausalLM(t.LlamaConfig(vocab_size=64, intermediate_size=64, num_key_value_heads=2, **cfg))
+    x = hf_inputs(m, batch=2, seq=8)
+    base = count_macs(m, x)
+    plan = remove_(m, x, Structured(target_macs=0.6, remove_blocks="auto", allocation="global"))
+    # each of the 4 decoder layers holds 0.2375 of the MACs (the LM head 0.05): removing one leaves 0.7625,
+    # a second would leave 0.525 < 0.6; the remaining MACs come from widths
+    assert m.config.num_hidden_layers == 3 == len(m.model.layers) and plan.hf_config["num_hidden_layers"] == 3
+    assert [layer.self_attn.layer_idx for layer in m.model.layers] == [0, 1, 2]
+    assert 0.54 <= count_macs(m, x) / base <= 0.6
+    save_pruned(m, plan, tmp_path)
+    slim = load_pruned(tmp_path)
+    assert torch.allclose(forward(slim, x)[0], forward(m, x)[0], atol=1e-6)
