@@ -8,7 +8,6 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .layout import Cat, Node
 from .trace import TraceError, TraceResult, resolve_ignore, trace
 
 log = logging.getLogger(__name__)
@@ -78,12 +77,11 @@ class Graph:
         return self._total(terms, counts or {})
 
     def _total(self, terms: list[list], counts: dict[int, int]) -> int:
-        size = self.A.size
         total = 0
         for nodes in terms:
             v = 1
             for n in nodes:
-                v *= counts.get(n, size[n]) if isinstance(n, int) else _size(n, counts, size)
+                v *= self.A.expanded_size(n, counts)
             total += v
         return total
 
@@ -107,17 +105,6 @@ class Graph:
         """JSON-able description of every prunable group."""
         return [{"id": g.id, "size": g.size, "kind": g.kind, "exact": g.inexact is None,
                  "members": [f"{m.name}[{m.dim}]" for m in g.members]} for g in self.all_groups]
-
-
-def _size(n: Node, counts: dict[int, int], size: list[int]) -> int:
-    """Size of a canonical (already expanded) layout under ``counts``, without re-expanding."""
-    vals = [counts.get(p, size[p]) if isinstance(p, int) else _size(p, counts, size) for p in n.parts]
-    if isinstance(n, Cat):
-        return sum(vals)
-    out = 1
-    for v in vals:
-        out *= v
-    return out
 
 
 def build_graph(model: nn.Module, example_inputs: Any, ignore: list[str] | tuple[str, ...] = ()) -> Graph:

@@ -236,10 +236,13 @@ class Atoms:
 
     def new_size(self, n: Node, counts: dict[int, int]) -> int:
         """Size of layout ``n`` once leaf ``a`` keeps ``counts[a]`` units."""
-        n = self.expand(n)
+        return self.expanded_size(self.expand(n), counts)
+
+    def expanded_size(self, n: Node, counts: dict[int, int]) -> int:
+        """``new_size`` of a layout that is already expanded (no re-expansion: the graph's hot path)."""
         if isinstance(n, int):
             return counts.get(n, self.size[n])
-        vals = [self.new_size(p, counts) for p in n.parts]
+        vals = [self.expanded_size(p, counts) for p in n.parts]
         if isinstance(n, Cat):
             return sum(vals)
         out = 1
