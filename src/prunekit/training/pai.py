@@ -322,10 +322,9 @@ class PruneAtInit(Callback):
 # prune_() configs, so ``prune_(model, SNIP(0.9), data)`` works like the one-shot criteria.
 
 
-@register_config("snip")
 @dataclass
-class SNIP(_Criterion):
-    """SNIP at initialization (Lee et al. 2019): |W * dL/dW| from ``batches`` batches, global by default."""
+class _BatchedCriterion(_Criterion):
+    """A criterion scored on ``batches`` batches of ``batch_size`` examples of the data, global by default."""
 
     scope: str = "global"
     batches: int = 1
@@ -334,21 +333,20 @@ class SNIP(_Criterion):
     def validate(self) -> None:
         super().validate()
         _check_positive_int(self.batches, "batches")
+
+
+@register_config("snip")
+@dataclass
+class SNIP(_BatchedCriterion):
+    """SNIP at initialization (Lee et al. 2019): |W * dL/dW| from ``batches`` batches, global by default."""
 
 
 @register_config("grasp")
 @dataclass
-class GraSP(_Criterion):
+class GraSP(_BatchedCriterion):
     """GraSP at initialization (Wang et al. 2020): keep the highest W * Hg, global by default."""
 
-    scope: str = "global"
     temperature: float = 200.0
-    batches: int = 1
-    batch_size: int = 128
-
-    def validate(self) -> None:
-        super().validate()
-        _check_positive_int(self.batches, "batches")
 
 
 @register_config("synflow")
