@@ -246,13 +246,10 @@ def grand(models: nn.Module | Sequence[nn.Module], data: Any, batch_size: int = 
     ds = as_dataset(data)
     if backend == "ray":
         return _grand_ray(ms, ds, batch_size, concurrency)
-    total = torch.zeros(len(ds), dtype=torch.float64)
-    for m in ms:
-        pos = 0
-        for x, y in DataLoader(ds, batch_size=batch_size):
-            total[pos:pos + len(y)] += _GradNorms(ms=[m], device=device).batch(x, y)
-            pos += len(y)
-    return total / len(ms)
+    norms, parts = _GradNorms(ms, device), []
+    for x, y in DataLoader(ds, batch_size=batch_size):
+        parts.append(norms.batch(x, y))
+    return torch.cat(parts) / len(ms) if parts else torch.zeros(0, dtype=torch.float64)
 
 
 class _GradNorms:

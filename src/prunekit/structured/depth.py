@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..accounting import count_macs
+from .plan import keep_blocks_
 from .remove import Undo
 from .trace import output_tensors, run_with_hooks
 
@@ -69,7 +70,7 @@ def remove_blocks_(model: nn.Module, example_inputs: Any, fraction: float, conta
         keep = choose_blocks(bi, fraction)
         if len(keep) < len(bi):
             kept[path] = keep
-    _keep(model, kept, undo)
+    keep_blocks_(model, kept, undo)
     return kept
 
 
@@ -107,12 +108,5 @@ def remove_blocks_to_budget_(model: nn.Module, example_inputs: Any, keep: float,
             dropped[path].add(i)
             remaining -= c
     kept = {p: [i for i in range(len(model.get_submodule(p))) if i not in d] for p, d in dropped.items() if d}
-    _keep(model, kept, undo)
+    keep_blocks_(model, kept, undo)
     return kept
-
-
-def _keep(model: nn.Module, kept: dict[str, list[int]], undo: Undo) -> None:
-    from .plan import keep_blocks_
-
-    for path, keep in kept.items():
-        keep_blocks_(model, {path: keep}, undo)
