@@ -1,4 +1,5 @@
-"""Contract test over every one-shot method x pattern x scope, plus bad input."""
+"""Contract tests over every registered one-shot method and every registered score x pattern x scope,
+plus bad input."""
 
 import itertools
 
@@ -6,29 +7,49 @@ import pytest
 import torch
 
 import prunekit as pk
-from prunekit.config import Config
+import prunekit.training  # noqa: F401  (registers the SNIP, GraSP and SynFlow configs)
+from prunekit.api import _Criterion, mean_gradients, prune_scored_
+from prunekit.config import CONFIGS, Config
 from prunekit.masks import masks_of, prunable_parameters
 from prunekit.patterns import mask_respects
+from prunekit.registry import METHODS as METHOD_REGISTRY
+from prunekit.registry import SCORES
+from prunekit.training.pai import grasp_hessian_gradient, synflow_gradients
 
-METHODS = {"magnitude": pk.Magnitude, "random": pk.Random, "taylor": pk.Taylor}
+# transformer calibration methods have their own contract (tests/calibrate/test_solvers.py)
+CALIBRATION = {"calibrated_magnitude", "sparsegpt", "wanda"}
+METHODS = {n: CONFIGS.get(n) for n in METHOD_REGISTRY.names() if n not in CALIBRATION}
+OPTIONS = {"synflow": {"iterations": 5}, "snip": {"batch_size": 16}, "grasp": {"batch_size": 16},
+           "taylor": {"batch_size": 16}}
 PATTERNS = [(pk.Unstructured(), 0.9), (pk.NM(2, 4), None), (pk.NM(1, 4), None), (pk.Block(2, 4), 0.5),
             (pk.Channel(), 0.25)]
 SCOPES = ["layer", "global"]
 
 
-def _run(net, data, method, pattern, sparsity, scope):
-    cfg = METHODS[method](sparsity, pattern=pattern, scope=scope)
-    return pk.prune_(net, cfg, data=data if method == "taylor" else None), cfg
+def _stats(name, net, data):
+    """Per-layer statistics each registered score needs, computed on ``net`` and ``data``."""
+    params = prunable_parameters(net)
+    if name in ("magnitude", "lamp"):
+        return {k: {} for k in params}
+    if name == "random":
+        gen = torch.Generator().manual_seed(0)
+        return {k: {"generator": gen} for k in params}
+    if name in ("taylor", "snip", "movement"):
+        grads = mean_gradients(net, data, params, 2, 16)
+        if name == "movement":  # one step's movement -W * dL/dW
+            return {k: {"movement": -p.detach() * grads[k]} for k, p in params.items()}
+        return {k: {"grad": g} for k, g in grads.items()}
+    if name == "grasp":
+        return {k: {"hg": h} for k, h in grasp_hessian_gradient(net, data, batch_size=16).items()}
+    if name == "synflow":
+        return {k: {"synflow_grad": g} for k, g in synflow_gradients(net, (4, 8)).items()}
+    raise AssertionError(f"registered score {name!r} has no statistics here: add it to _stats")
 
 
-@pytest.mark.parametrize("method,pat,scope", list(itertools.product(METHODS, PATTERNS, SCOPES)))
-def test_contract(method, pat, scope, tiny_net, tiny_data, tmp_path):
-    pattern, sparsity = pat
-    x, _ = tiny_data
-    shape = tiny_net(x).shape
-    report, cfg = _run(tiny_net, tiny_data, method, pattern, sparsity, scope)
-    masks = masks_of(tiny_net)
-    params = prunable_parameters(tiny_net)
+def _check_contract(net, x, shape, pattern, sparsity, scope, report, tmp_path):
+    """Exact target, pattern respected, pruned weights zero, shapes unchanged, masks save/load."""
+    masks = masks_of(net)
+    params = prunable_parameters(net)
     total = sum(p.numel() for p in params.values())
     kept = sum(int(m.sum()) for m in masks.values())
     target = pattern.sparsity if isinstance(pattern, pk.NM) else sparsity
@@ -50,13 +71,44 @@ def test_contract(method, pat, scope, tiny_net, tiny_data, tmp_path):
         for m in masks.values():
             groups = m.movedim(1, -1).reshape(-1, pattern.m) if m.dim() > 2 else m.reshape(-1, pattern.m)
             assert (groups.sum(-1) == pattern.n).all()
-    assert tiny_net(x).shape == shape
-    # save / load round trip of the masks and of the config
+    assert net(x).shape == shape
     pk.save_masks(tmp_path / "m.safetensors", masks)
     loaded, _ = pk.load_masks(tmp_path / "m.safetensors")
     assert all(torch.equal(loaded[k], masks[k]) for k in masks)
-    assert Config.from_json(cfg.to_json()) == cfg
     assert report.sparsity == pytest.approx(1 - kept / total)
+
+
+def _run(net, data, method, pattern, sparsity, scope):
+    cfg = METHODS[method](sparsity, pattern=pattern, scope=scope, **OPTIONS.get(method, {}))
+    return pk.prune_(net, cfg, data=data), cfg
+
+
+def test_registries_are_covered():
+    assert set(METHODS) >= {"magnitude", "random", "taylor", "snip", "grasp", "synflow"}
+    assert all(issubclass(c, _Criterion) for c in METHODS.values()), "a new one-shot method: add it to the contract"
+    assert set(SCORES.names()) == {"magnitude", "random", "taylor", "movement", "lamp", "snip", "grasp", "synflow"}
+
+
+@pytest.mark.parametrize("method,pat,scope", list(itertools.product(METHODS, PATTERNS, SCOPES)))
+def test_contract(method, pat, scope, tiny_net, tiny_data, tmp_path):
+    """Every registered one-shot method x pattern x scope, through ``prune_``."""
+    pattern, sparsity = pat
+    x, _ = tiny_data
+    shape = tiny_net(x).shape
+    report, cfg = _run(tiny_net, tiny_data, method, pattern, sparsity, scope)
+    _check_contract(tiny_net, x, shape, pattern, sparsity, scope, report, tmp_path)
+    assert Config.from_json(cfg.to_json()) == cfg
+
+
+@pytest.mark.parametrize("score,pat,scope", list(itertools.product(SCORES.names(), PATTERNS, SCOPES)))
+def test_score_contract(score, pat, scope, tiny_net, tiny_data, tmp_path):
+    """Every registered score x pattern x scope, through the shared selection path with its statistics."""
+    pattern, sparsity = pat
+    x, _ = tiny_data
+    shape = tiny_net(x).shape
+    stats = _stats(score, tiny_net, tiny_data)
+    report = prune_scored_(tiny_net, pk.Magnitude(sparsity, pattern=pattern, scope=scope), score, stats=stats)
+    _check_contract(tiny_net, x, shape, pattern, sparsity, scope, report, tmp_path)
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -164,3 +164,14 @@ def test_new_sparsity_runs_only_the_new_runs(tmp_path, make_sweep, fit_calls):
     result = run_sweep(make_sweep(sparsities=[0.5, 0.8], methods=[{"type": "magnitude", "scope": "global"}]), db)
     assert len(result.skipped) == 2 and len(result.ran) == 1
     assert len(fit_calls) == 2  # the dense model was retrained (same seed) for the new one-shot run
+
+
+def test_gradual_movement_in_a_sweep(tmp_path, make_sweep):
+    cfg = make_sweep(methods=[{"type": "gradual_movement", "scope": "global", "epochs": 2}], sparsities=[0.8])
+    plan = plan_runs(validate_config(cfg))
+    mc = plan[1].config["method_config"]
+    assert mc["type"] == "gradual_movement" and mc["final_sparsity"] == 0.8 and mc["scope"] == "global"
+    run_sweep(cfg, tmp_path / "r.sqlite")
+    with ResultsStore(tmp_path / "r.sqlite") as store:
+        runs = {r["config"]["method"]: r for r in store.runs("tiny")}
+    assert runs["gradual_movement-global"]["metrics"]["sparsity"] == pytest.approx(0.8, abs=1e-3)

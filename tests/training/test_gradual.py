@@ -3,7 +3,7 @@ import torch
 
 import prunekit as pk
 from prunekit.masks import attached
-from prunekit.training import GradualMagnitude, fit
+from prunekit.training import GradualMagnitude, GradualMovement, fit, load_checkpoint, save_checkpoint
 
 
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("adamw", 3e-3)])
@@ -32,3 +32,42 @@ def test_gradual_bad_input(tiny_net, tiny_data):
         GradualMagnitude(1.5)
     with pytest.raises(ValueError, match="beyond the training length"):
         fit(tiny_net, tiny_data, steps=10, callbacks=[GradualMagnitude(0.5, begin_step=0, end_step=50)])
+
+
+def _movement_run(cb, steps=2):
+    """Linear(4 -> 1), one example x = 1, target 0, squared error, plain SGD lr 0.1 (hand-computed below)."""
+    lin = torch.nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[2.0, 1.0, -0.5, 0.25]]))
+    data = (torch.ones(1, 4), torch.zeros(1))
+    fit(lin, data, steps=steps, batch_size=1, lr=0.1, momentum=0.0, weight_decay=0.0, lr_schedule="constant",
+        loss_fn=lambda out, y: (out[:, 0] - y) ** 2, callbacks=[cb], eval_every_epoch=False)
+    return lin
+
+
+def test_movement_scores_and_masks_by_hand():
+    # step 1: out 2.75, dL/dw = 2 * 2.75 = 5.5 each; S = -w * g = [-11, -5.5, 2.75, -1.375]; w <- w - 0.55
+    #         = [1.45, 0.45, -1.05, -0.3]
+    # step 2: out 0.55, g = 1.1; S -= w * g -> [-12.595, -5.995, 3.905, -1.045]; w <- [1.34, 0.34, -1.16, -0.41]
+    # pruning to 50% at step 2 drops the two lowest S: w0 and w1, although w0 is the largest weight
+    cb = GradualMovement(0.5, begin_step=1, end_step=2, frequency=1)
+    lin = _movement_run(cb)
+    torch.testing.assert_close(cb.movement["weight"], torch.tensor([[-12.595, -5.995, 3.905, -1.045]]))
+    assert attached(lin).masks["weight"].tolist() == [[False, False, True, True]]
+    torch.testing.assert_close(lin.weight.detach(), torch.tensor([[0.0, 0.0, -1.16, -0.41]]))
+    assert [s for _, s in cb.history] == [0.0, 0.5]
+    mag = _movement_run(GradualMagnitude(0.5, begin_step=1, end_step=2, frequency=1))
+    assert attached(mag).masks["weight"].tolist() == [[True, False, True, False]]  # |w|: 1.34, 1.16 stay
+
+
+def test_movement_of_pruned_weights_stops_and_state_round_trips(tmp_path):
+    cb = GradualMovement(0.5, begin_step=1, end_step=2, frequency=1)
+    lin = _movement_run(cb, steps=4)
+    s = cb.movement["weight"]
+    assert s[0, :2].tolist() == pytest.approx([-12.595, -5.995])  # held at zero from step 2: no more movement
+    assert attached(lin).masks["weight"].tolist() == [[False, False, True, True]]
+    save_checkpoint(tmp_path / "ck", lin, callbacks=[cb], step=4)
+    twin = GradualMovement(0.5, begin_step=1, end_step=2, frequency=1)
+    load_checkpoint(tmp_path / "ck", _movement_run(GradualMagnitude(0.5, begin_step=1, end_step=2, frequency=1)),
+                    callbacks=[twin])
+    assert torch.equal(twin.movement["weight"], s) and twin.history == cb.history

@@ -3,12 +3,22 @@
 import pytest
 from torch import nn
 
-from prunekit.training import SET, SRSTE, Distillation, GradualMagnitude, GraNet, PruneAtInit, RigL
+from prunekit.training import (
+    SET,
+    SRSTE,
+    Distillation,
+    GradualMagnitude,
+    GradualMovement,
+    GraNet,
+    PruneAtInit,
+    RigL,
+)
 from prunekit.training.methods import TRAINING_METHODS, training_callbacks
 
 
 def test_each_name_builds_its_callbacks(tiny_data):
-    expect = {"dense": [], "gradual": [GradualMagnitude], "rigl": [RigL], "set": [SET], "granet": [GraNet],
+    expect = {"dense": [], "gradual": [GradualMagnitude], "movement": [GradualMovement], "rigl": [RigL], "set": [SET],
+              "granet": [GraNet],
               "srste": [SRSTE], "static": [PruneAtInit], "snip": [PruneAtInit], "grasp": [PruneAtInit],
               "synflow": [PruneAtInit], "magnitude_init": [PruneAtInit]}
     assert set(expect) == set(TRAINING_METHODS)

@@ -152,3 +152,16 @@ def test_pai_bad_input(tiny_net, tiny_data):
         random_masks(tiny_net, 1.2)
     with pytest.raises(ValueError, match="iterations"):
         synflow_masks(tiny_net, 0.5, (4, 8), iterations=0)
+
+
+def test_synflow_through_prune_equals_synflow_masks(tiny_net, tiny_data):
+    """The prune_ path (any pattern/scope) gives the same global unstructured masks as the PaI helper."""
+    twin = type(tiny_net)()
+    twin.load_state_dict(tiny_net.state_dict())
+    expect = synflow_masks(twin, 0.9, (4, 8), iterations=8)
+    pk.prune_(tiny_net, SynFlow(0.9, iterations=8), data=tiny_data)
+    got = attached(tiny_net).masks
+    assert all(torch.equal(got[k], expect[k]) for k in expect)
+    ms = pk.prune_(twin, SynFlow(None, pattern=pk.NM(2, 4), iterations=8), data=tiny_data).masks
+    for k, m in ms.masks.items():
+        assert (m.movedim(1, -1).reshape(-1, 4).sum(-1) == 2).all(), k

@@ -13,8 +13,9 @@ For each model and seed the dense model is trained once (kept in memory for the 
 as the run ``method="dense"``, ``sparsity=0``. One-shot methods (any registered ``prune_`` config:
 magnitude, random, taylor ...) copy the dense weights, ``prune_``, evaluate, and optionally
 fine-tune with the masks kept. ``gradual_magnitude`` trains with the ``GradualMagnitude`` callback
-(Zhu & Gupta 2017, eq. 1), from scratch by default with the dense recipe's epochs, or from the
-dense weights (``"start": "dense"``). The whole config is checked before any training.
+(Zhu & Gupta 2017, eq. 1) and ``gradual_movement`` with ``GradualMovement`` (Sanh et al. 2020, same
+schedule), from scratch by default with the dense recipe's epochs, or from the dense weights
+(``"start": "dense"``). The whole config is checked before any training.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from .store import DEFAULT_DB, DuplicateRunError, ResultsStore, RunRecord, run_k
 log = logging.getLogger(__name__)
 
 GRADUAL = "gradual_magnitude"
+GRADUAL_TYPES = (GRADUAL, "gradual_movement")  # training runs on the cubic schedule: by |W| or by movement
 BASELINE = "dense"
 TOP_KEYS = ("experiment", "description", "model", "dataset", "dense", "methods", "sparsities", "seeds", "device",
             "threads")
@@ -112,8 +114,8 @@ class MethodSpec:
 
     @property
     def gradual(self) -> bool:
-        """True for gradual magnitude pruning (a training run), False for one-shot methods."""
-        return self.type == GRADUAL
+        """True for gradual magnitude or movement pruning (a training run), False for one-shot methods."""
+        return self.type in GRADUAL_TYPES
 
 
 @dataclass
@@ -224,7 +226,7 @@ def _method_types() -> list[str]:
     from .. import api  # noqa: F401  (registers the one-shot configs)
     from ..config import CONFIGS
 
-    return sorted([*CONFIGS.names(), GRADUAL])
+    return sorted([*CONFIGS.names(), *GRADUAL_TYPES])
 
 
 def _oneshot_config(fields: Mapping[str, Any], mtype: str, sparsity: float) -> Any:
@@ -233,10 +235,11 @@ def _oneshot_config(fields: Mapping[str, Any], mtype: str, sparsity: float) -> A
     return Config.from_dict({**fields, "type": mtype, "sparsity": sparsity})
 
 
-def _gradual_callback(fields: Mapping[str, Any], sparsity: float) -> Any:
-    from ..training import GradualMagnitude
+def _gradual_callback(mtype: str, fields: Mapping[str, Any], sparsity: float) -> Any:
+    from ..training import GradualMagnitude, GradualMovement
 
-    return GradualMagnitude(final_sparsity=sparsity, **fields)
+    cls = GradualMovement if mtype == "gradual_movement" else GradualMagnitude
+    return cls(final_sparsity=sparsity, **fields)
 
 
 def _default_label(mtype: str, fields: Mapping[str, Any], finetune: bool) -> str:
@@ -255,7 +258,7 @@ def _check_method(raw: Any, i: int, types: list[str]) -> MethodSpec:
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where} must be a mapping with a 'type', got {raw!r}")
     mtype = check_choice(raw.get("type"), f"{where}.type", types)
-    if mtype == GRADUAL:
+    if mtype in GRADUAL_TYPES:
         _check_keys(raw, GRADUAL_KEYS, where)
         fields = {k: v for k, v in raw.items() if k not in ("type", "name", "start", *TRAIN_KEYS)}
         train = check_train({k: v for k, v in raw.items() if k in TRAIN_KEYS}, where)
@@ -338,7 +341,7 @@ def validate_config(config: str | os.PathLike[str] | Mapping[str, Any]) -> Sweep
 def _build_method(spec: MethodSpec, sparsity: float, where: str) -> Any:
     try:
         if spec.gradual:
-            return _gradual_callback(spec.fields, sparsity)
+            return _gradual_callback(spec.type, spec.fields, sparsity)
         return _oneshot_config(spec.fields, spec.type, sparsity)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{where} ({spec.label}): {e}") from e
@@ -383,7 +386,7 @@ def _method_dict(spec: MethodSpec, sparsity: float) -> dict[str, Any]:
 
         d = {f.name: getattr(built, f.name) for f in dataclasses.fields(built) if f.init}
         d["pattern"] = str(d["pattern"])
-        return {"type": GRADUAL, "start": spec.start, **d}
+        return {"type": spec.type, "start": spec.start, **d}
     return built.to_dict()
 
 
@@ -520,7 +523,7 @@ def _run_gradual(ctx: _Context, run: PlannedRun) -> RunRecord:
         extra["dense_accuracy"] = ctx.dense_acc[(run.model.label, run.seed)]
     else:
         net = _new_model(run.model, run.seed)
-    cb = _gradual_callback(run.method.fields, run.sparsity)
+    cb = _gradual_callback(run.method.type, run.method.fields, run.sparsity)
     train_s = _fit(net, ctx.split.train, run.config["train"], run.seed, ctx.sweep.device, (cb,))
     metrics, layers = measure(net, ctx.split, ctx.sweep.device)
     return _record(ctx, run, {**metrics, **extra}, layers, {"train_s": train_s, "total_s": train_s})

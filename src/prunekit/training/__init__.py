@@ -4,7 +4,7 @@ from .checkpoint import Checkpoint, CheckpointEvery, load_checkpoint, save_check
 from .distill import Distillation
 from .distributed import MaskSyncError, check_masks_synced
 from .dynamic import SET, GraNet, RigL
-from .gradual import GradualMagnitude
+from .gradual import GradualMagnitude, GradualMovement
 from .loop import Batch, Callback, FitResult, TrainState, evaluate, fit
 from .lottery import (
     IMPResult,
@@ -29,7 +29,7 @@ from .pai import (
 )
 
 __all__ = [
-    "Batch", "Callback", "FitResult", "GradualMagnitude", "TrainState", "evaluate", "fit",
+    "Batch", "Callback", "FitResult", "GradualMagnitude", "GradualMovement", "TrainState", "evaluate", "fit",
     "SET", "SNIP", "SRSTE", "Checkpoint", "CheckpointEvery", "Distillation", "GraNet", "GraSP", "IMPResult",
     "MaskSyncError", "PruneAtInit", "RewindPoint", "RigL", "SynFlow", "check_masks_synced", "grasp_masks",
     "iterative_magnitude", "load_checkpoint", "lottery_ticket", "magnitude_masks", "random_masks",

@@ -14,13 +14,13 @@ from ..errors import check_choice, check_sparsity
 from ..masks import DEFAULT_EXCLUDE
 from .distill import Distillation
 from .dynamic import SET, GraNet, RigL
-from .gradual import GradualMagnitude
+from .gradual import GradualMagnitude, GradualMovement
 from .loop import Callback
 from .nm import SRSTE
 from .pai import PruneAtInit
 
-TRAINING_METHODS = ("dense", "gradual", "rigl", "set", "granet", "srste", "static", "snip", "grasp", "synflow",
-                    "magnitude_init")
+TRAINING_METHODS = ("dense", "gradual", "movement", "rigl", "set", "granet", "srste", "static", "snip", "grasp",
+                    "synflow", "magnitude_init")
 _PAI = {"static": "random", "snip": "snip", "grasp": "grasp", "synflow": "synflow", "magnitude_init": "magnitude"}
 
 
@@ -42,9 +42,10 @@ def training_callbacks(method: str, sparsity: float | None = None, *, data: Any 
     cbs: list[Callback]
     if method == "dense":
         cbs = []
-    elif method == "gradual":
-        cbs = [GradualMagnitude(float(sparsity), scope=scope, allocation=allocation if scope == "layer" else None,
-                                exclude=ex)]  # type: ignore[arg-type]
+    elif method in ("gradual", "movement"):
+        gradual = GradualMagnitude if method == "gradual" else GradualMovement
+        cbs = [gradual(float(sparsity), scope=scope, allocation=allocation if scope == "layer" else None,
+                       exclude=ex)]  # type: ignore[arg-type]
     elif method in ("rigl", "set"):
         cls = RigL if method == "rigl" else SET
         cbs = [cls(sparsity, update_fraction=update_fraction, update_every=update_every,

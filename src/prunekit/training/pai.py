@@ -9,6 +9,7 @@ statistics are averaged over ranks, so every rank selects the same masks.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -24,8 +25,8 @@ from .. import allocation as alloc
 from ..api import _Criterion, mean_gradients, prune_scored_
 from ..config import register_config
 from ..errors import check_choice, check_sparsity
-from ..masks import DEFAULT_EXCLUDE, LayerReport, Report, attach, attached, prunable_parameters
-from ..patterns import topk_mask
+from ..masks import DEFAULT_EXCLUDE, Report, attach, attached, prunable_parameters
+from ..patterns import NM, topk_mask
 from ..registry import METHODS, SCORES
 from .distributed import all_reduce_mean_, check_masks_synced, unwrap
 from .loop import Callback, TrainState, as_dataset
@@ -174,15 +175,15 @@ def _grasp_hessian_gradient(net: nn.Module, ws: list[Tensor], g: list[Tensor], d
     return hg
 
 
-def synflow_scores(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str, Tensor] | None = None,
-                   exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
-    """|W * dR/dW|, R = sum of the outputs of the network with |W| on an all-ones input (Tanaka et al. 2020)."""
+def synflow_gradients(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str, Tensor] | None = None,
+                      exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
+    """dR/dW at |W| (masked), R = sum of the outputs of the network with |W| on an all-ones input, in float64."""
     net, params = unwrap(model), _weights(model, exclude)
     dev = next(iter(params.values())).device
     x = torch.ones((1, *input_shape), dtype=torch.float64, device=dev)  # (1, *input_shape)
     fixed = {n: t.detach().double().abs() for n, t in [*net.named_parameters(), *net.named_buffers()]
              if t.is_floating_point()}
-    leaves = {k: (fixed[k] * (masks[k] if masks is not None else 1.0)).requires_grad_() for k in params}
+    leaves = {k: (fixed[k] * (masks.get(k, 1.0) if masks is not None else 1.0)).requires_grad_() for k in params}
     was = net.training
     net.eval()
     try:
@@ -190,12 +191,25 @@ def synflow_scores(model: nn.Module, input_shape: Sequence[int], masks: Mapping[
         grads = torch.autograd.grad(r, list(leaves.values()), allow_unused=True)
     finally:
         net.train(was)
+    return {k: torch.zeros_like(w) if dr is None else dr for (k, w), dr in zip(leaves.items(), grads)}
+
+
+def synflow_scores(model: nn.Module, input_shape: Sequence[int], masks: Mapping[str, Tensor] | None = None,
+                   exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
+    """|W * dR/dW|, R = sum of the outputs of the network with |W| on an all-ones input (Tanaka et al. 2020)."""
+    params = _weights(model, exclude)
+    grads = synflow_gradients(model, input_shape, masks, exclude)
     score = SCORES.get("synflow")
     out = {}
-    for (k, w), dr in zip(leaves.items(), grads):
-        dr = torch.zeros_like(w) if dr is None else dr
-        out[k] = score(w, {"synflow_grad": dr}).to(params[k].dtype)
+    for k, p in params.items():
+        w = p.detach().double().abs() * (masks.get(k, 1.0) if masks is not None else 1.0)
+        out[k] = score(w, {"synflow_grad": grads[k]}).to(p.dtype)
     return out
+
+
+def synflow_sparsities(sparsity: float, iterations: int) -> list[float]:
+    """SynFlow's exponential schedule: sparsity 1 - (1 - s)^(k/n) after round k = 1..n (Tanaka et al. 2020)."""
+    return [1.0 - (1.0 - float(sparsity)) ** (k / iterations) for k in range(1, iterations + 1)]
 
 
 def snip_masks(model: nn.Module, data: Any, sparsity: float, *, batches: int = 1, batch_size: int = 128,
@@ -233,8 +247,7 @@ def synflow_masks(model: nn.Module, sparsity: float, input_shape: Sequence[int],
         raise ValueError(f"input_shape must be the shape of one example, positive integers, got {input_shape!r}")
     params = _weights(model, exclude)
     masks = {k: torch.ones_like(p, dtype=torch.bool) for k, p in params.items()}
-    for k in range(1, iterations + 1):
-        s_k = 1.0 - (1.0 - float(sparsity)) ** (k / iterations)
+    for s_k in synflow_sparsities(sparsity, iterations):
         scores = synflow_scores(model, shape, masks, exclude)
         scores = {n: s.float().masked_fill(~masks[n], -math.inf) for n, s in scores.items()}
         masks = select_masks(scores, s_k, scope="global", max_layer_sparsity=max_layer_sparsity)
@@ -380,13 +393,23 @@ def _grasp(model: nn.Module, config: GraSP, data: Any = None) -> Report:
 
 @METHODS.register("synflow")
 def _synflow(model: nn.Module, config: SynFlow, data: Any = None) -> Report:
+    """Iterative SynFlow through the shared selection path, so ``pattern``, ``scope`` and ``allocation`` apply
+    at every round (what is pruned stays pruned). N:M has one fixed sparsity: one round scores it."""
     if config.input_shape is None and data is None:
         raise ValueError("SynFlow needs input_shape=[...] (one example's shape) or data to read it from")
     t0 = time.perf_counter()
     shape = tuple(config.input_shape) if config.input_shape else tuple(as_dataset(data)[0][0].shape)
-    masks = synflow_masks(model, float(config.sparsity), shape, iterations=config.iterations,
-                          max_layer_sparsity=config.max_layer_sparsity, exclude=config.exclude)
-    ms = attach(unwrap(model), masks)
-    layers = [LayerReport(k, list(m.shape), m.numel(), 1.0 - float(m.sum()) / m.numel(), None)
-              for k, m in masks.items()]
-    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms)
+    net = unwrap(model)
+    rounds = [float(config.sparsity)] if isinstance(config.pattern, NM) else \
+        synflow_sparsities(float(config.sparsity), config.iterations)
+    report = None
+    for s_k in rounds:
+        ms = attached(net)
+        grads = synflow_gradients(net, shape, ms.masks if ms is not None else None, config.exclude)
+        report = prune_scored_(net, dataclasses.replace(config, sparsity=s_k), "synflow",
+                               stats={k: {"synflow_grad": g} for k, g in grads.items()})
+    assert report is not None
+    _finish(report.masks.masks, "synflow")  # type: ignore[union-attr]
+    report.method = config.to_dict()
+    report.seconds = time.perf_counter() - t0
+    return report
