@@ -11,15 +11,41 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from prunekit.io import save_tensors
 from prunekit.masks import attach, attached
-from prunekit.training import SET, SRSTE, GraNet, MaskSyncError, PruneAtInit, RigL, fit
+from prunekit.training import (
+    SET,
+    SRSTE,
+    Distillation,
+    GradualMagnitude,
+    GradualMovement,
+    GraNet,
+    MaskSyncError,
+    PruneAtInit,
+    RigL,
+    fit,
+    lottery_ticket,
+)
 
 WORLD, GLOBAL_BATCH, STEPS = 2, 16, 12
+
+
+def teacher() -> nn.Module:
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Flatten(), nn.Linear(32, 4))
+
+
+# every sparse-training callback; each entry makes a fresh list of callbacks, the first one owns the masks
 METHODS = {
-    "rigl": lambda: RigL(0.8, update_every=3),
-    "set": lambda: SET(0.8, update_every=3),
-    "granet": lambda: GraNet(0.8, update_every=3, begin_step=0),
-    "srste": lambda: SRSTE(2, 4),
-    "snip": lambda: PruneAtInit("snip", 0.8, data=data(), options={"batch_size": 8}),
+    "rigl": lambda: [RigL(0.8, update_every=3)],
+    "set": lambda: [SET(0.8, update_every=3)],
+    "granet": lambda: [GraNet(0.8, update_every=3, begin_step=0)],
+    "gradual": lambda: [GradualMagnitude(0.8, begin_step=0, end_step=9, frequency=3, scope="global")],
+    "movement": lambda: [GradualMovement(0.8, begin_step=0, end_step=9, frequency=3, scope="global")],
+    "srste": lambda: [SRSTE(2, 4)],
+    "snip": lambda: [PruneAtInit("snip", 0.8, data=data(), options={"batch_size": 8})],
+    "grasp": lambda: [PruneAtInit("grasp", 0.8, data=data(), options={"batch_size": 8})],
+    "synflow": lambda: [PruneAtInit("synflow", 0.8, data=data(), options={"iterations": 5})],
+    "random": lambda: [PruneAtInit("random", 0.8)],
+    "rigl_distilled": lambda: [RigL(0.8, update_every=3), Distillation(teacher(), alpha=0.5)],
 }
 
 
@@ -45,21 +71,30 @@ def make_net() -> Net:
     return Net()
 
 
-def result(model: Net, cb) -> dict[str, torch.Tensor]:
+def result(model: Net, cbs: list) -> dict[str, torch.Tensor]:
     """Weights and masks of a finished run, flat for safetensors."""
-    masks = cb.masks if isinstance(cb, SRSTE) else attached(model).masks
+    masks = cbs[0].masks if isinstance(cbs[0], SRSTE) else attached(model).masks
     return {**{f"w/{k}": v for k, v in model.state_dict().items()}, **{f"m/{k}": m for k, m in masks.items()}}
 
 
+def ticket(model: nn.Module, sampler=None, batch_size: int = GLOBAL_BATCH) -> None:
+    """Two IMP levels with rewinding to step 2 (20% then 36% sparsity), 6 steps a level."""
+    lottery_ticket(model, data(), 0.36, rewind_step=2, steps=6, batch_size=batch_size, sampler=sampler, lr=0.05)
+
+
 def _run(rank: int, out: str) -> None:
-    """Every method under DDP, then masks that diverge on purpose."""
+    """Every method under DDP, IMP with rewinding, then masks that diverge on purpose."""
     ds = data()
+    model = make_net()
+    ticket(nn.parallel.DistributedDataParallel(model), DistributedSampler(ds, WORLD, rank, shuffle=False),
+           GLOBAL_BATCH // WORLD)
+    save_tensors(os.path.join(out, f"lottery-{rank}.safetensors"), result(model, [None]))
     for name, make in METHODS.items():
-        model, cb = make_net(), make()
+        model, cbs = make_net(), make()
         ddp = nn.parallel.DistributedDataParallel(model)
         sampler = DistributedSampler(ds, num_replicas=WORLD, rank=rank, shuffle=False)
-        fit(ddp, ds, steps=STEPS, batch_size=GLOBAL_BATCH // WORLD, sampler=sampler, lr=0.05, callbacks=[cb])
-        save_tensors(os.path.join(out, f"{name}-{rank}.safetensors"), result(model, cb))
+        fit(ddp, ds, steps=STEPS, batch_size=GLOBAL_BATCH // WORLD, sampler=sampler, lr=0.05, callbacks=cbs)
+        save_tensors(os.path.join(out, f"{name}-{rank}.safetensors"), result(model, cbs))
     model = make_net()
     ddp = nn.parallel.DistributedDataParallel(model)
     g = torch.Generator().manual_seed(rank)  # a bug on purpose: each rank draws its own conv mask

@@ -6,6 +6,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch.utils.data import SequentialSampler
@@ -36,15 +37,22 @@ def _spawn(tmp_path) -> None:
 def test_ddp_two_gloo_ranks(tmp_path):
     _spawn(tmp_path)
     ds = W.data()
-    for name, make in W.METHODS.items():
+    for name, make in [*W.METHODS.items(), ("lottery", None)]:
         r0, _ = load_tensors(tmp_path / f"{name}-0.safetensors")
         r1, _ = load_tensors(tmp_path / f"{name}-1.safetensors")
         for k in r0:
             assert torch.equal(r0[k], r1[k]), f"{name}: {k} differs between ranks"
-        model, cb = W.make_net(), make()  # one process, the same global batches
-        fit(model, ds, steps=W.STEPS, batch_size=W.GLOBAL_BATCH, sampler=SequentialSampler(ds), lr=0.05,
-            callbacks=[cb])
-        single = W.result(model, cb)
+        model = W.make_net()  # one process, the same global batches
+        if make is None:
+            W.ticket(model, SequentialSampler(ds))
+            single = W.result(model, [None])
+            assert 1 - sum(int(v.sum()) for k, v in single.items() if k.startswith("m/")) / sum(
+                v.numel() for k, v in single.items() if k.startswith("m/")) == pytest.approx(0.36, abs=1e-3)
+        else:
+            cbs = make()
+            fit(model, ds, steps=W.STEPS, batch_size=W.GLOBAL_BATCH, sampler=SequentialSampler(ds), lr=0.05,
+                callbacks=cbs)
+            single = W.result(model, cbs)
         for k, v in r0.items():
             if k.startswith("m/"):
                 assert torch.equal(v, single[k]), f"{name}: mask {k} differs from one process"
