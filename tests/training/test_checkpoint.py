@@ -13,6 +13,8 @@ from prunekit.training import (
     SRSTE,
     Callback,
     CheckpointEvery,
+    GradualMagnitude,
+    GradualMovement,
     GraNet,
     RigL,
     fit,
@@ -26,6 +28,8 @@ METHODS = {
     "set": lambda: SET(0.8, update_every=3),
     "granet": lambda: GraNet(0.8, update_every=3, begin_step=0),
     "srste": lambda: SRSTE(2, 4),
+    "gradual": lambda: GradualMagnitude(0.8, begin_step=0, end_step=18, frequency=3),
+    "movement": lambda: GradualMovement(0.8, begin_step=0, end_step=18, frequency=3),
 }
 
 
@@ -66,8 +70,12 @@ def test_resume_equals_uninterrupted(method, tiny_net, tiny_data, tmp_path):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=k)
     ms_ref, ms2 = attached(ref_net), attached(net2)
     assert all(torch.equal(ms_ref.masks[k], ms2.masks[k]) for k in ms_ref.masks)
-    if method != "srste":
+    if method in ("gradual", "movement"):
+        assert cb2.history == ref_cb.history and [h[0] for h in ref_cb.history] == [3, 6, 9, 12, 15, 18]
+    elif method != "srste":
         assert [h["step"] for h in cb2.history] == [h["step"] for h in ref_cb.history]
+    if method == "movement":
+        assert all(torch.allclose(cb2.movement[k], ref_cb.movement[k], atol=1e-6) for k in ref_cb.movement)
 
 
 def test_checkpoint_holds_only_json_and_safetensors(tiny_net, tmp_path):
