@@ -60,3 +60,12 @@ def test_sparse_cli_bad_flags(tmp_path):
     res = runner.invoke(app, ["train", "cnn1d", "--out", str(tmp_path / "x"), "--method", "magic"])
     assert res.exit_code == 2 and "method must be one of" in res.output
     assert not (tmp_path / "x").exists()
+
+
+def test_sparse_train_movement(tmp_path):
+    res = runner.invoke(app, ["train", "cnn1d", "--out", str(tmp_path / "mv"), "--method", "movement", "--sparsity",
+                              "0.8", "--epochs", "2"])
+    assert res.exit_code == 0, res.output
+    _, manifest, masks = load_checkpoint(tmp_path / "mv")
+    kept, total = sum(int(m.sum()) for m in masks.values()), sum(m.numel() for m in masks.values())
+    assert manifest["measured_sparsity"] == pytest.approx(0.8, abs=1e-3) and kept == round(0.2 * total)
