@@ -81,7 +81,11 @@ def train(method: str, sparsity: float | None, seed: int, *, width: int, split: 
     audit.srste = next((c for c in cbs if isinstance(c, SRSTE)), None)
     rec = recipe(**({"epochs": epochs} if epochs else {}))
     t0 = time.perf_counter()
-    fit(model, split.train, callbacks=[*cbs, audit], seed=seed, **rec)
+    diverged_at = None
+    try:
+        fit(model, split.train, callbacks=[*cbs, audit], seed=seed, **rec)
+    except FloatingPointError:  # non-finite loss: fit stopped before applying it; evaluate what it holds
+        diverged_at = audit.steps + 1
     seconds = time.perf_counter() - t0
     ms = attached(model)
     kept = sum(int(m.sum()) for m in ms.masks.values()) if ms else None
@@ -89,4 +93,4 @@ def train(method: str, sparsity: float | None, seed: int, *, width: int, split: 
     return {"method": method, "seed": seed, "accuracy": evaluate(model, split.test)["accuracy"], "seconds": seconds,
             "sparsity": (1 - kept / total) if ms else 0.0, "kept": kept, "total": total, "steps": audit.steps,
             "max_count_change": audit.max_count_change, "nonzero_pruned": audit.nonzero_pruned,
-            "nm_violations": audit.nm_violations, "model": model}
+            "nm_violations": audit.nm_violations, "diverged_at": diverged_at, "model": model}

@@ -35,6 +35,12 @@ def run_method(name: str, seed: int, args: argparse.Namespace, split, teacher) -
                  epochs=args.epochs)
 
 
+def _diverged(runs: list[dict]) -> str:
+    """'0', or how many runs stopped on a non-finite loss and at which steps."""
+    steps = [r["diverged_at"] for r in runs if r.get("diverged_at")]
+    return f"{len(steps)} (steps {', '.join(map(str, steps))})" if steps else "0"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=128, help="channels of the 1-D CNN (zoo default 25)")
@@ -62,8 +68,8 @@ def main() -> None:
     print(f"cnn1d(channels={args.width}), MNIST-1D 4000/1000, sparsity {args.sparsity}, seeds {args.seeds}; "
           f"rigl_kd: teacher = the dense run of the same seed, alpha {args.kd_alpha}, T {args.kd_temperature}\n")
     print("| method | sparsity (measured) | test accuracy % (mean ± std) | vs dense (points) | max change of a "
-          "layer's kept count | pruned weights non-zero | N:M violations | s / run |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "layer's kept count | pruned weights non-zero | N:M violations | diverged (non-finite loss) | s / run |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, rs in runs.items():
         acc = [r["accuracy"] for r in rs]
         delta = f"{(statistics.mean(acc) - statistics.mean(base)) * 100:+.1f}" if base else ""
@@ -75,7 +81,7 @@ def main() -> None:
             change = "n/a"
         print(f"| {name} | {sp:.4f} | {mean_std(acc)} | {delta} | {change} | "
               f"{sum(r['nonzero_pruned'] for r in rs)} | {sum(r['nm_violations'] for r in rs)} | "
-              f"{statistics.mean(r['seconds'] for r in rs):.0f} |")
+              f"{_diverged(rs)} | {statistics.mean(r['seconds'] for r in rs):.0f} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({m: [{k: v for k, v in r.items() if k != "model"} for r in rs] for m, rs in runs.items()}, f,

@@ -101,3 +101,16 @@ def test_batched_tensor_fetch_equals_per_example_collation(tiny_data):
     assert nets[0][1] == nets[1][1]  # same example order
     for a, b in zip(nets[0][0].parameters(), nets[1][0].parameters()):
         assert torch.equal(a, b)
+
+
+def test_non_finite_loss_stops_before_the_step():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(8, 3)
+    x[4:, 0] = float("nan")  # the second batch of 4 holds NaN
+    y = torch.zeros(8, dtype=torch.long)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 2 \(epoch 0\).*Lower lr"):
+        fit(net, (x, y), epochs=1, batch_size=4, lr=0.1, sampler=torch.utils.data.SequentialSampler(range(8)))
+    assert all(torch.isfinite(v).all() for v in net.state_dict().values())  # step 1 applied, step 2 not
+    assert not torch.equal(net.weight, before["weight"])

@@ -97,3 +97,14 @@ def broadcast_masks_(masks: Mapping[str, Tensor], src: int = 0) -> None:
         buf = m.to(torch.uint8)
         dist.broadcast(buf, src=src)
         m.copy_(buf.to(torch.bool))
+
+
+def any_rank(flag: bool) -> bool:
+    """True when ``flag`` is true on any rank (one 1-element all-reduce; no collective for one process)."""
+    if world_size() == 1:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0])
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from ..masks import attached
+from .distributed import any_rank
 
 log = logging.getLogger(__name__)
 
@@ -287,6 +288,12 @@ def _run_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[Callba
         loss = batch.loss_per_example.mean()
         for cb in callbacks:
             loss = cb.loss(state, batch, loss)
+        value = float(loss.detach())
+        if any_rank(not math.isfinite(value)):  # before backward: the weights are still those of the last step
+            raise FloatingPointError(
+                f"training diverged: the loss is {value} at step {state.step + 1} (epoch {state.epoch}) on this "
+                "rank or another; the model holds the weights of the step before. Lower lr, add warmup_steps or "
+                "check the data for NaN/Inf")
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for cb in callbacks:
@@ -296,7 +303,7 @@ def _run_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[Callba
         state.step += 1
         for cb in callbacks:
             cb.on_step_end(state, batch)
-        loss_sum += float(loss.detach()) * len(batch.y)
+        loss_sum += value * len(batch.y)
         if batch.outputs.dim() == 2 and batch.y.dim() == 1:
             correct += int((batch.outputs.detach().argmax(-1) == batch.y).sum())
         seen += len(batch.y)
