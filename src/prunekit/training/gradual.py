@@ -114,12 +114,12 @@ class GradualMovement(GradualMagnitude):
 
     @torch.no_grad()
     def on_after_backward(self, state: TrainState, batch: Batch) -> None:
-        grads = {k: p.grad.detach().float() for k, p in self._params.items() if p.grad is not None}
+        grads = {k: p.grad.detach() for k, p in self._params.items() if p.grad is not None}
         if world_size() > 1 and not is_ddp(state.model):
             grads = {k: g.clone() for k, g in grads.items()}
             all_reduce_mean_(list(grads.values()))
         for k, g in grads.items():
-            self.movement[k].sub_(self._params[k].detach().float() * g)
+            self.movement[k].addcmul_(self._params[k].detach(), g, value=-1.0)  # S -= W * dL/dW, no temporary
 
     def _prune(self, model: nn.Module, cfg: Magnitude) -> Report:
         missing = [k for k in prunable_parameters(model, exclude=cfg.exclude) if k not in self.movement]
