@@ -122,10 +122,7 @@ class GradualMovement(GradualMagnitude):
             self.movement[k].addcmul_(self._params[k].detach(), g, value=-1.0)  # S -= W * dL/dW, no temporary
 
     def _prune(self, model: nn.Module, cfg: Magnitude) -> Report:
-        missing = [k for k in prunable_parameters(model, exclude=cfg.exclude) if k not in self.movement]
-        if missing:
-            raise RuntimeError(f"GradualMovement has no movement scores for {missing}: it must see training "
-                               "from on_fit_start on")
+        # a layer without accumulated movement is reported by the shared path ("needs stats['movement']")
         return prune_scored_(model, cfg, "movement", stats={k: {"movement": v} for k, v in self.movement.items()})
 
     def state_dict(self) -> dict[str, Any]:

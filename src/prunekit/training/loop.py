@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from ..masks import attached
-from .distributed import any_rank
+from .distributed import any_rank, unwrap
 
 log = logging.getLogger(__name__)
 
@@ -227,14 +227,14 @@ def fit(
     if lr_schedule not in ("cosine", "constant", "step"):
         raise ValueError(f"lr_schedule must be 'cosine', 'constant' or 'step', got {lr_schedule!r}")
     dev = torch.device(device)
-    ds = IndexedDataset(as_dataset(data))
-    if len(ds) == 0:
+    base = as_dataset(data)
+    if len(base) == 0:  # type: ignore[arg-type]
         raise ValueError("data for training is empty")
     base_seed = seed if seed is not None else torch.seed()
     gen = torch.Generator()
     if seed is not None:
         torch.manual_seed(seed)
-    loader = _loader(ds.base, batch_size, sampler, gen)
+    loader = _loader(base, batch_size, sampler, gen)
     steps_per_epoch = len(loader)
     total = epochs * steps_per_epoch if epochs is not None else int(steps)  # type: ignore[operator]
     model.to(dev).train()
@@ -250,7 +250,7 @@ def fit(
     bar = _progress(progress, total, state.step)
     for cb in callbacks:
         cb.on_fit_start(state)
-    masks = attached(getattr(model, "module", model))  # DDP wraps the module that holds the masks
+    masks = attached(unwrap(model))  # DDP wraps the module that holds the masks
     if masks is not None:  # fine-tuning a pruned model: pruned weights stay exactly zero
         masks.watch(state.optimizer)
     while state.step < total and not state.stop:
