@@ -8,9 +8,9 @@ import torch
 
 import prunekit as pk
 import prunekit.training  # noqa: F401  (registers the SNIP, GraSP and SynFlow configs)
-from prunekit.api import _Criterion, mean_gradients, prune_scored_
 from prunekit.config import CONFIGS, Config
 from prunekit.masks import masks_of, prunable_parameters
+from prunekit.oneshot import _Criterion, mean_gradients, prune_scored_
 from prunekit.patterns import mask_respects
 from prunekit.registry import METHODS as METHOD_REGISTRY
 from prunekit.registry import SCORES

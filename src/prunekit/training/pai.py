@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import allocation as alloc
-from ..api import _Criterion, mean_gradients, prune_scored_
 from ..config import register_config
 from ..errors import check_choice, check_sparsity
 from ..masks import DEFAULT_EXCLUDE, Report, attach, attached, prunable_parameters
+from ..oneshot import Criterion, mean_gradients, prune_scored_
 from ..patterns import NM, topk_mask
 from ..registry import METHODS, SCORES
 from .distributed import all_reduce_mean_, check_masks_synced, unwrap
@@ -336,7 +336,7 @@ class PruneAtInit(Callback):
 
 
 @dataclass
-class _BatchedCriterion(_Criterion):
+class _BatchedCriterion(Criterion):
     """A criterion scored on ``batches`` batches of ``batch_size`` examples of the data, global by default."""
 
     scope: str = "global"
@@ -364,7 +364,7 @@ class GraSP(_BatchedCriterion):
 
 @register_config("synflow")
 @dataclass
-class SynFlow(_Criterion):
+class SynFlow(Criterion):
     """Iterative SynFlow (Tanaka et al. 2020): data-free; ``input_shape`` is one example's shape."""
 
     scope: str = "global"
