@@ -19,7 +19,7 @@ from .graph import Graph, build_graph
 from .importance import GROUP_SCORES, REDUCTIONS, group_scores
 from .plan import LAST_PLAN, Plan, apply_plan_, chain
 from .remove import Undo, output_shapes, shrink_tensors_, sync_modules_, verify
-from .select import allocate, keep_indices, min_counts, uniform_counts
+from .select import allocate_widths, keep_indices, min_counts, uniform_counts
 from .trace import call_model, output_tensors, resolve_ignore
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def _allocate(model: nn.Module, graph: Graph, groups: list, cfg: Structured, bas
                          f"{reach:.3f} of its {unit}; accepted: {what} in [{reach:.3f}, 1], or raise "
                          f"max_group_sparsity, or ignore fewer modules")
     scores = _scores(model, graph, groups, cfg, inputs, data)
-    counts = allocate(graph, groups, scores, budget=budget, cost=cost, rule=cfg.allocation,
+    counts = allocate_widths(graph, groups, scores, budget=budget, cost=cost, rule=cfg.allocation,
                       max_group_sparsity=cfg.max_group_sparsity, round_to=cfg.round_to)
     return {"counts": counts, "scores": scores}
 
