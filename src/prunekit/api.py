@@ -26,8 +26,18 @@ def prune_(model: nn.Module, config: Config, data: Any = None) -> Report:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, Config):
         raise TypeError(f"config must be a prunekit method config (e.g. prunekit.Magnitude(0.5)), got {config!r}")
-    fn = METHODS.get(config.type_name)
-    return fn(model, config, data)
+    entry = METHODS.get(config.type_name)
+    if entry.kind not in ("oneshot", "calibrated"):
+        raise ValueError(f"{entry.name!r} is a {entry.kind} method, not one prune_ applies; "
+                         f"accepted: {', '.join(METHODS.names('oneshot') + METHODS.names('calibrated'))}")
+    if isinstance(config, Magnitude) and data is not None and _is_calibration(model, data):
+        entry = METHODS.get("calibrated-magnitude")  # magnitude on a transformer with calibration text
+    return entry.obj(model, config, data)
+
+
+def _is_calibration(model: nn.Module, data: Any) -> bool:
+    """True when ``model`` is a transformers model and ``data`` is calibration text/tokens."""
+    return hasattr(model, "config") and hasattr(model.config, "model_type") and not isinstance(data, tuple)
 
 
 def sparsity_report(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> Report:

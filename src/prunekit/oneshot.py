@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from . import allocation as alloc
 from . import scores as _scores  # noqa: F401  (registers the criteria)
-from .config import Config, register_config
+from .config import Config
 from .errors import check_choice
 from .masks import DEFAULT_EXCLUDE, LayerReport, Report, attach, attached, prunable_parameters
 from .patterns import NM, Pattern, Unstructured, check_pattern_fits, pattern_sparsity, topk_mask, unit_scores
@@ -63,13 +63,11 @@ class Criterion(Config):
 _Criterion = Criterion  # the former private name, kept for compatibility
 
 
-@register_config("magnitude")
 @dataclass
 class Magnitude(Criterion):
     """One-shot magnitude pruning |W| (Han et al. 2015), layer-wise or global, any pattern."""
 
 
-@register_config("random")
 @dataclass
 class Random(Criterion):
     """Random pruning with a seeded generator (Liu et al. 2022, "The unreasonable effectiveness of random pruning")."""
@@ -77,7 +75,6 @@ class Random(Criterion):
     seed: int = 0
 
 
-@register_config("taylor")
 @dataclass
 class Taylor(Criterion):
     """First-order Taylor pruning |W * dL/dW| (Molchanov et al. 2019), gradients averaged over ``batches``."""
@@ -193,25 +190,16 @@ def prune_scored_(model: nn.Module, config: Criterion, score_name: str, data: An
     return Report(config.to_dict(), layers, time.perf_counter() - t0, ms)
 
 
-@METHODS.register("magnitude")
+@METHODS.register("magnitude", kind="oneshot", config=Magnitude)
 def _magnitude(model: nn.Module, config: Magnitude, data: Any = None) -> Report:
-    if data is not None and _is_calibration(model, data):
-        from .calibrate import prune_calibrated_magnitude  # type: ignore[attr-defined]
-
-        return prune_calibrated_magnitude(model, config, data)
     return prune_scored_(model, config, "magnitude", data)
 
 
-@METHODS.register("random")
+@METHODS.register("random", kind="oneshot", config=Random)
 def _random(model: nn.Module, config: Random, data: Any = None) -> Report:
     return prune_scored_(model, config, "random", data)
 
 
-@METHODS.register("taylor")
+@METHODS.register("taylor", kind="oneshot", config=Taylor)
 def _taylor(model: nn.Module, config: Taylor, data: Any = None) -> Report:
     return prune_scored_(model, config, "taylor", data)
-
-
-def _is_calibration(model: nn.Module, data: Any) -> bool:
-    """True when ``model`` is a transformers model and ``data`` is calibration text/tokens."""
-    return hasattr(model, "config") and hasattr(model.config, "model_type") and not isinstance(data, tuple)

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config, register_config
+from ..config import Config
 from ..errors import check_choice, check_fraction, check_sparsity
+from ..registry import METHODS
 from . import hf
 from .compensate import add_bias_, bias_shifts
 from .depth import candidate_containers, remove_blocks_, remove_blocks_to_budget_
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 ALLOCATION_RULES = ("uniform", "global")
 
 
-@register_config("structured")
 @dataclasses.dataclass
 class Structured(Config):
     """Structured removal of channels, heads, MLP neurons and blocks to a MACs or parameter budget.
@@ -91,6 +91,7 @@ class Structured(Config):
             check_sparsity(self.remove_blocks, "remove_blocks")
 
 
+@METHODS.register("structured", kind="structured", config=Structured)
 def remove_(model: nn.Module, example_inputs: Any, config: Structured | Plan | dict,
             data: tuple[torch.Tensor, torch.Tensor] | None = None) -> Plan:
     """Remove units from ``model`` in place to meet ``config``'s budget; return the JSON-able plan.

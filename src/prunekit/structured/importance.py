@@ -12,12 +12,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..registry import Registry
+from ..registry import METHODS
 from .graph import Graph, Group, Member
 
 log = logging.getLogger(__name__)
 
-GROUP_SCORES = Registry("group importance")
+GROUP_SCORES = METHODS.view("structured")  # group importances; kind "structured" of METHODS
 REDUCTIONS = ("mean", "sum", "max")
 
 MemberScore = Callable[[Tensor, Tensor | None, Tensor, int], Tensor]
@@ -112,8 +112,9 @@ def member_based(kind: str) -> Callable[..., Tensor]:
     return score
 
 
-for _k in ("l1", "l2", "taylor", "fpgm"):
-    GROUP_SCORES.register(_k)(member_based(_k))
+for _k, _name, _aliases in (("l1", "l1", ()), ("l2", "l2", ()), ("taylor", "group-taylor", ("taylor",)),
+                            ("fpgm", "fpgm", ())):
+    GROUP_SCORES.register(_name, aliases=_aliases)(member_based(_k))
 
 
 @GROUP_SCORES.register("bn_scale")
@@ -135,7 +136,7 @@ def _fluctuation_placeholder(model: nn.Module, graph: Graph, group: Group, reduc
     raise ValueError("importance 'fluctuation' is computed by group_scores(..., example_inputs=...)")
 
 
-@GROUP_SCORES.register("random")
+@GROUP_SCORES.register("group-random", aliases=("random",))
 def random(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
            generator: torch.Generator | None = None) -> Tensor:
     """Uniform random scores (the baseline of Li et al. 2022, "Revisiting Random Channel Pruning")."""
