@@ -79,9 +79,9 @@ class Entry:
 class MethodRegistry:
     """Every nameable method; names are unique across kinds, aliases unique within their kind."""
 
-    def __init__(self) -> None:
+    def __init__(self, engines: tuple[str, ...] = ENGINES) -> None:
         self._entries: dict[str, Entry] = {}
-        self._loaded = False
+        self.engines, self._loaded = tuple(engines), False
 
     def register(self, name: str, *, kind: str, config: Any = None, stats: tuple[str, ...] = (),
                  summary: str | None = None, aliases: tuple[str, ...] = ()) -> Callable[[T], T]:
@@ -159,7 +159,11 @@ class MethodRegistry:
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self._loaded = True  # first: an engine module that looks names up while importing must not recurse
-            load_all()
+            try:
+                load_all(self.engines)
+            except BaseException:
+                self._loaded = False
+                raise
 
     def __contains__(self, name: object) -> bool:
         self._ensure_loaded()
@@ -217,9 +221,9 @@ def _first_line(obj: Any, config: Any) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-def load_all() -> None:
+def load_all(engines: tuple[str, ...] = ENGINES) -> None:
     """Import every engine module that registers methods (``ENGINES``), so ``METHODS`` is complete."""
-    for module in ENGINES:
+    for module in engines:
         importlib.import_module(module)
 
 
