@@ -72,7 +72,7 @@ def _bisect(f: Callable[[float], Counts], cost: Callable[[Counts], int], lo: flo
 
 
 def allocate_widths(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, budget: float,
-             cost: Callable[[Counts], int], rule: str, max_group_sparsity: float, round_to: int) -> Counts:
+                    cost: Callable[[Counts], int], rule: str, max_group_sparsity: float, round_to: int) -> Counts:
     """Per-group unit counts meeting ``cost(counts) <= budget``; ``rule`` is ``"uniform"`` or ``"global"``."""
     mins = min_counts(groups, max_group_sparsity, round_to)
     if rule == "uniform":
