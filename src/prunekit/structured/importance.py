@@ -115,7 +115,7 @@ def member_based(kind: str) -> Callable[..., Tensor]:
 _MEMBER_BASED = (
     ("l1", "l1", (), "L1 norm of each unit's weights (Li et al. 2017, \"Pruning Filters for Efficient ConvNets\")."),
     ("l2", "l2", (), "L2 norm of each unit's weights, reduced over the group's members (DepGraph, Fang et al. 2023)."),
-    ("taylor", "group-taylor", ("taylor",), "First-order Taylor (sum_s g_s w_s)^2 per unit (Molchanov et al. 2019, Eq. 8)."),
+    ("taylor", "group-taylor", ("taylor",), "Taylor (sum_s g_s w_s)^2 per unit (Molchanov et al. 2019, Eq. 8)."),
     ("fpgm", "fpgm", (), "Summed distance to the other units (FPGM, He et al. 2019, Eq. 6)."),
 )
 for _k, _name, _aliases, _summary in _MEMBER_BASED:
