@@ -7,17 +7,18 @@ A method is a config dataclass plus a function registered in ``METHODS`` under t
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
 
+from . import oneshot
 from .config import Config
 from .masks import LayerReport, Report, attached, layer_sparsity, prunable_parameters
-from .oneshot import Criterion, Magnitude, Random, Taylor, _Criterion, mean_gradients, prune_scored_  # noqa: F401
+from .oneshot import Criterion, Magnitude, Random, Taylor
 from .registry import METHODS
 
-__all__ = ["Criterion", "Magnitude", "Random", "Taylor", "mean_gradients", "prune_", "prune_scored_",
-           "sparsity_report"]
+__all__ = ["Criterion", "Magnitude", "Random", "Taylor", "prune_", "sparsity_report"]
 
 
 def prune_(model: nn.Module, config: Config, data: Any = None) -> Report:
@@ -45,3 +46,11 @@ def sparsity_report(model: nn.Module, exclude: list[str] | tuple[str, ...] = ())
     params = prunable_parameters(model, exclude=exclude)
     layers = [LayerReport(k, list(p.shape), p.numel(), layer_sparsity(p.detach())) for k, p in params.items()]
     return Report({"type": "report"}, layers, 0.0, attached(model))
+
+
+def __getattr__(name: str) -> Any:
+    """Names of the one-shot engine that lived here before ``prunekit.oneshot`` (deprecated spellings)."""
+    if not name.startswith("__") and hasattr(oneshot, name):
+        warnings.warn(f"prunekit.api.{name} moved to prunekit.oneshot.{name}", DeprecationWarning, stacklevel=2)
+        return getattr(oneshot, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
