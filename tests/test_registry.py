@@ -132,3 +132,13 @@ def test_importing_prunekit_registry_imports_no_torch():
     code = "import sys, prunekit.registry; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "[]", (res.stdout, res.stderr)
+
+
+def test_prune_applies_only_one_shot_and_calibrated_methods(tiny_net):
+    import prunekit as pk
+    from prunekit.structured import Structured
+
+    with pytest.raises(ValueError, match="'structured' is a structured method, not one prune_ applies; accepted: "
+                                         "grasp, magnitude"):
+        pk.prune_(tiny_net, Structured(sparsity=0.5))
+    assert pk.prune_(tiny_net, pk.Magnitude(0.5)).sparsity == pytest.approx(0.5, abs=1e-3)
