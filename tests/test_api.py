@@ -8,17 +8,15 @@ import torch
 
 import prunekit as pk
 import prunekit.training  # noqa: F401  (registers the SNIP, GraSP and SynFlow configs)
-from prunekit.api import _Criterion, mean_gradients, prune_scored_
-from prunekit.config import CONFIGS, Config
+from prunekit.config import Config
 from prunekit.masks import masks_of, prunable_parameters
+from prunekit.oneshot import _Criterion, mean_gradients, prune_scored_
 from prunekit.patterns import mask_respects
 from prunekit.registry import METHODS as METHOD_REGISTRY
 from prunekit.registry import SCORES
 from prunekit.training.pai import grasp_hessian_gradient, synflow_gradients
 
-# transformer calibration methods have their own contract (tests/calibrate/test_solvers.py)
-CALIBRATION = {"calibrated_magnitude", "sparsegpt", "wanda"}
-METHODS = {n: CONFIGS.get(n) for n in METHOD_REGISTRY.names() if n not in CALIBRATION}
+METHODS = {n: METHOD_REGISTRY.config(n) for n in METHOD_REGISTRY.names("oneshot")}
 OPTIONS = {"synflow": {"iterations": 5}, "snip": {"batch_size": 16}, "grasp": {"batch_size": 16},
            "taylor": {"batch_size": 16}}
 PATTERNS = [(pk.Unstructured(), 0.9), (pk.NM(2, 4), None), (pk.NM(1, 4), None), (pk.Block(2, 4), 0.5),

@@ -7,18 +7,43 @@ import json
 from typing import Any, ClassVar
 
 from .patterns import NM, Block, Channel, Pattern, Unstructured, parse_pattern
-from .registry import Registry
+from .registry import METHODS
 
-CONFIGS = Registry("method config")
 PATTERN_TYPES = (Unstructured, NM, Block, Channel)
 
 
+class _ConfigView:
+    """The config classes of ``METHODS`` by name (the former ``CONFIGS`` table, now a view of the registry)."""
+
+    kind = "method config"
+
+    def get(self, name: str) -> type[Config]:
+        """The config class of method ``name`` (or an old spelling of it); the error lists the accepted types."""
+        try:
+            cls = METHODS.config(name)
+        except ValueError:
+            cls = None
+        if not (isinstance(cls, type) and issubclass(cls, Config)):
+            raise ValueError(f"unknown method config {name!r}; accepted: {', '.join(self.names())}")
+        return cls
+
+    def names(self) -> list[str]:
+        """Names of the methods configured by a ``Config`` (what a JSON ``type`` may say), sorted."""
+        return [e.name for e in METHODS.entries() if isinstance(e.config, type) and issubclass(e.config, Config)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names()
+
+
+CONFIGS = _ConfigView()
+
+
 def register_config(name: str):
-    """Class decorator: file a config dataclass under ``name`` (its JSON ``type``)."""
+    """Deprecated: set a config's JSON ``type``; file it with ``METHODS.register(name, kind=..., config=cls)``."""
 
     def deco(cls):
         cls.type_name = name
-        return CONFIGS.register(name)(cls)
+        return cls
 
     return deco
 

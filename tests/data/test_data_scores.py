@@ -21,7 +21,7 @@ def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
 
 def test_registry_names_every_score():
     assert DATA_SCORES.names() == ["aum", "el2n", "entropy", "forgetting", "grand", "loss", "prob-aum", "prototype",
-                                   "random"]
+                                   "random", "random-score"]  # random-score: the registry name
     with pytest.raises(ValueError, match="accepted: aum, el2n"):
         DATA_SCORES.get("el2m")
 

@@ -41,7 +41,6 @@ from .store import DEFAULT_DB, DuplicateRunError, ResultsStore, RunRecord, run_k
 log = logging.getLogger(__name__)
 
 GRADUAL = "gradual_magnitude"
-GRADUAL_TYPES = (GRADUAL, "gradual_movement")  # training runs on the cubic schedule: by |W| or by movement
 BASELINE = "dense"
 TOP_KEYS = ("experiment", "description", "model", "dataset", "dense", "methods", "sparsities", "seeds", "device",
             "threads")
@@ -115,7 +114,7 @@ class MethodSpec:
     @property
     def gradual(self) -> bool:
         """True for gradual magnitude or movement pruning (a training run), False for one-shot methods."""
-        return self.type in GRADUAL_TYPES
+        return self.type in _gradual_types()
 
 
 @dataclass
@@ -222,11 +221,20 @@ def _check_dataset(raw: Any) -> dict[str, Any]:
     return dict(raw)
 
 
-def _method_types() -> list[str]:
-    from .. import api  # noqa: F401  (registers the one-shot configs)
-    from ..config import CONFIGS
+def _gradual_types() -> list[str]:
+    """Spellings of the training methods a sweep runs: those on the cubic schedule (``GradualMagnitude`` kin)."""
+    from ..registry import METHODS
+    from ..training import GradualMagnitude
 
-    return sorted([*CONFIGS.names(), *GRADUAL_TYPES])
+    return sorted(s for e in METHODS.entries("training") if isinstance(e.config, type)
+                  and issubclass(e.config, GradualMagnitude) for s in (e.name, *e.aliases))
+
+
+def _method_types() -> list[str]:
+    """Every method type a sweep accepts, from the registry: one-shot methods and gradual training."""
+    from ..registry import METHODS
+
+    return sorted([*METHODS.spellings("oneshot"), *_gradual_types()])
 
 
 def _oneshot_config(fields: Mapping[str, Any], mtype: str, sparsity: float) -> Any:
@@ -236,10 +244,9 @@ def _oneshot_config(fields: Mapping[str, Any], mtype: str, sparsity: float) -> A
 
 
 def _gradual_callback(mtype: str, fields: Mapping[str, Any], sparsity: float) -> Any:
-    from ..training import GradualMagnitude, GradualMovement
+    from ..registry import METHODS
 
-    cls = GradualMovement if mtype == "gradual_movement" else GradualMagnitude
-    return cls(final_sparsity=sparsity, **fields)
+    return METHODS.config(mtype, kind="training")(final_sparsity=sparsity, **fields)
 
 
 def _default_label(mtype: str, fields: Mapping[str, Any], finetune: bool) -> str:
@@ -258,7 +265,7 @@ def _check_method(raw: Any, i: int, types: list[str]) -> MethodSpec:
     if not isinstance(raw, Mapping):
         raise ValueError(f"{where} must be a mapping with a 'type', got {raw!r}")
     mtype = check_choice(raw.get("type"), f"{where}.type", types)
-    if mtype in GRADUAL_TYPES:
+    if mtype in _gradual_types():
         _check_keys(raw, GRADUAL_KEYS, where)
         fields = {k: v for k, v in raw.items() if k not in ("type", "name", "start", *TRAIN_KEYS)}
         train = check_train({k: v for k, v in raw.items() if k in TRAIN_KEYS}, where)

@@ -2,12 +2,13 @@
 
 from .config import CalibratedMagnitude, DSnoTConfig, OWLConfig, SparseGPT, Wanda
 from .data import Calibration, as_calibration, calibration_data, load_texts
-from .engine import SOLVERS, clear_state, prune_blocks
+from .engine import CalibrationPlan, clear_state, prune_blocks
 from .methods import prune_calibrated_magnitude, prune_sparsegpt, prune_wanda
 from .solvers import CholeskyError, dsnot, magnitude, reconstruction_error, sparsegpt, wanda
 from .stats import LayerStats, stats_from_inputs
 
 __all__ = [
+    "CalibrationPlan",
     "SOLVERS",
     "Calibration",
     "CalibratedMagnitude",
@@ -32,3 +33,11 @@ __all__ = [
     "stats_from_inputs",
     "wanda",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "SOLVERS":  # the calibrated methods' names, from the registry
+        from ..registry import METHODS
+
+        return tuple(METHODS.names("calibrated"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

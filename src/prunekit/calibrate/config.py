@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from ..config import Config, register_config
+from torch import Tensor
+
+from ..config import Config
 from ..patterns import NM, Pattern, Unstructured, pattern_sparsity
+from . import solvers as S
+from .stats import LayerStats
 
 
 def _positive_int(v: Any, name: str) -> int:
@@ -83,7 +87,13 @@ def _as(v: Any, cls: type, name: str) -> Any:
 
 @dataclass
 class Calibrated(Config):
-    """Fields shared by the calibrated methods (layer-by-layer over transformer blocks)."""
+    """Base of the calibrated methods (layer-by-layer over transformer blocks): shared fields and defaults.
+
+    A subclass names its solver in :meth:`solve`; ``reconstructs`` says whether the solver updates the
+    kept weights (then a refined mask, e.g. DSnoT's, is solved again rather than applied as is).
+    """
+
+    reconstructs: ClassVar[bool] = False
 
     sparsity: float | None = None
     pattern: Pattern = field(default_factory=Unstructured)
@@ -108,6 +118,24 @@ class Calibrated(Config):
             raise ValueError(f"sparsity={self.sparsity} is above max_layer_sparsity={self.max_layer_sparsity}")
         self.exclude = list(self.exclude)
 
+    def solve(self, W: Tensor, stats: LayerStats, sparsity: float, pattern: Pattern, name: str,
+              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(W_new, mask)`` of one weight ``(out, in)`` at ``sparsity``; ``mask`` fixes the kept set if given."""
+        raise NotImplementedError(f"{type(self).__name__} names no solver")
+
+    @classmethod
+    def from_config(cls, config: Config) -> Calibrated:
+        """This method's config from another config's shared fields; fields it lacks must be at their defaults."""
+        if isinstance(config, cls):
+            return config
+        mine = {f.name for f in dataclasses.fields(cls)}
+        theirs = {f.name: f for f in dataclasses.fields(config)}
+        for k, f in theirs.items():
+            if k not in mine and getattr(config, k) != _default(f):
+                raise ValueError(f"{k}={getattr(config, k)!r} of {config.type_name} is not supported by calibrated "
+                                 f"pruning ({cls.type_name}); accepted fields: {', '.join(sorted(mine))}")
+        return cls(**{k: getattr(config, k) for k in theirs if k in mine})
+
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
         for k in ("owl", "dsnot"):
@@ -116,10 +144,11 @@ class Calibrated(Config):
         return out
 
 
-@register_config("sparsegpt")
 @dataclass
 class SparseGPT(Calibrated):
     """SparseGPT (Frantar & Alistarh 2023): OBS reconstruction with the Hessian X^T X, lazy block updates."""
+
+    reconstructs: ClassVar[bool] = True
 
     blocksize: int = 128
     percdamp: float = 0.01
@@ -134,14 +163,25 @@ class SparseGPT(Calibrated):
         if isinstance(self.pattern, NM) and self.blocksize % self.pattern.m:
             raise ValueError(f"blocksize={self.blocksize} must be a multiple of m={self.pattern.m} for {self.pattern}")
 
+    def solve(self, W: Tensor, stats: LayerStats, sparsity: float, pattern: Pattern, name: str,
+              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """SparseGPT's Alg. 1 on one weight (``solvers.sparsegpt``)."""
+        return S.sparsegpt(W, stats, sparsity, pattern, blocksize=self.blocksize, percdamp=self.percdamp, mask=mask,
+                           escalations=self.escalations, name=name)
 
-@register_config("wanda")
+
 @dataclass
 class Wanda(Calibrated):
     """Wanda (Sun et al. 2024): |W_ij| * ||X_j||_2 compared within each output row, no weight update."""
 
+    def solve(self, W: Tensor, stats: LayerStats, sparsity: float, pattern: Pattern, name: str,
+              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Wanda's Eq. 1 on one weight (``solvers.wanda``); a given ``mask`` is applied as is."""
+        if mask is not None:
+            return W * mask, mask
+        return S.wanda(W, stats, sparsity, pattern, name=name)
 
-@register_config("calibrated_magnitude")
+
 @dataclass
 class CalibratedMagnitude(Calibrated):
     """Magnitude |W| through the calibration engine (so OWL, DSnoT and the error report apply)."""
@@ -152,3 +192,16 @@ class CalibratedMagnitude(Calibrated):
         super().validate()
         if self.scope not in ("layer", "row"):
             raise ValueError(f"scope must be 'layer' or 'row' for calibrated magnitude, got {self.scope!r}")
+
+    def solve(self, W: Tensor, stats: LayerStats, sparsity: float, pattern: Pattern, name: str,
+              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """|W| per layer or per row (``solvers.magnitude``); a given ``mask`` is applied as is."""
+        if mask is not None:
+            return W * mask, mask
+        return S.magnitude(W, stats, sparsity, pattern, scope=self.scope, name=name)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING

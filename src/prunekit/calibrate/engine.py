@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import Config
 from ..io import check_writable, load_tensors, save_tensors, write_json
 from ..masks import LayerReport, Report, attach
-from ..patterns import NM, Pattern, Unstructured, pattern_sparsity
+from ..patterns import NM, Pattern
+from ..registry import METHODS
 from . import solvers as S
 from .blocks import (
     BlockInput,
@@ -42,23 +44,23 @@ from .blocks import (
     to_device,
     weight_2d,
 )
-from .config import DSnoTConfig, OWLConfig, as_dsnot, as_owl
+from .config import Calibrated, DSnoTConfig, OWLConfig, as_dsnot, as_owl
 from .data import Calibration, as_calibration
 from .io import pack_mask, unpack_mask
 from .stats import LayerStats
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 1
-SOLVERS = ("magnitude", "magnitude_row", "wanda", "sparsegpt")
+STAT_NEEDS = {"gram": "hessian", "input_norms": "norms"}  # registry statistics -> LayerStats needs
 Progress = Callable[[str, int, int], None]
 Packed = tuple[Tensor, list[int]]  # bit-packed mask and the weight's shape
 
 
 @dataclass
-class Plan:
-    """Everything the block loop needs, checked before any work."""
+class CalibrationPlan:
+    """Everything the block loop needs, checked before any work: the solver's config and its statistics."""
 
-    solver: str
+    solver: str  # the registered calibrated method
     sparsity: float
     pattern: Pattern
     owl: OWLConfig | None
@@ -67,38 +69,34 @@ class Plan:
     error_report: bool
     exclude: list[str]
     max_layer_sparsity: float
-    options: dict[str, Any]  # solver keyword arguments (blocksize, percdamp, escalations)
+    config: Calibrated  # its ``solve`` prunes one layer
+    stats: frozenset[str] = frozenset()  # LayerStats the solver needs ("hessian", "norms")
 
 
-def _plan(solver: str, config: Any, owl: Any, dsnot: Any) -> Plan:
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {', '.join(map(repr, SOLVERS))}, got {solver!r}")
-    pattern = getattr(config, "pattern", Unstructured())
-    if not isinstance(pattern, (Unstructured, NM)):
-        raise ValueError(f"pattern must be unstructured or N:M for calibrated pruning, got {pattern}")
-    owl = as_owl(owl if owl is not None else getattr(config, "owl", None))
-    dsnot = as_dsnot(dsnot if dsnot is not None else getattr(config, "dsnot", None))
-    if owl is not None and isinstance(pattern, NM):
+Plan = CalibrationPlan  # the former name (clashed with prunekit.structured.Plan)
+
+
+def _plan(solver: str | None, config: Any, owl: Any, dsnot: Any) -> CalibrationPlan:
+    """The plan of calibrated method ``solver`` (default: ``config``'s own) with ``config``'s fields."""
+    name = solver if solver is not None else getattr(config, "type_name", None)
+    entry = METHODS.get(name, kind="calibrated")
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a prunekit method config (e.g. Wanda(0.5)), got {config!r}")
+    cfg = entry.config.from_config(config)
+    owl = as_owl(owl) if owl is not None else cfg.owl
+    dsnot = as_dsnot(dsnot) if dsnot is not None else cfg.dsnot
+    if owl is not None and isinstance(cfg.pattern, NM):
         raise ValueError("owl needs an unstructured pattern: OWL gives each layer its own sparsity")
-    if getattr(config, "scope", "layer") not in ("layer", "row") or getattr(config, "allocation", None):
-        raise ValueError("calibrated pruning supports scope='layer' (or 'row') and no allocation rule; use owl=True "
-                         "for a per-layer allocation")
-    if getattr(config, "include", None) is not None:
-        raise ValueError("include=... is not supported by calibrated pruning; list layers to skip in exclude=[...]")
-    if solver == "magnitude" and getattr(config, "scope", "layer") == "row":
-        solver = "magnitude_row"
-    opts = {k: getattr(config, k) for k in ("blocksize", "percdamp", "escalations") if hasattr(config, k)}
-    return Plan(solver, pattern_sparsity(pattern, getattr(config, "sparsity", None)), pattern, owl, dsnot,
-                int(getattr(config, "batch_size", 8)), bool(getattr(config, "error_report", True)),
-                list(getattr(config, "exclude", ["lm_head"])), float(getattr(config, "max_layer_sparsity", 0.99)),
-                opts)
+    return CalibrationPlan(entry.name, float(cfg.sparsity), cfg.pattern, owl, dsnot, cfg.batch_size,
+                           cfg.error_report, list(cfg.exclude), cfg.max_layer_sparsity, cfg,
+                           frozenset(STAT_NEEDS[k] for k in entry.stats))
 
 
-def _needs(plan: Plan, layer: str) -> frozenset[str]:
-    needs = set()
-    if plan.solver in ("wanda", "sparsegpt") or plan.owl is not None:
+def _needs(plan: CalibrationPlan, layer: str) -> frozenset[str]:
+    needs = set(plan.stats)
+    if plan.owl is not None:
         needs.add("norms")
-    if plan.solver == "sparsegpt" or plan.error_report:
+    if plan.error_report:
         needs.add("hessian")
     if _dsnot_on(plan, layer):
         needs |= {"norms", "moments"}
@@ -180,24 +178,15 @@ def gather_block(block: nn.Module, layers: dict[str, nn.Module], needs: dict[str
 # solving one layer
 
 
-def solve_layer(plan: Plan, name: str, W: Tensor, st: LayerStats, sparsity: float) -> tuple[Tensor, Tensor, float]:
+def solve_layer(plan: CalibrationPlan, name: str, W: Tensor, st: LayerStats, sparsity: float
+                ) -> tuple[Tensor, Tensor, float]:
     """Apply the planned solver (and DSnoT) to one weight ``(out, in)``; return ``(W_new, mask, error)``."""
     W = W.float()
-    pattern = plan.pattern
-    if plan.solver in ("magnitude", "magnitude_row"):
-        scope = "row" if plan.solver == "magnitude_row" else "layer"
-        W_new, mask = S.magnitude(W, st, sparsity, pattern, scope=scope, name=name)
-    elif plan.solver == "wanda":
-        W_new, mask = S.wanda(W, st, sparsity, pattern, name=name)
-    else:
-        W_new, mask = S.sparsegpt(W, st, sparsity, pattern, name=name, **plan.options)
+    W_new, mask = plan.config.solve(W, st, sparsity, plan.pattern, name)
     if _dsnot_on(plan, name):
         d = plan.dsnot
-        mask = S.dsnot(W, mask, st, pattern, d.max_cycles, d.threshold, d.gamma, d.same_sign)
-        if plan.solver == "sparsegpt":  # reconstruct again with the refined mask
-            W_new, mask = S.sparsegpt(W, st, sparsity, pattern, mask=mask, name=name, **plan.options)
-        else:
-            W_new = W * mask
+        mask = S.dsnot(W, mask, st, plan.pattern, d.max_cycles, d.threshold, d.gamma, d.same_sign)
+        W_new, mask = plan.config.solve(W, st, sparsity, plan.pattern, name, mask=mask)  # keep the refined mask
     err = S.reconstruction_error(W, W_new, st.H) if (plan.error_report and st.H is not None) else float("nan")
     return W_new, mask, err
 
@@ -361,15 +350,16 @@ def pin_malloc_thresholds(nbytes: int = 128 * 1024) -> bool:
         return False
 
 
-def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *,
+def prune_blocks(model: nn.Module, solver: str | None, config: Any, calibration: Any, *,
                  device: torch.device | str | None = None, state_dir: str | Path | None = None,
                  owl: Any = None, dsnot: Any = None, progress: Progress | None = None,
                  on_block_end: Callable[[int, dict], None] | None = None, attach_masks: bool = True,
                  pin_malloc: bool = True) -> Report:
     """Prune every Linear layer of ``model``'s transformer blocks with ``solver``, block by block, in place.
 
-    ``config`` gives ``sparsity``, ``pattern`` and the solver options (``SparseGPT``, ``Wanda``,
-    ``prunekit.Magnitude``...); ``owl`` / ``dsnot`` override the config's add-ons. Returns the
+    ``solver`` is a calibrated method of ``METHODS`` (``None``: ``config``'s own); ``config`` gives
+    ``sparsity``, ``pattern`` and the solver options (``SparseGPT``, ``Wanda``, ``prunekit.Magnitude``
+    ...), turned into the solver's config by ``from_config``; ``owl`` / ``dsnot`` override its add-ons. Returns the
     report (per-layer sparsity, target, relative reconstruction error, time) with masks attached;
     with ``attach_masks=False`` the pruned weights are plain zeros and the masks stay bit-packed in
     ``report.extra["packed_masks"]`` (``{name: (uint8 bits, shape)}``), so a large model needs no

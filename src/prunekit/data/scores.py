@@ -20,14 +20,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..errors import check_choice, check_fraction
-from ..registry import Registry
+from ..registry import METHODS
 from ..training.loop import as_dataset
 from .checks import check_positive_int
 from .dynamics import Dynamics, as_runs
 
 log = logging.getLogger(__name__)
 
-DATA_SCORES = Registry("data score")
+DATA_SCORES = METHODS.view("data-score")  # kind "data-score" of METHODS
 DYNAMICS_SCORES = ("el2n", "forgetting", "aum", "prob-aum", "entropy", "loss")
 
 RunsArg = Dynamics | str | os.PathLike | Sequence[Dynamics | str | os.PathLike]
@@ -291,7 +291,7 @@ def _grand_ray(ms: list[nn.Module], ds: Any, batch_size: int, concurrency: int |
 
 
 # ---------------------------------------------------------------- random
-@DATA_SCORES.register("random")
+@DATA_SCORES.register("random-score", aliases=("random",))
 def random(num_examples: int, seed: int = 0) -> Tensor:
     """Uniform random scores in [0, 1) from ``seed`` (the random-pruning baseline)."""
     n = check_positive_int(num_examples, "num_examples")

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_choice
-from ..registry import Registry
+from ..registry import METHODS
 from .checks import (
     as_labels,
     as_scores,
@@ -27,7 +27,7 @@ from .checks import (
     keep_fraction_arg,
 )
 
-SELECTORS = Registry("data selection rule")
+SELECTORS = METHODS.view("data-selector")  # kind "data-selector" of METHODS
 WITHIN_RULES = ("keep-hard", "keep-easy", "random", "ccs")
 
 
@@ -81,7 +81,7 @@ def keep_easy(scores: Any, keep_fraction: float, seed: int = 0) -> Tensor:
     return _sorted(easiest(s, keep_count(len(s), f)))
 
 
-@SELECTORS.register("random")
+@SELECTORS.register("random-subset", aliases=("random",))
 def random(scores: Any, keep_fraction: float, seed: int = 0) -> Tensor:
     """Keep a uniform random subset (scores give only the data set size)."""
     s, f = as_scores(scores), keep_fraction_arg(keep_fraction)

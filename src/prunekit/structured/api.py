@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config, register_config
+from ..config import Config
 from ..errors import check_choice, check_fraction, check_sparsity
+from ..registry import METHODS
 from . import hf
 from .compensate import add_bias_, bias_shifts
 from .depth import candidate_containers, remove_blocks_, remove_blocks_to_budget_
@@ -19,7 +20,7 @@ from .graph import Graph, build_graph
 from .importance import GROUP_SCORES, REDUCTIONS, group_scores
 from .plan import LAST_PLAN, Plan, apply_plan_, chain
 from .remove import Undo, output_shapes, shrink_tensors_, sync_modules_, verify
-from .select import allocate, keep_indices, min_counts, uniform_counts
+from .select import allocate_widths, keep_indices, min_counts, uniform_counts
 from .trace import call_model, output_tensors, resolve_ignore
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 ALLOCATION_RULES = ("uniform", "global")
 
 
-@register_config("structured")
 @dataclasses.dataclass
 class Structured(Config):
     """Structured removal of channels, heads, MLP neurons and blocks to a MACs or parameter budget.
@@ -91,6 +91,7 @@ class Structured(Config):
             check_sparsity(self.remove_blocks, "remove_blocks")
 
 
+@METHODS.register("structured", kind="structured", config=Structured)
 def remove_(model: nn.Module, example_inputs: Any, config: Structured | Plan | dict,
             data: tuple[torch.Tensor, torch.Tensor] | None = None) -> Plan:
     """Remove units from ``model`` in place to meet ``config``'s budget; return the JSON-able plan.
@@ -249,7 +250,7 @@ def _allocate(model: nn.Module, graph: Graph, groups: list, cfg: Structured, bas
                          f"{reach:.3f} of its {unit}; accepted: {what} in [{reach:.3f}, 1], or raise "
                          f"max_group_sparsity, or ignore fewer modules")
     scores = _scores(model, graph, groups, cfg, inputs, data)
-    counts = allocate(graph, groups, scores, budget=budget, cost=cost, rule=cfg.allocation,
+    counts = allocate_widths(graph, groups, scores, budget=budget, cost=cost, rule=cfg.allocation,
                       max_group_sparsity=cfg.max_group_sparsity, round_to=cfg.round_to)
     return {"counts": counts, "scores": scores}
 

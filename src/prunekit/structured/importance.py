@@ -12,12 +12,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..registry import Registry
+from ..registry import METHODS
 from .graph import Graph, Group, Member
 
 log = logging.getLogger(__name__)
 
-GROUP_SCORES = Registry("group importance")
+GROUP_SCORES = METHODS.view("structured")  # group importances; kind "structured" of METHODS
 REDUCTIONS = ("mean", "sum", "max")
 
 MemberScore = Callable[[Tensor, Tensor | None, Tensor, int], Tensor]
@@ -112,8 +112,14 @@ def member_based(kind: str) -> Callable[..., Tensor]:
     return score
 
 
-for _k in ("l1", "l2", "taylor", "fpgm"):
-    GROUP_SCORES.register(_k)(member_based(_k))
+_MEMBER_BASED = (
+    ("l1", "l1", (), "L1 norm of each unit's weights (Li et al. 2017, \"Pruning Filters for Efficient ConvNets\")."),
+    ("l2", "l2", (), "L2 norm of each unit's weights, reduced over the group's members (DepGraph, Fang et al. 2023)."),
+    ("taylor", "group-taylor", ("taylor",), "Taylor (sum_s g_s w_s)^2 per unit (Molchanov et al. 2019, Eq. 8)."),
+    ("fpgm", "fpgm", (), "Summed distance to the other units (FPGM, He et al. 2019, Eq. 6)."),
+)
+for _k, _name, _aliases, _summary in _MEMBER_BASED:
+    GROUP_SCORES.register(_name, aliases=_aliases, summary=_summary)(member_based(_k))
 
 
 @GROUP_SCORES.register("bn_scale")
@@ -128,14 +134,15 @@ def bn_scale(model: nn.Module, graph: Graph, group: Group, reduction: str = "mea
     return _reduce(vals, reduction)
 
 
-@GROUP_SCORES.register("fluctuation")
+@GROUP_SCORES.register("fluctuation",
+                       summary="FLAP fluctuation Var(x_j) * ||W[:, j]||^2 over calibration inputs (An et al. 2024).")
 def _fluctuation_placeholder(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
                              generator: torch.Generator | None = None) -> Tensor:
     """Registered name for FLAP's metric; :func:`group_scores` computes it from calibration inputs."""
     raise ValueError("importance 'fluctuation' is computed by group_scores(..., example_inputs=...)")
 
 
-@GROUP_SCORES.register("random")
+@GROUP_SCORES.register("group-random", aliases=("random",))
 def random(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
            generator: torch.Generator | None = None) -> Tensor:
     """Uniform random scores (the baseline of Li et al. 2022, "Revisiting Random Channel Pruning")."""

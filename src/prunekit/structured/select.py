@@ -71,8 +71,8 @@ def _bisect(f: Callable[[float], Counts], cost: Callable[[Counts], int], lo: flo
     return best
 
 
-def allocate(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, budget: float,
-             cost: Callable[[Counts], int], rule: str, max_group_sparsity: float, round_to: int) -> Counts:
+def allocate_widths(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, budget: float,
+                    cost: Callable[[Counts], int], rule: str, max_group_sparsity: float, round_to: int) -> Counts:
     """Per-group unit counts meeting ``cost(counts) <= budget``; ``rule`` is ``"uniform"`` or ``"global"``."""
     mins = min_counts(groups, max_group_sparsity, round_to)
     if rule == "uniform":
@@ -82,6 +82,9 @@ def allocate(graph: Graph, groups: list[Group], scores: dict[int, Tensor], *, bu
     n = len(order)
     return _bisect(lambda t: global_counts(groups, order, round(t * n), mins, round_to), cost, 0.0, 1.0, budget,
                    iters=max(20, n.bit_length() + 2))
+
+
+allocate = allocate_widths  # the former name (clashed with prunekit.allocation.allocate)
 
 
 def _refill(groups: list[Group], counts: Counts, mins: Counts, cost: Callable[[Counts], int], budget: float,

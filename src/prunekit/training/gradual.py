@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..api import Magnitude, prune_scored_
 from ..masks import DEFAULT_EXCLUDE, Report, attach, attached, prunable_parameters
+from ..oneshot import Magnitude, prune_scored_
 from ..patterns import NM, Pattern, Unstructured, parse_pattern
 from ..schedules import Cubic
 from .distributed import all_reduce_mean_, check_masks_synced, is_ddp, unwrap, world_size

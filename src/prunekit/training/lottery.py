@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..api import Magnitude, prune_scored_
 from ..errors import check_choice, check_fraction, check_sparsity
 from ..masks import DEFAULT_EXCLUDE, attach, attached
+from ..oneshot import Magnitude, prune_scored_
 from ..schedules import Iterative
 from .distributed import check_masks_synced, unwrap
 from .loop import Callback, FitResult, TrainState, as_dataset, fit, make_optimizer

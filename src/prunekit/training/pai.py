@@ -22,10 +22,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .. import allocation as alloc
-from ..api import _Criterion, mean_gradients, prune_scored_
-from ..config import register_config
 from ..errors import check_choice, check_sparsity
 from ..masks import DEFAULT_EXCLUDE, Report, attach, attached, prunable_parameters
+from ..oneshot import Criterion, mean_gradients, prune_scored_
 from ..patterns import NM, topk_mask
 from ..registry import METHODS, SCORES
 from .distributed import all_reduce_mean_, check_masks_synced, unwrap
@@ -336,7 +335,7 @@ class PruneAtInit(Callback):
 
 
 @dataclass
-class _BatchedCriterion(_Criterion):
+class _BatchedCriterion(Criterion):
     """A criterion scored on ``batches`` batches of ``batch_size`` examples of the data, global by default."""
 
     scope: str = "global"
@@ -348,13 +347,11 @@ class _BatchedCriterion(_Criterion):
         _check_positive_int(self.batches, "batches")
 
 
-@register_config("snip")
 @dataclass
 class SNIP(_BatchedCriterion):
     """SNIP at initialization (Lee et al. 2019): |W * dL/dW| from ``batches`` batches, global by default."""
 
 
-@register_config("grasp")
 @dataclass
 class GraSP(_BatchedCriterion):
     """GraSP at initialization (Wang et al. 2020): keep the highest W * Hg, global by default."""
@@ -362,9 +359,8 @@ class GraSP(_BatchedCriterion):
     temperature: float = 200.0
 
 
-@register_config("synflow")
 @dataclass
-class SynFlow(_Criterion):
+class SynFlow(Criterion):
     """Iterative SynFlow (Tanaka et al. 2020): data-free; ``input_shape`` is one example's shape."""
 
     scope: str = "global"
@@ -376,7 +372,7 @@ class SynFlow(_Criterion):
         _check_positive_int(self.iterations, "iterations")
 
 
-@METHODS.register("snip")
+@METHODS.register("snip", kind="oneshot", config=SNIP)
 def _snip(model: nn.Module, config: SNIP, data: Any = None) -> Report:
     params = prunable_parameters(unwrap(model), exclude=config.exclude, include=config.include)
     grads = mean_gradients(unwrap(model), data, params, config.batches, config.batch_size)
@@ -384,14 +380,14 @@ def _snip(model: nn.Module, config: SNIP, data: Any = None) -> Report:
     return prune_scored_(unwrap(model), config, "snip", data, {k: {"grad": g} for k, g in grads.items()})
 
 
-@METHODS.register("grasp")
+@METHODS.register("grasp", kind="oneshot", config=GraSP)
 def _grasp(model: nn.Module, config: GraSP, data: Any = None) -> Report:
     hg = grasp_hessian_gradient(model, data, temperature=config.temperature, batches=config.batches,
                                 batch_size=config.batch_size, exclude=config.exclude)
     return prune_scored_(unwrap(model), config, "grasp", data, {k: {"hg": h} for k, h in hg.items()})
 
 
-@METHODS.register("synflow")
+@METHODS.register("synflow", kind="oneshot", config=SynFlow)
 def _synflow(model: nn.Module, config: SynFlow, data: Any = None) -> Report:
     """Iterative SynFlow through the shared selection path, so ``pattern``, ``scope`` and ``allocation`` apply
     at every round (what is pruned stays pruned). N:M has one fixed sparsity: one round scores it."""

@@ -1,0 +1,205 @@
+"""The one-shot engine shared by every weight criterion: score, allocate, exact top-k under the pattern, attach.
+
+A one-shot method is a ``Criterion`` config plus a function ``fn(model, config, data) -> Report`` registered in
+``METHODS`` (kind ``"oneshot"``). Magnitude, random and Taylor live here; SNIP, GraSP and SynFlow in
+``training/pai.py`` reuse :func:`prune_scored_`. Every path scores every prunable weight, allocates per-layer
+sparsities (layer or global scope, or a named allocation rule), takes the exact top-k mask under the pattern
+and attaches the masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import allocation as alloc
+from . import scores as _scores  # noqa: F401  (registers the criteria)
+from .config import Config
+from .errors import check_choice
+from .masks import DEFAULT_EXCLUDE, LayerReport, Report, attach, attached, prunable_parameters
+from .patterns import NM, Pattern, Unstructured, check_pattern_fits, pattern_sparsity, topk_mask, unit_scores
+from .registry import ALLOCATIONS, METHODS, SCORES
+
+log = logging.getLogger(__name__)
+SCOPES = ("layer", "global")
+
+
+@dataclass
+class Criterion(Config):
+    """Shared fields of the one-shot criteria."""
+
+    sparsity: float | None = None
+    pattern: Pattern = field(default_factory=Unstructured)
+    scope: str = "layer"
+    allocation: str | None = None
+    max_layer_sparsity: float = 0.99
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    include: list[str] | None = None
+
+    def validate(self) -> None:
+        self.sparsity = pattern_sparsity(self.pattern, self.sparsity)
+        check_choice(self.scope, "scope", SCOPES)
+        if self.allocation is not None:
+            check_choice(self.allocation, "allocation", [n for n in ALLOCATIONS.names() if n != "owl"])
+            if self.scope == "global" and self.allocation != "global":
+                raise ValueError(f"scope='global' conflicts with allocation={self.allocation!r}; use scope='layer'")
+        if not 0.0 < float(self.max_layer_sparsity) <= 1.0:
+            raise ValueError(f"max_layer_sparsity must be in (0, 1], got {self.max_layer_sparsity!r}")
+        self.exclude = list(self.exclude)
+
+    @property
+    def rule(self) -> str:
+        """The allocation rule in force: ``global`` for global scope, else the named rule or ``uniform``."""
+        return "global" if self.scope == "global" else (self.allocation or "uniform")
+
+
+_Criterion = Criterion  # the former private name, kept for compatibility
+
+
+@dataclass
+class Magnitude(Criterion):
+    """One-shot magnitude pruning |W| (Han et al. 2015), layer-wise or global, any pattern."""
+
+
+@dataclass
+class Random(Criterion):
+    """Random pruning with a seeded generator (Liu et al. 2022, "The unreasonable effectiveness of random pruning")."""
+
+    seed: int = 0
+
+
+@dataclass
+class Taylor(Criterion):
+    """First-order Taylor pruning |W * dL/dW| (Molchanov et al. 2019), gradients averaged over ``batches``."""
+
+    batches: int = 4
+    batch_size: int = 128
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.batches, int) or self.batches < 1:
+            raise ValueError(f"batches must be a positive integer, got {self.batches!r}")
+
+
+def _check_weights(model: nn.Module, params: dict[str, nn.Parameter], pattern: Pattern) -> None:
+    if not params:
+        raise ValueError("the model has no prunable layers (Linear / Conv1d / Conv2d / Conv3d)")
+    for name, p in params.items():
+        if not torch.isfinite(p.detach()).all():
+            raise ValueError(f"weight {name} contains NaN or Inf values; fix the model before pruning")
+        check_pattern_fits(_oriented(model, name, p.detach()).shape, pattern, name)
+
+
+def _oriented(model: nn.Module, name: str, t: Tensor) -> Tensor:
+    """GPT-2 ``Conv1D`` stores (in, out): transpose so dim 1 is the input dimension."""
+    mod = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+    return t.t() if type(mod).__name__ == "Conv1D" else t
+
+
+def _stats_for(model: nn.Module, config: Config, data: Any, params: dict[str, nn.Parameter]) -> dict[str, dict]:
+    if isinstance(config, Random):
+        gen = torch.Generator().manual_seed(int(config.seed))
+        return {k: {"generator": gen} for k in params}
+    if isinstance(config, Taylor):
+        grads = mean_gradients(model, data, params, config.batches, config.batch_size)
+        return {k: {"grad": grads[k]} for k in params}
+    return {k: {} for k in params}
+
+
+def mean_gradients(model: nn.Module, data: Any, params: dict[str, nn.Parameter], batches: int,
+                   batch_size: int = 128,
+                   loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+    """Mean gradient of the loss w.r.t. ``params`` over ``batches`` batches of ``data`` ((X, y) or a Dataset)."""
+    if data is None:
+        raise ValueError("this method needs data=(X, y) or a Dataset to compute gradients; got data=None")
+    from torch.utils.data import DataLoader
+
+    from .training.loop import as_dataset
+
+    ds = as_dataset(data)
+    if len(ds) == 0:
+        raise ValueError("data is empty: gradient-based scores need at least one batch")
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    dev = next(model.parameters()).device
+    acc = {k: torch.zeros_like(p) for k, p in params.items()}
+    was_training, n = model.training, 0
+    model.eval()
+    for x, y in DataLoader(ds, batch_size=batch_size, shuffle=False):
+        if n >= batches:
+            break
+        model.zero_grad(set_to_none=True)
+        loss_fn(model(x.to(dev)), y.to(dev)).backward()
+        for k, p in params.items():
+            if p.grad is not None:
+                acc[k] += p.grad.detach()
+        n += 1
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return {k: v / n for k, v in acc.items()}
+
+
+def _allocate(config: Criterion, scores: dict[str, Tensor], params: dict[str, nn.Parameter]) -> dict[str, float]:
+    pattern, s = config.pattern, float(config.sparsity)
+    if isinstance(pattern, NM):
+        return {k: pattern.sparsity for k in params}
+    rule = config.rule
+    if rule == "global":
+        units = {k: unit_scores(v, pattern) for k, v in scores.items()}
+        sizes = {k: params[k].numel() // units[k].numel() for k in params}
+        return alloc.global_(units, s, config.max_layer_sparsity, unit_sizes=sizes)
+    if rule == "lamp":
+        return alloc.lamp({k: p.detach() for k, p in params.items()}, s, config.max_layer_sparsity)
+    if rule in ("erk", "er"):
+        return ALLOCATIONS.get(rule)({k: tuple(p.shape) for k, p in params.items()}, s, config.max_layer_sparsity)
+    return alloc.uniform({k: p.numel() for k, p in params.items()}, s, config.max_layer_sparsity)
+
+
+def prune_scored_(model: nn.Module, config: Criterion, score_name: str, data: Any = None,
+                  stats: dict[str, dict] | None = None) -> Report:
+    """Shared one-shot path: score, allocate, top-k under the pattern, attach. Returns the report."""
+    t0 = time.perf_counter()
+    params = prunable_parameters(model, exclude=config.exclude, include=config.include)
+    _check_weights(model, params, config.pattern)
+    score_fn = SCORES.get(score_name)
+    stats = stats if stats is not None else _stats_for(model, config, data, params)
+    old = attached(model)
+    scores = {}
+    for k, p in params.items():
+        s = score_fn(p.detach(), stats.get(k, {})).float()
+        if old is not None and k in old.masks:
+            s = s.masked_fill(~old.masks[k], -math.inf)  # what is pruned stays pruned
+        scores[k] = _oriented(model, k, s)
+    targets = _allocate(config, scores, params)
+    masks, layers = {}, []
+    for k, p in params.items():
+        t1 = time.perf_counter()
+        m = _oriented(model, k, topk_mask(scores[k], targets[k], config.pattern, name=k))
+        masks[k] = m
+        layers.append(LayerReport(k, list(p.shape), p.numel(), 1.0 - float(m.sum()) / m.numel(), targets[k],
+                                  time.perf_counter() - t1))
+    ms = attach(model, masks)
+    log.debug("pruned %d layers to %.4f sparsity", len(layers), sum(r.sparsity * r.numel for r in layers) /
+             max(1, sum(r.numel for r in layers)))
+    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms)
+
+
+@METHODS.register("magnitude", kind="oneshot", config=Magnitude)
+def _magnitude(model: nn.Module, config: Magnitude, data: Any = None) -> Report:
+    return prune_scored_(model, config, "magnitude", data)
+
+
+@METHODS.register("random", kind="oneshot", config=Random)
+def _random(model: nn.Module, config: Random, data: Any = None) -> Report:
+    return prune_scored_(model, config, "random", data)
+
+
+@METHODS.register("taylor", kind="oneshot", config=Taylor)
+def _taylor(model: nn.Module, config: Taylor, data: Any = None) -> Report:
+    return prune_scored_(model, config, "taylor", data)
