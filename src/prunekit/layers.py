@@ -248,10 +248,10 @@ def _last(name: str) -> str:
 
 
 def _matches(patterns: Iterable[str], *names: str) -> bool:
-    """True if a name equals, ends with ``.pattern``, or glob-matches one of ``patterns``."""
+    """True if a pattern names a module on the path (``fc``, ``blocks.0.attn``) or glob-matches a name."""
     for p in patterns:
         for n in names:
-            if n and (n == p or n.endswith("." + p) or fnmatch.fnmatchcase(n, p)):
+            if n and (f".{p}." in f".{n}." or fnmatch.fnmatchcase(n, p)):
                 return True
     return False
 
@@ -389,7 +389,8 @@ def classify(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE, include
              embeddings: bool = False, strict: bool = True, heads: Iterable[str] = ()) -> Ledger:
     """Classify every parameter of ``model``: prunable with an orientation, or kept by a named rule.
 
-    ``exclude``: module or parameter names (exact, ``.suffix`` or glob) kept as ``excluded``; ``heads``: the
+    ``exclude``: module or parameter names (a dotted part of the path, e.g. ``lm_head``, ``blocks.0.attn``,
+    ``attn.in_proj_weight``, or a glob) kept as ``excluded`` with everything inside; ``heads``: the
     same, kept as ``head``; ``include``: only these prunable tensors are pruned (the rest ``not-included``);
     ``embeddings=True`` prunes ``nn.Embedding`` tables (never position or relative-bias tables). A rank >= 2
     floating tensor no rule covers raises :class:`UncoveredWeightError`, or with ``strict=False`` is kept
