@@ -240,9 +240,10 @@ def _is_calibration(model: nn.Module, data: Any) -> bool:
     return hasattr(model, "config") and hasattr(model.config, "model_type") and not isinstance(data, tuple)
 
 
-def sparsity_report(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> Report:
+def sparsity_report(model: nn.Module, exclude: list[str] | tuple[str, ...] = DEFAULT_EXCLUDE) -> Report:
     """Per-layer sparsity (exact zeros) of the prunable weights of ``model``, the total, and the labelled ledger.
 
+    ``exclude`` defaults to the one ``prune_`` uses, so both report the same "pruned weights" figure.
     Read-only: a tensor no rule covers is reported as kept (``uncovered``) with a warning, not an error.
     """
     ledger = classify(model, exclude=exclude, strict=False)
