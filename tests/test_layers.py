@@ -167,6 +167,22 @@ def test_fused_experts_two_of_four_along_each_experts_input():
     assert "experts.gate_up_proj" in {r.name for r in rep.layers}
 
 
+def test_fused_experts_block_channel_and_global_scope():
+    torch.manual_seed(0)
+    moe = _MoE(e=3)
+    pk.prune_(moe, pk.Magnitude(0.5, pattern=pk.Block(2, 4), exclude=["shared_expert"]))
+    for e in range(3):  # gate_up (8 x 8): 8 tiles of 2 x 4 per expert, 4 kept = 32 non-zeros
+        assert int((moe.experts.gate_up_proj[e] != 0).sum()) == 32
+    moe = _MoE(e=3)
+    pk.prune_(moe, pk.Magnitude(0.5, pattern=pk.Channel()))
+    rows = (moe.experts.down_proj != 0).any(-1).sum(-1)  # output rows kept per expert: 4 of 8
+    assert rows.tolist() == [4, 4, 4]
+    moe = _MoE(e=3)
+    rep = pk.prune_(moe, pk.Magnitude(0.3, scope="global"))
+    n = sum(r.numel for r in rep.layers)  # 3 * 64 + 3 * 32 + 64 = 352 weights, round(0.7 * 352) = 246 kept
+    assert n == 352 and rep.ledger.measured.pruned_weights.zeros == 352 - 246
+
+
 def test_transposed_experts_are_oriented_by_is_transposed():
     experts = _Experts(2, 8, 4)
     experts.is_transposed = True  # the transformers experts decorator's flag: stored (E, in, out)

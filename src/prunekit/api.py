@@ -124,8 +124,20 @@ def _oriented(ledger: Ledger, name: str, t: Tensor) -> Tensor:
 def _topk(ledger: Ledger, name: str, scores: Tensor, target: float, pattern: Pattern) -> Tensor:
     """Exact top-k of each matrix of ``name`` (each expert on its own), as a mask in the weight's layout."""
     info = ledger.prunable[name]
-    per = [topk_mask(s, target, pattern, name=name) for s in scores.unflatten(0, (info.groups, -1))]
+    mats = scores.unflatten(0, (info.groups, -1))  # (G, out, in, *k)
+    targets = _expert_targets(info.groups, unit_scores(mats[0], pattern).numel(), target, pattern)
+    per = [topk_mask(s, t, pattern, name=name) if t < 1.0 else torch.zeros_like(s, dtype=torch.bool)
+           for s, t in zip(mats, targets)]  # t == 1: the tensor keeps fewer units than it has experts
     return info.from_matrices(torch.stack(per))
+
+
+def _expert_targets(g: int, units: int, target: float, pattern: Pattern) -> list[float]:
+    """Per-matrix sparsities whose kept units add up to the tensor's exact count, spread evenly over ``g``."""
+    if isinstance(pattern, NM) or g == 1:
+        return [target] * g
+    keep = int(round((1.0 - target) * g * units))  # what one top-k over the whole tensor keeps
+    base, extra = divmod(keep, g)
+    return [1.0 - (base + (e < extra)) / units for e in range(g)]
 
 
 def _stats_for(model: nn.Module, config: Config, data: Any, params: dict[str, nn.Parameter]) -> dict[str, dict]:
