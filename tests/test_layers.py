@@ -243,6 +243,16 @@ def test_named_keep_rules():
     assert list(classify(net, include=["attn"]).prunable) == ["attn.in_proj_weight", "attn.out_proj.weight"]
 
 
+def test_weight_norm_parametrizations_are_kept_by_name():
+    from torch.nn.utils.parametrizations import weight_norm
+
+    net = nn.Sequential(weight_norm(nn.Conv1d(4, 4, 3)), nn.Linear(4, 2))
+    ledger = classify(net)
+    assert ledger.kept_by_reason()["parametrized"] == ["0.parametrizations.weight.original0",
+                                                       "0.parametrizations.weight.original1"]
+    assert list(ledger.prunable) == ["1.weight"]
+
+
 def test_tied_weights_are_counted_once():
     emb = nn.Embedding(6, 4)
     net = nn.ModuleDict({"emb": emb, "lm_head": nn.Linear(4, 6, bias=False)})

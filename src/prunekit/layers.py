@@ -20,8 +20,8 @@ answer. It is either
   ========================  ==========================  ======================
 
 - or *kept* by a named rule (``KEEP_REASONS``): ``embedding``, ``position``, ``relative-bias``,
-  ``token``, ``norm``, ``router``, ``bias``, ``head``, ``excluded``, ``not-included``, ``tied``,
-  ``not-floating``, ``rank<2``.
+  ``token``, ``norm``, ``router``, ``bias``, ``parametrized``, ``head``, ``excluded``, ``not-included``,
+  ``tied``, ``not-floating``, ``rank<2`` (and ``uncovered`` in read-only reports).
 
 A rank >= 2 floating tensor that no rule covers raises :class:`UncoveredWeightError` naming it and the
 ``exclude`` entry that would keep it: nothing is skipped silently.
@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_EXCLUDE: tuple[str, ...] = ("lm_head",)
 PRUNABLE_KINDS = ("linear", "conv", "conv-transposed", "conv1d-gpt2", "attention", "rnn", "experts", "embedding")
-KEEP_REASONS = ("embedding", "position", "relative-bias", "token", "norm", "router", "bias", "head", "excluded",
-                "not-included", "tied", "uncovered", "not-floating", "rank<2")
+KEEP_REASONS = ("embedding", "position", "relative-bias", "token", "norm", "router", "bias", "parametrized", "head",
+                "excluded", "not-included", "tied", "uncovered", "not-floating", "rank<2")
 # reasons that are not weights (kept without a word): biases and norm vectors, integer tensors
 SMALL_REASONS = ("rank<2", "not-floating")
 MHA_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -298,6 +298,8 @@ def _named_reason(mod_name: str, attr: str) -> str | None:
         return "token"
     if a == "bias" or a.endswith("_bias") or a.startswith("bias_"):
         return "bias"
+    if ".parametrizations." in f".{mod_name}." or a in ("weight_g", "weight_v"):
+        return "parametrized"  # weight norm and other parametrizations: the computed weight is not a Parameter
     return None
 
 
