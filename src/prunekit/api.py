@@ -14,7 +14,8 @@ from torch import nn
 
 from . import oneshot
 from .config import Config
-from .masks import LayerReport, Report, attached, layer_sparsity, prunable_parameters
+from .layers import classify
+from .masks import DEFAULT_EXCLUDE, LayerReport, Report, attached, layer_sparsity
 from .oneshot import Criterion, Magnitude, Random, Taylor
 from .registry import METHODS
 
@@ -41,11 +42,17 @@ def _is_calibration(model: nn.Module, data: Any) -> bool:
     return hasattr(model, "config") and hasattr(model.config, "model_type") and not isinstance(data, tuple)
 
 
-def sparsity_report(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> Report:
-    """Per-layer sparsity (exact zeros) of the prunable weights of ``model``, and the total."""
-    params = prunable_parameters(model, exclude=exclude)
+def sparsity_report(model: nn.Module, exclude: list[str] | tuple[str, ...] = DEFAULT_EXCLUDE) -> Report:
+    """Per-layer sparsity (exact zeros) of the prunable weights of ``model``, the total, and the labelled ledger.
+
+    ``exclude`` defaults to the one ``prune_`` uses, so both report the same "pruned weights" figure.
+    Read-only: a tensor no rule covers is reported as kept (``uncovered``) with a warning, not an error.
+    """
+    ledger = classify(model, exclude=exclude, strict=False)
+    params = ledger.parameters(model)
     layers = [LayerReport(k, list(p.shape), p.numel(), layer_sparsity(p.detach())) for k, p in params.items()]
-    return Report({"type": "report"}, layers, 0.0, attached(model))
+    ledger.measure(model)
+    return Report({"type": "report"}, layers, 0.0, attached(model), ledger=ledger)
 
 
 def __getattr__(name: str) -> Any:

@@ -23,7 +23,8 @@ from . import allocation as alloc
 from . import scores as _scores  # noqa: F401  (registers the criteria)
 from .config import Config
 from .errors import check_choice
-from .masks import DEFAULT_EXCLUDE, LayerReport, Report, attach, attached, prunable_parameters
+from .layers import Ledger, classify
+from .masks import DEFAULT_EXCLUDE, LayerReport, Report, attach, attached
 from .patterns import NM, Pattern, Unstructured, check_pattern_fits, pattern_sparsity, topk_mask, unit_scores
 from .registry import ALLOCATIONS, METHODS, SCORES
 
@@ -88,19 +89,38 @@ class Taylor(Criterion):
             raise ValueError(f"batches must be a positive integer, got {self.batches!r}")
 
 
-def _check_weights(model: nn.Module, params: dict[str, nn.Parameter], pattern: Pattern) -> None:
+def _check_weights(ledger: Ledger, params: dict[str, nn.Parameter], pattern: Pattern) -> None:
     if not params:
-        raise ValueError("the model has no prunable layers (Linear / Conv1d / Conv2d / Conv3d)")
+        raise ValueError("the model has no prunable weights (Linear, Conv, GPT-2 Conv1D, MultiheadAttention, "
+                         f"RNN, MoE experts); kept by rule: {ledger.kept_by_reason()}")
     for name, p in params.items():
         if not torch.isfinite(p.detach()).all():
             raise ValueError(f"weight {name} contains NaN or Inf values; fix the model before pruning")
-        check_pattern_fits(_oriented(model, name, p.detach()).shape, pattern, name)
+        check_pattern_fits(ledger.prunable[name].as_matrices(p.detach(), keep_kernel=True).shape[1:], pattern, name)
 
 
-def _oriented(model: nn.Module, name: str, t: Tensor) -> Tensor:
-    """GPT-2 ``Conv1D`` stores (in, out): transpose so dim 1 is the input dimension."""
-    mod = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    return t.t() if type(mod).__name__ == "Conv1D" else t
+def _oriented(ledger: Ledger, name: str, t: Tensor) -> Tensor:
+    """The pattern view of a weight-shaped tensor: ``(out, in, *k)``, experts stacked as ``(E * out, in)``."""
+    return ledger.prunable[name].as_matrices(t, keep_kernel=True).flatten(0, 1)
+
+
+def _topk(ledger: Ledger, name: str, scores: Tensor, target: float, pattern: Pattern) -> Tensor:
+    """Exact top-k of each matrix of ``name`` (each expert on its own), as a mask in the weight's layout."""
+    info = ledger.prunable[name]
+    mats = scores.unflatten(0, (info.groups, -1))  # (G, out, in, *k)
+    targets = _expert_targets(info.groups, unit_scores(mats[0], pattern).numel(), target, pattern)
+    per = [topk_mask(s, t, pattern, name=name) if t < 1.0 else torch.zeros_like(s, dtype=torch.bool)
+           for s, t in zip(mats, targets)]  # t == 1: the tensor keeps fewer units than it has experts
+    return info.from_matrices(torch.stack(per))
+
+
+def _expert_targets(g: int, units: int, target: float, pattern: Pattern) -> list[float]:
+    """Per-matrix sparsities whose kept units add up to the tensor's exact count, spread evenly over ``g``."""
+    if isinstance(pattern, NM) or g == 1:
+        return [target] * g
+    keep = int(round((1.0 - target) * g * units))  # what one top-k over the whole tensor keeps
+    base, extra = divmod(keep, g)
+    return [1.0 - (base + (e < extra)) / units for e in range(g)]
 
 
 def _stats_for(model: nn.Module, config: Config, data: Any, params: dict[str, nn.Parameter]) -> dict[str, dict]:
@@ -165,8 +185,9 @@ def prune_scored_(model: nn.Module, config: Criterion, score_name: str, data: An
                   stats: dict[str, dict] | None = None) -> Report:
     """Shared one-shot path: score, allocate, top-k under the pattern, attach. Returns the report."""
     t0 = time.perf_counter()
-    params = prunable_parameters(model, exclude=config.exclude, include=config.include)
-    _check_weights(model, params, config.pattern)
+    ledger = classify(model, exclude=config.exclude, include=config.include)
+    params = ledger.parameters(model)
+    _check_weights(ledger, params, config.pattern)
     score_fn = SCORES.get(score_name)
     stats = stats if stats is not None else _stats_for(model, config, data, params)
     old = attached(model)
@@ -175,19 +196,19 @@ def prune_scored_(model: nn.Module, config: Criterion, score_name: str, data: An
         s = score_fn(p.detach(), stats.get(k, {})).float()
         if old is not None and k in old.masks:
             s = s.masked_fill(~old.masks[k], -math.inf)  # what is pruned stays pruned
-        scores[k] = _oriented(model, k, s)
+        scores[k] = _oriented(ledger, k, s)
     targets = _allocate(config, scores, params)
     masks, layers = {}, []
     for k, p in params.items():
         t1 = time.perf_counter()
-        m = _oriented(model, k, topk_mask(scores[k], targets[k], config.pattern, name=k))
+        m = _topk(ledger, k, scores[k], targets[k], config.pattern)
         masks[k] = m
         layers.append(LayerReport(k, list(p.shape), p.numel(), 1.0 - float(m.sum()) / m.numel(), targets[k],
                                   time.perf_counter() - t1))
     ms = attach(model, masks)
-    log.debug("pruned %d layers to %.4f sparsity", len(layers), sum(r.sparsity * r.numel for r in layers) /
-             max(1, sum(r.numel for r in layers)))
-    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms)
+    ledger.log_kept(log)
+    log.info("pruned %d tensors: %s", len(layers), ledger.measure(model).line())
+    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms, ledger=ledger)
 
 
 @METHODS.register("magnitude", kind="oneshot", config=Magnitude)
