@@ -86,8 +86,9 @@ def test_checkpoint_holds_only_json_and_safetensors(tiny_net, tmp_path):
     cb._gen = torch.Generator().manual_seed(1)
     save_checkpoint(tmp_path / "c", tiny_net, opt, [cb], step=7, extra={"note": (1, 2)})
     files = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert files == ["checkpoint.json", "tensors-000000007.safetensors"]
-    doc = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
+    assert files == ["manifest.json", "tensors-000000007.safetensors"]
+    doc = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert (doc["format"], doc["version"], doc["kind"]) == ("prunekit", 2, "training-state")
     assert doc["step"] == 7 and doc["optimizer"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.999]}
     net2 = type(tiny_net)()
     opt2 = torch.optim.Adam(net2.parameters())
@@ -106,7 +107,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tiny_net, tmp_path, monkey
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_mod, "write_json", boom)
+    monkeypatch.setattr(ckpt_mod, "write_manifest", boom)
     with torch.no_grad():
         tiny_net.fc1.weight.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
