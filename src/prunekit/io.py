@@ -58,6 +58,10 @@ class NotWritableError(OutputError, PermissionError):
     """An output folder (or its nearest existing parent) that cannot be written."""
 
 
+class OutputExistsError(OutputError, FileExistsError):
+    """An output that exists and is not empty, given without ``overwrite``."""
+
+
 def fault(step: str) -> None:
     """Kill this process with SIGKILL if ``PRUNEKIT_FAULT`` names ``step`` (crash tests only)."""
     if os.environ.get("PRUNEKIT_FAULT") == step:
@@ -266,7 +270,7 @@ def check_out(out: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str |
                               "destroy the input: choose another output folder")
     if _is_nonempty(out) and not overwrite:
         kind = "folder is not empty" if out.is_dir() else "exists (a file)"
-        raise OutputError(f"{what} {out} already exists and the {kind}; pass --overwrite (overwrite=True) to "
+        raise OutputExistsError(f"{what} {out} already exists and the {kind}; pass --overwrite (overwrite=True) to "
                           "replace it, or choose another path")
     folder = _nearest_existing(out.parent)  # the new folder is written beside out
     if not os.access(folder, os.W_OK | os.X_OK) or not _probe(folder):
@@ -372,7 +376,8 @@ def _publish(new: Path, out: Path, overwrite: bool, old_name: str) -> None:
         _fsync_dir(out.parent)
         return
     if not overwrite:
-        raise OutputError(f"{out} already exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExistsError(f"{out} already exists and is not empty; pass --overwrite (overwrite=True) to "
+                                "replace it, or choose another path")
     if _exchange(new, out):  # now ``new`` holds the old content
         _fsync_dir(out.parent)
         fault("after-new-moved")
@@ -390,7 +395,8 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
     out = Path(out).expanduser()
     recover(out)
     if _is_nonempty(out) and not overwrite:
-        raise OutputError(f"{out} already exists and is not empty; pass --overwrite (overwrite=True) to replace it")
+        raise OutputExistsError(f"{out} already exists and is not empty; pass --overwrite (overwrite=True) to "
+                                "replace it, or choose another path")
     out.parent.mkdir(parents=True, exist_ok=True)
     new_name, old_name, _ = _names(out)
     new = out.parent / new_name

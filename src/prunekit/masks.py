@@ -205,13 +205,13 @@ def save_masks(path: str | os.PathLike, masks: dict[str, Tensor], metadata: dict
 
     ``overwrite=False`` refuses an existing file (a masks file is one file, replaced whole).
     """
-    from .io import FORMAT, VERSION, OutputError
+    from .io import FORMAT, VERSION, OutputExistsError
 
     bad = [k for k, m in masks.items() if m.dtype != torch.bool]
     if bad:
         raise ValueError(f"masks must be torch.bool (True = keep); not bool: {bad}")
     if not overwrite and Path(path).exists():
-        raise OutputError(f"masks file {path} already exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"masks file {path} already exists; pass overwrite=True (--overwrite) to replace it")
     meta = {"format": FORMAT, "version": str(VERSION), "kind": "masks",
             "json": json.dumps(metadata or {}, sort_keys=True)}
     return save_tensors(path, masks, meta)
