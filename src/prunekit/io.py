@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import logging
 import math
@@ -24,9 +25,9 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -100,7 +101,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str | os.PathLike, obj: Any, default: Any = None) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(f)`` on an in-memory buffer, then write the bytes to ``path`` atomically."""
+    buf = io.BytesIO()
+    write(buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def jsonable(v: Any) -> Any:
+    """JSON form of what ``json`` cannot write itself: paths, numpy scalars/arrays and tensors (``tolist``)."""
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    raise TypeError(f"cannot write {type(v).__name__} to JSON")
+
+
+def write_json(path: str | os.PathLike, obj: Any, default: Callable[[Any], Any] = jsonable) -> Path:
     """Atomic JSON write, indented and key-sorted (``default`` converts what JSON cannot hold)."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n")
 
@@ -220,6 +237,17 @@ def _nearest_existing(path: Path) -> Path:
     return next((p for p in [path, *path.parents] if p.exists()), Path.cwd())
 
 
+def is_read_only(path: str | os.PathLike) -> bool:
+    """True if ``path`` cannot be written or carries no write bit at all (so root respects ``chmod a-w``)."""
+    return not os.access(path, os.W_OK) or os.stat(path).st_mode & 0o222 == 0
+
+
+def folder_writable(folder: str | os.PathLike) -> bool:
+    """True if files can be created in the existing ``folder``: not read-only, and a real probe file works."""
+    folder = Path(folder)
+    return not is_read_only(folder) and os.access(folder, os.X_OK) and _probe(folder)
+
+
 def _probe(folder: Path) -> bool:
     """True if a file can really be created and deleted in ``folder``."""
     try:
@@ -235,10 +263,10 @@ def check_writable(path: str | os.PathLike, what: str = "--out") -> Path:
     """Raise ``NotWritableError`` before any work if ``path`` (or its nearest existing folder) cannot be written."""
     path = Path(path)
     target = path if path.is_dir() else _nearest_existing(path.parent)
-    if path.exists() and not path.is_dir() and not os.access(path, os.W_OK):
+    if path.exists() and not path.is_dir() and is_read_only(path):
         raise NotWritableError(f"{what} {path} is not writable (read-only?); check its permissions or choose "
                                "another path")
-    if not os.access(target, os.W_OK | os.X_OK) or not _probe(target):
+    if not folder_writable(target):
         raise NotWritableError(f"{what} {path}: folder {target} is not writable (read-only?); check its "
                                "permissions or choose another path")
     return path
@@ -273,7 +301,7 @@ def check_out(out: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str |
         raise OutputExistsError(f"{what} {out} already exists and the {kind}; pass --overwrite (overwrite=True) to "
                           "replace it, or choose another path")
     folder = _nearest_existing(out.parent)  # the new folder is written beside out
-    if not os.access(folder, os.W_OK | os.X_OK) or not _probe(folder):
+    if not folder_writable(folder):
         raise NotWritableError(f"{what} {out}: folder {folder} is not writable (read-only?); check its "
                                "permissions or choose another path")
     need = int(expected_bytes * 1.1) + MIB
@@ -480,7 +508,8 @@ def _warn_legacy(out: Path) -> None:
 
 # ---------------------------------------------------------------- manifests
 
-def write_manifest(folder: str | os.PathLike, kind: str, body: Mapping[str, Any], default: Any = None) -> Path:
+def write_manifest(folder: str | os.PathLike, kind: str, body: Mapping[str, Any],
+                   default: Callable[[Any], Any] = jsonable) -> Path:
     """Write ``folder/manifest.json`` ``{"format": "prunekit", "version": 2, "kind": kind, **body}`` atomically."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {kind!r}")

@@ -64,7 +64,8 @@ def test_selection_round_trip_and_manifest(tmp_path):
                          scores=s)
     idx, man = load_selection(out, num_examples=4)
     assert idx.tolist() == [1, 3]
-    assert man["version"] == 1 and man["method"] == "keep-hard" and man["seed"] == 3
+    assert (man["format"], man["version"], man["kind"]) == ("prunekit", 2, "data-selection")
+    assert man["method"] == "keep-hard" and man["seed"] == 3
     assert man["num_kept"] == 2 and man["keep_fraction"] == 0.5
     assert man["score_summary"]["max"] == pytest.approx(0.9) and man["score_summary"]["count"] == 4
     assert sorted(p.name for p in out.iterdir()) == ["kept.npy", "manifest.json"]  # no temp files left
@@ -96,7 +97,7 @@ def test_existing_selection_survives_a_failed_write(tmp_path):
 
 def test_manifest_without_version_is_rejected(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"num_examples": 3}))
-    with pytest.raises(ValueError, match='"version": 1'):
+    with pytest.raises(ValueError, match="manifest.json is not a prunekit manifest"):
         load_selection(tmp_path)
 
 
