@@ -297,8 +297,8 @@ def check_out(out: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str |
             raise OutputError(f"{what} {out} is, contains or lies inside the input {inp}; replacing it would "
                               "destroy the input: choose another output folder")
     if _is_nonempty(out) and not overwrite:
-        kind = "folder is not empty" if out.is_dir() else "exists (a file)"
-        raise OutputExistsError(f"{what} {out} already exists and the {kind}; pass --overwrite (overwrite=True) to "
+        kind = "is not empty" if out.is_dir() else "is a file"
+        raise OutputExistsError(f"{what} {out} already exists and {kind}; pass --overwrite (overwrite=True) to "
                           "replace it, or choose another path")
     folder = _nearest_existing(out.parent)  # the new folder is written beside out
     if not folder_writable(folder):

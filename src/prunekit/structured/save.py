@@ -9,6 +9,7 @@ where it builds there) against it too, before any weight is allocated or read.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from .plan import PLAN_FILE, WEIGHTS_FILE, Plan, apply_plan_
 
 log = logging.getLogger(__name__)
 KIND = "structured"
+MAX_DENSE_RATIO = 1000  # a dense source this many times the slim file is refused before it is allocated
 
 
 def _untied(model: nn.Module, plan: Plan) -> dict[str, torch.Tensor]:
@@ -116,14 +118,21 @@ def _meta_check(plan: Plan, file: Path) -> None:
     try:
         with torch.device("meta"):
             net = build_source(plan.source)
+            dense_shapes = list(net.state_dict().values())
             apply_plan_(net, Plan.from_dict(plan.to_dict()))
     except (ValueError, TypeError):
         raise
     except Exception as e:  # noqa: BLE001 - a builder the meta device cannot run: checked after the real build
-        log.debug("meta-device check of %s skipped (%s)", file, e)
+        log.info("meta-device check of %s skipped (%s); shapes are checked after the real build", file, e)
         return
-    check_tensor_file(file, {k: (s, None) for k, (s, _) in _expected(net, plan).items()}, require_all=False,
-                      what="slim model weights")
+    head = check_tensor_file(file, {k: (s, None) for k, (s, _) in _expected(net, plan).items()},
+                             require_all=False, what="slim model weights")
+    dense = sum(math.prod(v.shape) for v in dense_shapes)
+    slim = sum(math.prod(shape) for shape, _ in head.values())
+    if dense > MAX_DENSE_RATIO * slim + (1 << 20):
+        raise ValueError(f"{file}: the plan's source would build a dense model of {dense} elements for a slim model "
+                         f"of {slim} (more than {MAX_DENSE_RATIO}x); refusing it: check the plan's \"source\" or "
+                         "pass model=<a fresh dense model>")
 
 
 def _read_plan(d: Path) -> Plan:
