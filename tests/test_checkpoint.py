@@ -79,3 +79,33 @@ def test_bad_checkpoints_are_refused_naming_the_file_and_tensor(tmp_path):
     (ck / "manifest.json").write_text("{truncated")
     with pytest.raises(ValueError, match=r"ck/manifest.json is not valid JSON"):
         load_checkpoint(ck)
+
+
+_CHILD = """
+import sys
+from prunekit.checkpoint import save_checkpoint
+from prunekit.zoo import get_model
+spec = {"name": "mlp", "kwargs": {"in_features": 4, "hidden": [3], "num_classes": 2}}
+save_checkpoint(sys.argv[1], get_model("mlp", seed=1, **spec["kwargs"]), spec, extra={"seed": 1}, overwrite=True)
+"""
+
+
+def test_a_checkpoint_replace_killed_mid_way_loads_after_the_next_check(tmp_path):
+    """The real save killed with out absent (old moved aside); every other step: tests/test_io.py, stdlib only."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import prunekit
+    from prunekit.io import check_out
+
+    ck = save_checkpoint(tmp_path / "ck", _net(), SPEC, extra={"seed": 0})
+    env = {**os.environ, "PRUNEKIT_FAULT": "after-old-moved", "PRUNEKIT_SWAP": "rename",
+           "PYTHONPATH": str(Path(prunekit.__file__).parents[1])}
+    assert subprocess.run([sys.executable, "-c", _CHILD, str(ck)], env=env, timeout=120).returncode == -9
+    assert not ck.exists()
+    check_out(ck, overwrite=True)  # what the next command does first: finish or roll back, clean up
+    _, manifest, _ = load_checkpoint(ck)
+    assert manifest["seed"] == 1  # the journal says the new checkpoint is complete: rolled forward
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]

@@ -110,3 +110,28 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(mask)
     for name in ("kept.npy", "manifest.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+def test_selection_files_are_checked_before_loading(tmp_path):
+    from prunekit.data.io import write_npy
+    from prunekit.io import OutputExistsError
+
+    out = save_selection(tmp_path / "s", np.array([0, 2]), num_examples=4, method="x")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        save_selection(out, np.array([1]), num_examples=4, method="y")
+    assert load_selection(out)[1]["method"] == "x"
+    save_selection(out, np.array([1]), num_examples=4, method="y", overwrite=True)
+    assert load_selection(out)[0].tolist() == [1]
+    write_npy(out / "kept.npy", np.arange(3))
+    with pytest.raises(ValueError, match=r"manifest says 1 kept but kept.npy holds shape \[3\]"):
+        load_selection(out)
+    (out / "kept.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match=r"kept.npy is not a valid .npy file"):
+        load_selection(out)
+    man = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**man, "num_kept": 10**9}))
+    with pytest.raises(ValueError, match="0 <= num_kept <= num_examples"):
+        load_selection(out)
+    (out / "manifest.json").write_text(json.dumps({**man, "indices_file": "../../etc/passwd"}))
+    with pytest.raises(ValueError, match="indices_file must be a file name in the folder"):
+        load_selection(out)

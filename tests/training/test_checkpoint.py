@@ -132,3 +132,36 @@ def test_checkpoint_bad_input(tiny_net, tmp_path):
         save_checkpoint(tmp_path / "d", tiny_net, extra={"obj": object()})
     with pytest.raises(ValueError, match="every"):
         CheckpointEvery(tmp_path / "e", every=0)
+
+
+def test_training_state_is_checked_against_the_model_and_foreign_folders_refused(tiny_net, tmp_path):
+    save_checkpoint(tmp_path / "c", tiny_net, step=3)
+    save_checkpoint(tmp_path / "c", tiny_net, step=4)  # a training-state folder is saved into again
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "tensors-000000004.safetensors"]
+    other = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"000004.safetensors: unknown model tensor 'conv1.bias' \(8 unknown\)"):
+        load_checkpoint(tmp_path / "c", other)
+    bigger = type(tiny_net)()
+    bigger.fc2 = torch.nn.Linear(16, 5)
+    with pytest.raises(ValueError, match=r"tensor 'fc2.bias' has shape \[4\], the model's is \[5\]"):
+        load_checkpoint(tmp_path / "c", bigger)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="holds no prunekit training state"):
+        save_checkpoint(tmp_path / "mine", tiny_net)
+    with pytest.raises(ValueError, match="holds no prunekit training state"):
+        CheckpointEvery(tmp_path / "mine", every=1)
+    save_checkpoint(tmp_path / "mine", tiny_net, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_a_version_1_training_state_still_loads(tiny_net, tmp_path):
+    save_checkpoint(tmp_path / "c", tiny_net, step=5)
+    doc = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    (tmp_path / "c" / "manifest.json").unlink()
+    (tmp_path / "c" / "checkpoint.json").write_text(json.dumps({**doc, "format": "prunekit.checkpoint", "version": 1}))
+    net2 = type(tiny_net)()
+    assert load_checkpoint(tmp_path / "c", net2).step == 5
+    assert torch.equal(net2.fc1.weight, tiny_net.fc1.weight)
+    save_checkpoint(tmp_path / "c", net2, step=6)  # the next save writes version 2 and drops the old index
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "tensors-000000006.safetensors"]
