@@ -7,6 +7,7 @@ leaves an existing checkpoint untouched, and one is replaced only with ``overwri
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from .io import atomic_dir, check_tensor_file, load_tensors, save_tensors, write
 from .io import read_manifest as _read_manifest
 from .masks import load_masks, save_masks
 
+log = logging.getLogger(__name__)
 KIND = "zoo"
 WEIGHTS = "model.safetensors"
 MASKS = "masks.safetensors"
@@ -35,8 +37,8 @@ def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, model_spec: di
     return Path(out_dir)
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a zoo checkpoint folder (version 2, or the version-1 layout)."""
+def read_zoo_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a zoo checkpoint folder (version 2, or the version-1 layout), its model spec checked."""
     man = _read_manifest(path, kinds=(KIND,))
     spec = man.get("model")
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
@@ -46,6 +48,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     return man
 
 
+read_manifest = read_zoo_manifest  # older name
+
+
 def _meta_shapes(spec: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
     """The state-dict shapes of the model ``spec`` names, built without allocating (None if it cannot be)."""
     from .zoo import get_model
@@ -53,9 +58,10 @@ def _meta_shapes(spec: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch
     try:
         with torch.device("meta"):
             net = get_model(spec["name"], **spec.get("kwargs", {}))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError):  # bad model arguments: the zoo's message names them
         raise
-    except Exception:  # some builders need real tensors; the caller checks after a real build
+    except Exception as e:  # noqa: BLE001 - a builder that needs real tensors: checked after the real build
+        log.info("meta-device shape check of zoo model %r skipped (%s)", spec["name"], e)
         return None
     return {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
 
@@ -66,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any],
     The weights' header is checked against the model's shapes before any tensor is read.
     """
     path = Path(path)
-    manifest = read_manifest(path)
+    manifest = read_zoo_manifest(path)
     spec = manifest["model"]
     expected = _meta_shapes(spec)
     if expected is not None:
