@@ -289,3 +289,30 @@ def test_a_truncated_safetensors_file_is_refused_naming_it(tmp_path):
     f.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage")
     with pytest.raises(ValueError, match="not a valid safetensors file"):
         pio.load_tensors(f)
+
+
+def test_a_failed_rename_in_the_journaled_swap_puts_the_old_folder_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_SWAP", "rename")
+    out = _folder(tmp_path / "out", "old")
+    real, calls = os.rename, []
+
+    def second_fails(a, b):
+        calls.append(Path(b).name)
+        if len(calls) == 2:  # out -> old worked, new -> out fails
+            raise OSError(5, "I/O error")
+        real(a, b)
+
+    monkeypatch.setattr(pio.os, "rename", second_fails)
+    with pytest.raises(OSError, match="I/O error"):
+        with atomic_dir(out, overwrite=True) as tmp:
+            for f in FILES:
+                (tmp / f).write_text("new")
+    assert calls[:2] == [calls[0], "out"] and calls[0].startswith(".out.prunekit-old-")
+    assert _state(out) == "old" and _leftovers(tmp_path) == []
+
+
+def test_a_torn_journal_is_dropped_since_nothing_was_moved_yet(tmp_path):
+    out = _folder(tmp_path / "out", "old")
+    (tmp_path / ".out.prunekit-swap.json").write_text('{"format": "prunekit", "new": ".out.prun')
+    recover(out)
+    assert _state(out) == "old" and _leftovers(tmp_path) == []

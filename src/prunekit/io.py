@@ -381,15 +381,31 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, f"cannot swap {a} and {b}: {os.strerror(err)}")
 
 
+def _write_journal(out: Path, new: Path, old_name: str) -> None:
+    """Write the swap journal in place and fsync it (a torn journal means nothing was moved yet)."""
+    doc = {"format": FORMAT, "swap": 1, "pid": os.getpid(), "new": new.name, "old": old_name}
+    fd = os.open(_journal(out), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(doc))
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(out.parent)
+
+
 def _swap_journaled(new: Path, out: Path, old_name: str) -> None:
     """Replace ``out`` by ``new`` with two renames, a journal making every instant recoverable."""
     old = out.parent / old_name
-    write_json(_journal(out), {"format": FORMAT, "swap": 1, "pid": os.getpid(), "new": new.name, "old": old_name})
-    _fsync_dir(out.parent)
+    _write_journal(out, new, old_name)
     fault("after-journal")
-    os.rename(out, old)
-    fault("after-old-moved")
-    os.rename(new, out)
+    try:
+        os.rename(out, old)
+        fault("after-old-moved")
+        os.rename(new, out)
+    except BaseException:  # a rename failed (not a crash): put the old folder back now
+        if old.exists() and not out.exists():
+            os.rename(old, out)
+        _journal(out).unlink(missing_ok=True)
+        raise
     _fsync_dir(out.parent)
     fault("after-new-moved")
     _remove(old)
