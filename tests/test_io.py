@@ -316,3 +316,10 @@ def test_a_torn_journal_is_dropped_since_nothing_was_moved_yet(tmp_path):
     (tmp_path / ".out.prunekit-swap.json").write_text('{"format": "prunekit", "new": ".out.prun')
     recover(out)
     assert _state(out) == "old" and _leftovers(tmp_path) == []
+
+
+def test_expected_sizes_for_check_out(tmp_path):
+    net = torch.nn.Linear(3, 2)  # 6 + 2 float32
+    assert pio.model_bytes(net) == 8 * 4
+    _folder(tmp_path / "m", "abc")
+    assert pio.folder_bytes(tmp_path / "m") == 9 and pio.folder_bytes(tmp_path / "m" / "a.txt") == 3

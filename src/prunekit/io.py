@@ -312,6 +312,19 @@ def check_out(out: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str |
     return out
 
 
+def model_bytes(model: Any) -> int:
+    """Bytes of a module's state dict as safetensors would store it (``expected_bytes`` for ``check_out``)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def folder_bytes(path: str | os.PathLike) -> int:
+    """Total size of the files under ``path`` (e.g. a source model folder, to size its pruned copy)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 # ---------------------------------------------------------------- atomic folders
 
 def _names(out: Path) -> tuple[str, str, str]:
