@@ -327,9 +327,10 @@ def folder_bytes(path: str | os.PathLike) -> int:
 
 # ---------------------------------------------------------------- atomic folders
 
-def _names(out: Path) -> tuple[str, str, str]:
+def _names(out: Path) -> tuple[str, str]:
+    """Names of the new folder and of the old copy during a replace of ``out`` (this process, random tag)."""
     tag = f"{os.getpid()}-{secrets.token_hex(4)}"
-    return f".{out.name}.prunekit-new-{tag}", f".{out.name}.prunekit-old-{tag}", f".{out.name}.prunekit-swap.json"
+    return f".{out.name}.prunekit-new-{tag}", f".{out.name}.prunekit-old-{tag}"
 
 
 def _journal(out: Path) -> Path:
@@ -455,7 +456,7 @@ def atomic_dir(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[P
         raise OutputExistsError(f"{out} already exists and is not empty; pass --overwrite (overwrite=True) to "
                                 "replace it, or choose another path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    new_name, old_name, _ = _names(out)
+    new_name, old_name = _names(out)
     new = out.parent / new_name
     new.mkdir()
     try:
