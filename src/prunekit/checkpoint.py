@@ -1,87 +1,88 @@
-"""A prunekit checkpoint folder: ``model.safetensors`` + optional ``masks.safetensors`` + ``manifest.json``.
+"""A zoo checkpoint folder: ``model.safetensors`` + optional ``masks.safetensors`` + ``manifest.json`` (kind zoo).
 
 The manifest names how to rebuild the model (a zoo name and its arguments), so no pickled object is
-ever read. A checkpoint is written to a temporary folder beside its target and renamed at the end,
-so an interrupted or failed write leaves an existing checkpoint untouched.
+ever read. The folder is written with ``prunekit.io.atomic_dir``: an interrupted or failed write
+leaves an existing checkpoint untouched, and one is replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from .io import load_tensors, save_tensors, write_json
+from .io import atomic_dir, check_tensor_file, load_tensors, save_tensors, write_manifest
+from .io import read_manifest as _read_manifest
 from .masks import load_masks, save_masks
 
-FORMAT = "prunekit.checkpoint"
-VERSION = 1
+log = logging.getLogger(__name__)
+KIND = "zoo"
+WEIGHTS = "model.safetensors"
+MASKS = "masks.safetensors"
 
 
 def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, model_spec: dict[str, Any],
-                    masks: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None) -> Path:
+                    masks: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None, *,
+                    overwrite: bool = False) -> Path:
     """Write the checkpoint folder ``out_dir`` atomically; ``model_spec`` = ``{"name", "kwargs"}``."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        save_tensors(tmp / "model.safetensors", model.state_dict(), {"format": FORMAT})
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        save_tensors(tmp / WEIGHTS, model.state_dict(), {"format": "prunekit", "kind": KIND})
         if masks:
-            save_masks(tmp / "masks.safetensors", masks, {"model": model_spec})
-        manifest = {"format": FORMAT, "version": VERSION, "model": model_spec, "has_masks": bool(masks),
-                    **(extra or {})}
-        write_json(tmp / "manifest.json", manifest)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+            save_masks(tmp / MASKS, masks, {"model": model_spec})
+        write_manifest(tmp, KIND, {**(extra or {}), "model": model_spec, "has_masks": bool(masks)})
+    return Path(out_dir)
 
 
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of a checkpoint folder; a missing folder or manifest is a clear error."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"checkpoint not found: {path} (expected a folder written by `prunekit prune` or "
-                                "`prunekit train`, holding manifest.json and model.safetensors)")
-    mf = path / "manifest.json"
-    if not mf.is_file():
-        raise FileNotFoundError(f"checkpoint {path} has no manifest.json")
+def read_zoo_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a zoo checkpoint folder (version 2, or the version-1 layout), its model spec checked."""
+    man = _read_manifest(path, kinds=(KIND,))
+    spec = man.get("model")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+            or not isinstance(spec.get("kwargs", {}), dict):
+        raise ValueError(f"checkpoint manifest {Path(path) / 'manifest.json'}: \"model\" must be an object "
+                         f"{{\"name\": str, \"kwargs\": {{...}}}}, got {spec!r:.200}")
+    return man
+
+
+read_manifest = read_zoo_manifest  # older name
+
+
+def _meta_shapes(spec: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]] | None:
+    """The state-dict shapes of the model ``spec`` names, built without allocating (None if it cannot be)."""
+    from .zoo import get_model
+
     try:
-        manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"checkpoint manifest {mf} is not valid JSON ({e})") from e
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{mf} is not a prunekit checkpoint manifest (format={manifest.get('format')!r})")
-    if manifest.get("version") != VERSION:
-        raise ValueError(f"{mf} has version {manifest.get('version')!r}; this prunekit reads version {VERSION}")
-    return manifest
+        with torch.device("meta"):
+            net = get_model(spec["name"], **spec.get("kwargs", {}))
+    except (ValueError, TypeError):  # bad model arguments: the zoo's message names them
+        raise
+    except Exception as e:  # noqa: BLE001 - a builder that needs real tensors: checked after the real build
+        log.info("meta-device shape check of zoo model %r skipped (%s)", spec["name"], e)
+        return None
+    return {k: (tuple(v.shape), v.dtype) for k, v in net.state_dict().items()}
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any], dict[str, Tensor] | None]:
-    """Rebuild the model of a checkpoint folder; returns ``(model, manifest, masks or None)``."""
+    """Rebuild the model of a checkpoint folder; returns ``(model, manifest, masks or None)``.
+
+    The weights' header is checked against the model's shapes before any tensor is read.
+    """
+    path = Path(path)
+    manifest = read_zoo_manifest(path)
+    spec = manifest["model"]
+    expected = _meta_shapes(spec)
+    if expected is not None:
+        check_tensor_file(path / WEIGHTS, expected, what="checkpoint weights")
     from .zoo import get_model
 
-    path = Path(path)
-    manifest = read_manifest(path)
-    spec = manifest["model"]
-    state, _ = load_tensors(path / "model.safetensors", "checkpoint weights")
     model = get_model(spec["name"], **spec.get("kwargs", {}))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint weights {path / 'model.safetensors'} do not fit model {spec['name']!r}: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    masks = load_masks(path / "masks.safetensors")[0] if manifest.get("has_masks") else None
+    expected = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
+    check_tensor_file(path / WEIGHTS, expected, what="checkpoint weights")
+    state, _ = load_tensors(path / WEIGHTS, "checkpoint weights")
+    model.load_state_dict(state, strict=True)
+    masks = load_masks(path / MASKS, model=model)[0] if manifest.get("has_masks") else None
     return model, manifest, masks

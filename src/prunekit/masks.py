@@ -190,24 +190,45 @@ def masks_from_zeros(model: nn.Module, params: Iterable[str] | None = None) -> d
     return {k: named[k].detach() != 0 for k in names}
 
 
-def save_masks(path: str | os.PathLike, masks: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> Path:
-    """Save bool masks as safetensors (atomic), with a JSON ``metadata`` block."""
+def save_masks(path: str | os.PathLike, masks: dict[str, Tensor], metadata: dict[str, Any] | None = None, *,
+               overwrite: bool = False) -> Path:
+    """Save bool masks as safetensors (atomic, kind ``masks``), with a JSON ``metadata`` block.
+
+    ``overwrite=False`` refuses an existing file (a masks file is one file, replaced whole).
+    """
+    from .io import FORMAT, VERSION, OutputExistsError
+
     bad = [k for k, m in masks.items() if m.dtype != torch.bool]
     if bad:
         raise ValueError(f"masks must be torch.bool (True = keep); not bool: {bad}")
-    meta = {"format": MASKS_FORMAT, "version": MASKS_VERSION, "json": json.dumps(metadata or {}, sort_keys=True)}
+    if not overwrite and Path(path).exists():
+        raise OutputExistsError(f"masks file {path} already exists; pass overwrite=True (--overwrite) to replace it")
+    meta = {"format": FORMAT, "version": str(VERSION), "kind": "masks",
+            "json": json.dumps(metadata or {}, sort_keys=True)}
     return save_tensors(path, masks, meta)
 
 
-def load_masks(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Load masks saved by ``save_masks``; a file of another kind is a clear error."""
-    tensors, meta = load_tensors(path, "mask file")
-    if meta.get("format") != MASKS_FORMAT:
-        raise ValueError(f"{path} is not a prunekit mask file (metadata format={meta.get('format')!r})")
-    bad = [k for k, t in tensors.items() if t.dtype != torch.bool]
-    if bad:
-        raise ValueError(f"mask file {path} holds non-bool tensors {bad}")
-    return tensors, json.loads(meta.get("json", "{}"))
+def load_masks(path: str | os.PathLike, model: nn.Module | None = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Load masks saved by ``save_masks``; with ``model``, names and shapes must match its parameters.
+
+    The file's header is checked (kind, bool dtype, names, shapes) before any tensor is read.
+    """
+    from .io import FORMAT, VERSION, check_tensor_file, tensor_header
+
+    head, meta = tensor_header(path, "mask file")
+    v2 = meta.get("format") == FORMAT and meta.get("version") == str(VERSION) and meta.get("kind") == "masks"
+    if not v2 and meta.get("format") != MASKS_FORMAT:
+        raise ValueError(f"{path} is not a prunekit mask file (metadata format={meta.get('format')!r}, "
+                         f"kind={meta.get('kind')!r})")
+    expected = {k: (None, torch.bool) for k in head} if model is None else \
+        {k: (tuple(p.shape), torch.bool) for k, p in model.named_parameters()}
+    check_tensor_file(path, expected, require_all=False, what="mask file")
+    tensors, _ = load_tensors(path, "mask file")
+    try:
+        meta_json = json.loads(meta.get("json", "{}"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"mask file {path}: its metadata block is not valid JSON ({e})") from None
+    return tensors, meta_json
 
 
 @dataclass

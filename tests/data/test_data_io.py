@@ -64,7 +64,8 @@ def test_selection_round_trip_and_manifest(tmp_path):
                          scores=s)
     idx, man = load_selection(out, num_examples=4)
     assert idx.tolist() == [1, 3]
-    assert man["version"] == 1 and man["method"] == "keep-hard" and man["seed"] == 3
+    assert (man["format"], man["version"], man["kind"]) == ("prunekit", 2, "data-selection")
+    assert man["method"] == "keep-hard" and man["seed"] == 3
     assert man["num_kept"] == 2 and man["keep_fraction"] == 0.5
     assert man["score_summary"]["max"] == pytest.approx(0.9) and man["score_summary"]["count"] == 4
     assert sorted(p.name for p in out.iterdir()) == ["kept.npy", "manifest.json"]  # no temp files left
@@ -96,7 +97,7 @@ def test_existing_selection_survives_a_failed_write(tmp_path):
 
 def test_manifest_without_version_is_rejected(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"num_examples": 3}))
-    with pytest.raises(ValueError, match='"version": 1'):
+    with pytest.raises(ValueError, match="manifest.json is not a prunekit manifest"):
         load_selection(tmp_path)
 
 
@@ -109,3 +110,28 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     os.umask(mask)
     for name in ("kept.npy", "manifest.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~mask
+
+
+def test_selection_files_are_checked_before_loading(tmp_path):
+    from prunekit.data.io import write_npy
+    from prunekit.io import OutputExistsError
+
+    out = save_selection(tmp_path / "s", np.array([0, 2]), num_examples=4, method="x")
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        save_selection(out, np.array([1]), num_examples=4, method="y")
+    assert load_selection(out)[1]["method"] == "x"
+    save_selection(out, np.array([1]), num_examples=4, method="y", overwrite=True)
+    assert load_selection(out)[0].tolist() == [1]
+    write_npy(out / "kept.npy", np.arange(3))
+    with pytest.raises(ValueError, match=r"manifest says 1 kept but kept.npy holds shape \[3\]"):
+        load_selection(out)
+    (out / "kept.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(ValueError, match=r"kept.npy is not a valid .npy file"):
+        load_selection(out)
+    man = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**man, "num_kept": 10**9}))
+    with pytest.raises(ValueError, match="0 <= num_kept <= num_examples"):
+        load_selection(out)
+    (out / "manifest.json").write_text(json.dumps({**man, "indices_file": "../../etc/passwd"}))
+    with pytest.raises(ValueError, match="indices_file must be a file name in the folder"):
+        load_selection(out)

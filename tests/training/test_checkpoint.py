@@ -86,8 +86,9 @@ def test_checkpoint_holds_only_json_and_safetensors(tiny_net, tmp_path):
     cb._gen = torch.Generator().manual_seed(1)
     save_checkpoint(tmp_path / "c", tiny_net, opt, [cb], step=7, extra={"note": (1, 2)})
     files = sorted(p.name for p in (tmp_path / "c").iterdir())
-    assert files == ["checkpoint.json", "tensors-000000007.safetensors"]
-    doc = json.loads((tmp_path / "c" / "checkpoint.json").read_text())
+    assert files == ["manifest.json", "tensors-000000007.safetensors"]
+    doc = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert (doc["format"], doc["version"], doc["kind"]) == ("prunekit", 2, "training-state")
     assert doc["step"] == 7 and doc["optimizer"]["param_groups"][0]["betas"] == {"__tuple__": [0.9, 0.999]}
     net2 = type(tiny_net)()
     opt2 = torch.optim.Adam(net2.parameters())
@@ -106,7 +107,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint(tiny_net, tmp_path, monkey
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_mod, "write_json", boom)
+    monkeypatch.setattr(ckpt_mod, "write_manifest", boom)
     with torch.no_grad():
         tiny_net.fc1.weight.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
@@ -131,3 +132,36 @@ def test_checkpoint_bad_input(tiny_net, tmp_path):
         save_checkpoint(tmp_path / "d", tiny_net, extra={"obj": object()})
     with pytest.raises(ValueError, match="every"):
         CheckpointEvery(tmp_path / "e", every=0)
+
+
+def test_training_state_is_checked_against_the_model_and_foreign_folders_refused(tiny_net, tmp_path):
+    save_checkpoint(tmp_path / "c", tiny_net, step=3)
+    save_checkpoint(tmp_path / "c", tiny_net, step=4)  # a training-state folder is saved into again
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "tensors-000000004.safetensors"]
+    other = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"000004.safetensors: unknown model tensor 'conv1.bias' \(8 unknown\)"):
+        load_checkpoint(tmp_path / "c", other)
+    bigger = type(tiny_net)()
+    bigger.fc2 = torch.nn.Linear(16, 5)
+    with pytest.raises(ValueError, match=r"tensor 'fc2.bias' has shape \[4\], the model's is \[5\]"):
+        load_checkpoint(tmp_path / "c", bigger)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ValueError, match="holds no prunekit training state"):
+        save_checkpoint(tmp_path / "mine", tiny_net)
+    with pytest.raises(ValueError, match="holds no prunekit training state"):
+        CheckpointEvery(tmp_path / "mine", every=1)
+    save_checkpoint(tmp_path / "mine", tiny_net, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_a_version_1_training_state_still_loads(tiny_net, tmp_path):
+    save_checkpoint(tmp_path / "c", tiny_net, step=5)
+    doc = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    (tmp_path / "c" / "manifest.json").unlink()
+    (tmp_path / "c" / "checkpoint.json").write_text(json.dumps({**doc, "format": "prunekit.checkpoint", "version": 1}))
+    net2 = type(tiny_net)()
+    assert load_checkpoint(tmp_path / "c", net2).step == 5
+    assert torch.equal(net2.fc1.weight, tiny_net.fc1.weight)
+    save_checkpoint(tmp_path / "c", net2, step=6)  # the next save writes version 2 and drops the old index
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "tensors-000000006.safetensors"]

@@ -32,9 +32,10 @@ def test_sparse_train_rigl_and_resume(tmp_path):
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     assert kept == round(0.2 * total) and manifest["measured_sparsity"] == 1 - kept / total
-    assert json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["step"] == 14  # 2 epochs of 7 steps
+    assert json.loads((tmp_path / "ck" / "manifest.json").read_text())["step"] == 14  # 2 epochs of 7 steps
+    args[3] = str(tmp_path / "m2")  # --out m is not empty now: it is refused without --overwrite
     res = runner.invoke(app, [*args, "--resume"])  # the saved run is already complete: resumes at its end
-    assert res.exit_code == 0 and "resuming at step 14" in res.output
+    assert res.exit_code == 0 and "resuming at step 14" in res.output, res.output
 
 
 def test_sparse_train_srste_and_lottery(tmp_path):

@@ -12,13 +12,13 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..io import atomic_write_bytes, folder_writable
 from .store import ResultsStore, ResultsStoreError
 
 log = logging.getLogger(__name__)
@@ -188,34 +188,13 @@ def check_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     probe = out
     while not probe.exists():
         probe = probe.parent
-    if not os.access(probe, os.W_OK) or not probe.stat().st_mode & 0o222:
+    if not folder_writable(probe):
         raise ValueError(f"out_dir {str(out)!r} cannot be written (folder {str(probe)!r} is read-only); "
                          "pass another --out folder")
     return out
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
-
-    The file gets the permissions of a plain ``open()`` (0666 less the umask), not ``mkstemp``'s 0600.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+write_atomic = atomic_write_bytes  # older name: prunekit.io owns atomic writes
 
 
 def _runs_table_html(runs: Sequence[Mapping[str, Any]], x: str, y: str) -> str:

@@ -17,12 +17,13 @@ import logging
 import os
 import platform
 import sqlite3
-import stat
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..io import folder_writable, is_read_only
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +147,7 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_only(p: Path) -> bool:
-    """True if ``p`` cannot be written or carries no write bit at all (so root respects chmod a-w)."""
-    return not os.access(p, os.W_OK) or stat.S_IMODE(p.stat().st_mode) & 0o222 == 0
+_read_only = is_read_only  # older name
 
 
 def check_writable(path: str | os.PathLike[str]) -> Path:
@@ -166,7 +165,7 @@ def check_writable(path: str | os.PathLike[str]) -> Path:
     if p.exists() and _read_only(p):
         raise ResultsStoreError(f"results database {name} is read-only; make it writable (chmod u+w) "
                                 "or pass another --db path")
-    if _read_only(folder):
+    if not folder_writable(folder):
         raise ResultsStoreError(f"folder {fname} of results database {name} is read-only (SQLite writes its "
                                 "journal beside the database); make it writable or pass another --db path")
     return p

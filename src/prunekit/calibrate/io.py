@@ -1,18 +1,17 @@
 """Save and load pruned transformers: plain ``save_pretrained`` weights, a bit-packed mask side-car
 (``prunekit_masks.safetensors``, one uint8 tensor per layer, 8 mask bits per byte) and a JSON
-manifest (``prunekit_manifest.json``: method, config, per-layer sparsity, calibration, protocol).
+manifest (``manifest.json``, prunekit format 2, kind ``hf``: method, config, per-layer sparsity,
+calibration, protocol). Folders of the version-1 layout (``prunekit_manifest.json``) still load.
 
 ``config.json`` is left exactly as transformers writes it: no extra key, so other tools load the
-model as a plain dense checkpoint. The whole folder is written next to its destination and renamed
-into place, so an interrupted save leaves nothing half-written.
+model as a plain dense checkpoint. The whole folder is written with ``prunekit.io.atomic_dir``, so
+an interrupted save leaves nothing half-written and an existing folder is replaced only with
+``overwrite``, crash-safely.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,21 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..io import load_tensors, save_tensors, write_json
+from ..io import (
+    MANIFEST,
+    atomic_dir,
+    check_out,
+    check_tensor_file,
+    load_tensors,
+    read_manifest,
+    save_tensors,
+    write_manifest,
+)
 
 MASKS_FILE = "prunekit_masks.safetensors"
-MANIFEST_FILE = "prunekit_manifest.json"
-FORMAT = "prunekit.llm-masks"
-VERSION = 1
+MANIFEST_FILE = MANIFEST
+KIND = "hf"
+LEGACY_FORMAT = "prunekit.llm-masks"  # version 1: the side-car's metadata and ``prunekit_manifest.json``
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
@@ -51,68 +59,77 @@ def _ones(bits: Tensor) -> int:
 
 
 def _check_out(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
-        raise FileExistsError(f"output folder {out_dir} exists and is not empty; pass overwrite=True (--overwrite)")
+    """Deprecated: use ``prunekit.io.check_out``."""
+    check_out(out_dir, overwrite=overwrite)
 
 
-def save_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Any], manifest: dict[str, Any],
-                tokenizer: Any = None, overwrite: bool = False) -> Path:
+def save_hf_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Any], manifest: dict[str, Any],
+                   tokenizer: Any = None, overwrite: bool = False) -> Path:
     """Write ``model`` with ``save_pretrained``, the bit-packed ``masks`` and the ``manifest``, atomically.
 
     ``masks`` maps parameter names to bool masks or to already packed ``(uint8 bits, shape)`` pairs.
     """
     out = Path(out_dir)
-    _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         packed = {k: m if isinstance(m, tuple) else (pack_mask(m), list(m.shape)) for k, m in masks.items()}
         save_tensors(tmp / MASKS_FILE, {k: bits for k, (bits, _) in packed.items()},
-                     {"format": FORMAT, "version": str(VERSION)})
+                     {"format": "prunekit", "version": "2", "kind": KIND})
         layers = {k: {"shape": list(shape), "sparsity": 1.0 - _ones(bits) / math.prod(shape)}
                   for k, (bits, shape) in packed.items()}
         for k, extra in manifest.get("layers", {}).items():
             layers.setdefault(k, {}).update(extra)
-        write_json(tmp / MANIFEST_FILE, {**manifest, "format": FORMAT, "version": VERSION, "layers": layers})
-        _swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        body = {k: v for k, v in manifest.items() if k not in ("format", "version", "kind")}
+        write_manifest(tmp, KIND, {**body, "layers": layers})
     return out
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def save_pruned(*args: Any, **kwargs: Any) -> Path:
+    """Deprecated alias of :func:`save_hf_pruned`."""
+    return save_hf_pruned(*args, **kwargs)
 
 
 def load_manifest(model_dir: str | Path) -> dict[str, Any]:
-    """The prunekit manifest of a saved pruned model."""
-    p = Path(model_dir) / MANIFEST_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"{model_dir} has no {MANIFEST_FILE}: it was not saved by prunekit llm prune")
-    man = json.loads(p.read_text())
-    if man.get("format") != FORMAT or man.get("version") != VERSION:
-        raise ValueError(f"{p} is not a prunekit manifest of version {VERSION} (format={man.get('format')!r})")
+    """The prunekit manifest of a saved pruned model (kind ``hf``; version-1 folders too)."""
+    man = read_manifest(model_dir, kinds=(KIND,), what="pruned model")
+    if not isinstance(man.get("layers", {}), dict):
+        raise ValueError(f"{Path(model_dir) / man.get('manifest_file', MANIFEST)}: \"layers\" must be an object")
     return man
 
 
+def _mask_shapes(man: dict[str, Any], where: Path) -> dict[str, list[int]]:
+    """Each layer's mask shape from the manifest: lists of non-negative integers, or an error naming the file."""
+    shapes = {}
+    for k, d in man.get("layers", {}).items():
+        shape = d.get("shape") if isinstance(d, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                  for n in shape):
+            raise ValueError(f"{where}: layer {k!r} has shape {shape!r:.100}; expected a list of integers")
+        shapes[k] = shape
+    return shapes
+
+
+def load_hf_masks(model_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The bool masks (True = keep) and the manifest saved next to a pruned model.
+
+    The side-car's header is checked against the manifest's shapes before any mask is read.
+    """
+    d = Path(model_dir)
+    man = load_manifest(d)
+    shapes = _mask_shapes(man, d / man.get("manifest_file", MANIFEST))
+    expected = {k: (((math.prod(s) + 7) // 8,), "U8") for k, s in shapes.items()}
+    check_tensor_file(d / MASKS_FILE, expected, require_all=False, what="mask side-car")
+    packed, meta = load_tensors(d / MASKS_FILE, "mask side-car")
+    if meta.get("format") not in ("prunekit", LEGACY_FORMAT):
+        raise ValueError(f"{d / MASKS_FILE} is not a prunekit mask side-car (format={meta.get('format')!r})")
+    return {k: unpack_mask(v, shapes[k]) for k, v in packed.items()}, man
+
+
 def load_masks(model_dir: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The bool masks (True = keep) and the manifest saved next to a pruned model."""
-    man = load_manifest(model_dir)
-    packed, meta = load_tensors(Path(model_dir) / MASKS_FILE, "mask side-car")
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{model_dir}/{MASKS_FILE} is not a prunekit mask side-car")
-    return {k: unpack_mask(v, man["layers"][k]["shape"]) for k, v in packed.items()}, man
+    """Deprecated alias of :func:`load_hf_masks`."""
+    return load_hf_masks(model_dir)
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
@@ -146,11 +163,15 @@ def load_pruned(model_dir: str | Path, attach_masks: bool = True) -> tuple[nn.Mo
     from ..masks import attach
 
     model = load_model(model_dir)
-    masks, man = load_masks(model_dir)
+    masks, man = load_hf_masks(model_dir)
     params = dict(model.named_parameters())
     missing = [k for k in masks if k not in params]
     if missing:
-        raise ValueError(f"masks name parameters the model lacks: {missing[:5]}")
+        raise ValueError(f"{Path(model_dir) / MASKS_FILE}: masks name parameters the model lacks: {missing[:5]}")
+    wrong = [k for k, m in masks.items() if m.shape != params[k].shape]
+    if wrong:
+        raise ValueError(f"{Path(model_dir) / MASKS_FILE}: mask {wrong[0]!r} has shape {list(masks[wrong[0]].shape)}"
+                         f", the parameter's is {list(params[wrong[0]].shape)}")
     if attach_masks:
         attach(model, masks)
     return model, masks, man

@@ -30,9 +30,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..io import write_json
 from ..training.loop import Batch, Callback, TrainState
 from .checks import check_positive_int
-from .io import MANIFEST_VERSION, read_json, write_json
+from .io import MANIFEST_VERSION
+from .io import read_versioned_json as read_json
 
 log = logging.getLogger(__name__)
 

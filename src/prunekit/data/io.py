@@ -1,36 +1,25 @@
-"""Kept indices as ``.npy`` plus a versioned JSON manifest, written atomically; and their checked loading."""
+"""Kept indices as ``.npy`` plus a manifest (prunekit format 2, kind ``data-selection``), written as one
+folder with ``prunekit.io.atomic_dir``; and their checked loading (version-1 folders too)."""
 
 from __future__ import annotations
 
-import io
-import json
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import atomic_write_bytes
+from ..io import atomic_dir, atomic_write, read_manifest, write_json, write_manifest
+from ..io import read_json as _read_json
 
-MANIFEST_VERSION = 1
+__all__ = ["atomic_write", "write_json"]  # re-exported for older imports: both live in prunekit.io
+
+MANIFEST_VERSION = 1  # of the data side files (scores, dynamics, schedules); selections use prunekit.io's
 INDICES_FILE = "kept.npy"
 MANIFEST_FILE = "manifest.json"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(f)`` on an in-memory buffer, then write it atomically (``prunekit.io.atomic_write_bytes``)."""
-    buf = io.BytesIO()
-    write(buf)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> Path:
-    """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=_jsonable).encode()
-    return atomic_write(path, lambda f: f.write(text))
+KIND = "data-selection"
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
@@ -39,17 +28,18 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     return atomic_write(path, lambda f: np.save(f, arr, allow_pickle=False))
 
 
-def read_json(path: str | os.PathLike, name: str = "manifest") -> dict[str, Any]:
-    """Read a JSON object with a ``version`` key, or raise naming ``name``."""
+def read_versioned_json(path: str | os.PathLike, name: str = "manifest") -> dict[str, Any]:
+    """Read a JSON object with ``"version": 1``, or raise naming ``name`` and the file."""
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = _read_json(path, name)
     except FileNotFoundError:
         raise ValueError(f"{name} {str(path)!r} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{name} {str(path)!r} is not valid JSON: {e}") from None
-    if not isinstance(obj, dict) or obj.get("version") != MANIFEST_VERSION:
+    if obj.get("version") != MANIFEST_VERSION:
         raise ValueError(f"{name} {str(path)!r} must be a JSON object with \"version\": {MANIFEST_VERSION}")
     return obj
+
+
+read_json = read_versioned_json  # older name
 
 
 def score_summary(scores: Tensor | np.ndarray) -> dict[str, float]:
@@ -85,45 +75,55 @@ def save_selection(
     seed: int | None = None,
     scores: Tensor | np.ndarray | None = None,
     extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``kept.npy`` and ``manifest.json`` into ``out_dir``; checks everything before writing."""
+    """Write ``kept.npy`` and ``manifest.json`` as the folder ``out_dir``; checks everything before writing."""
     idx = check_indices(indices, num_examples)
     if scores is not None and len(scores) != num_examples:
         raise ValueError(f"scores has {len(scores)} entries but num_examples is {num_examples}; they must match")
-    manifest = {
-        "version": MANIFEST_VERSION, "kind": "data-selection", "method": method, "params": params or {},
+    body = {
+        **(extra or {}), "method": method, "params": params or {},
         "seed": seed, "num_examples": int(num_examples), "num_kept": int(idx.size),
         "keep_fraction": idx.size / num_examples, "indices_file": INDICES_FILE,
-        "score_summary": score_summary(scores) if scores is not None else None, **(extra or {}),
+        "score_summary": score_summary(scores) if scores is not None else None,
     }
-    out = Path(out_dir)
-    write_npy(out / INDICES_FILE, idx)
-    write_json(out / MANIFEST_FILE, manifest)
-    return out
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        write_npy(tmp / INDICES_FILE, idx)
+        write_manifest(tmp, KIND, body)
+    return Path(out_dir)
+
+
+def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file from its header only."""
+    if not path.is_file():
+        raise FileNotFoundError(f"kept indices file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"kept indices file {path} is not a valid .npy file ({e}); re-create it") from None
+    return tuple(shape), dtype
 
 
 def load_selection(out_dir: str | os.PathLike, num_examples: int | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Read kept indices and their manifest; ``num_examples`` must match the manifest's data set size."""
     out = Path(out_dir)
-    manifest = read_json(out / MANIFEST_FILE)
-    n = manifest.get("num_examples")
+    manifest = read_manifest(out, kinds=(KIND,), what="data selection")
+    where = str(out / MANIFEST_FILE)
+    n, kept, name = manifest.get("num_examples"), manifest.get("num_kept"), manifest.get("indices_file", INDICES_FILE)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (n, kept)) or kept > n:
+        raise ValueError(f"manifest {where!r}: num_examples and num_kept must be integers with "
+                         f"0 <= num_kept <= num_examples, got {n!r} and {kept!r}")
     if num_examples is not None and n != num_examples:
-        raise ValueError(f"manifest {str(out / MANIFEST_FILE)!r} was made for a data set of {n} examples, "
+        raise ValueError(f"manifest {where!r} was made for a data set of {n} examples, "
                          f"but this data set has {num_examples}; select again for this data set")
-    idx = np.load(out / manifest.get("indices_file", INDICES_FILE), allow_pickle=False)
+    if not isinstance(name, str) or Path(name).name != name:
+        raise ValueError(f"manifest {where!r}: indices_file must be a file name in the folder, got {name!r:.100}")
+    shape, _ = _npy_shape(out / name)
+    if shape != (kept,):
+        raise ValueError(f"{str(out)!r}: manifest says {kept} kept but {name} holds shape {list(shape)}")
+    idx = np.load(out / name, allow_pickle=False)
     idx = check_indices(idx, int(n), name=f"indices in {str(out)!r}")
-    if idx.size != manifest.get("num_kept"):
-        raise ValueError(f"{str(out)!r}: manifest says {manifest.get('num_kept')} kept but the file holds {idx.size}")
     return torch.from_numpy(idx), manifest
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, (np.ndarray, Tensor)):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"cannot write {type(v).__name__} to JSON")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_write
+from ..io import atomic_write
 
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
 

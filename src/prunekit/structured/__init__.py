@@ -2,7 +2,7 @@
 
 ``build_graph`` traces a model once and groups every pair of coupled dimensions; ``remove_`` scores
 the groups, allocates widths to a MACs or parameter budget, shrinks the modules in place and returns
-a JSON :class:`Plan` that rebuilds the slim model from safetensors (``save_pruned`` / ``load_pruned``).
+a JSON :class:`Plan` that rebuilds the slim model from safetensors (``save_structured`` / ``load_structured``).
 """
 
 from .api import Structured, remove_, remove_units_, select_units
@@ -11,7 +11,7 @@ from .importance import GROUP_SCORES, group_scores
 from .ops import register_op
 from .plan import Plan, apply_plan_
 from .regularize import BNSlimming, PruningAwareRegularizer
-from .save import load_pruned, save_pruned
+from .save import load_pruned, load_structured, save_pruned, save_structured
 from .trace import TraceError
 
 __all__ = [
@@ -28,9 +28,11 @@ __all__ = [
     "build_graph",
     "group_scores",
     "load_pruned",
+    "load_structured",
     "register_op",
     "remove_",
     "remove_units_",
     "save_pruned",
+    "save_structured",
     "select_units",
 ]

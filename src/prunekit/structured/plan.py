@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from .remove import Undo, owner, replace_tensor
 
 PLAN_FILE = "plan.json"
@@ -68,11 +68,44 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        """Read a plan written by :meth:`save`."""
+        """Read a plan written by :meth:`save`; every error names the file."""
         p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"plan file not found: {p}")
-        return cls.from_dict(json.loads(p.read_text()))
+        d = read_json(p, "plan file")
+        try:
+            check_plan_fields(d)
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"plan file {p}: {e}") from None
+
+
+_DICT_FIELDS = ("config", "blocks", "tensors", "aliases", "shapes", "added", "attributes", "summary")
+
+
+def check_plan_fields(d: dict[str, Any]) -> None:
+    """Raise naming the first field of a plan dict that has the wrong JSON type (object, list, ints)."""
+    for name in _DICT_FIELDS:
+        if not isinstance(d.get(name, {}), dict):
+            raise ValueError(f"{name!r} must be a JSON object, got {type(d[name]).__name__}")
+    for name in ("hf_config", "source"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise ValueError(f"{name!r} must be a JSON object or null, got {type(d[name]).__name__}")
+    if not isinstance(d.get("previous", []), list):
+        raise ValueError(f"'previous' must be a JSON list, got {type(d['previous']).__name__}")
+    for i, earlier in enumerate(d.get("previous", [])):
+        if not isinstance(earlier, dict):
+            raise ValueError(f"previous[{i}] must be a JSON object, got {type(earlier).__name__}")
+        check_plan_fields(earlier)
+    for name in ("shapes", "added"):
+        for k, shape in d.get(name, {}).items():
+            if not _ints(shape):
+                raise ValueError(f"{name}[{k!r}] must be a list of non-negative integers, got {shape!r:.100}")
+    for k, dims in d.get("tensors", {}).items():
+        if not isinstance(dims, dict) or not all(_ints(pos) for pos in dims.values()):
+            raise ValueError(f"tensors[{k!r}] must map dimensions to lists of kept positions, got {dims!r:.100}")
+
+
+def _ints(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in v)
 
 
 def chain(model: nn.Module, plan: Plan) -> Plan:

@@ -1,17 +1,19 @@
 """Checkpoints of sparse training: model, masks, optimizer and callbacks' state, without pickle.
 
-A checkpoint is a folder: ``tensors-<step>.safetensors`` holds every tensor (weights and buffers,
-masks, optimizer state such as momentum and Adam moments, callbacks' tensors such as SR-STE's dense
-weights or SET's generator state) and ``checkpoint.json`` holds everything else (step, epoch,
-history, optimizer hyper-parameters, callbacks' scalars) and names the tensor file. The JSON file is
-written last, atomically: a crash leaves the previous checkpoint readable, never a half-written one.
+A checkpoint is a folder saved into repeatedly: ``tensors-<step>.safetensors`` holds every tensor
+(weights and buffers, masks, optimizer state such as momentum and Adam moments, callbacks' tensors
+such as SR-STE's dense weights or SET's generator state) and ``manifest.json`` (prunekit format 2,
+kind ``training-state``) holds everything else (step, epoch, history, optimizer hyper-parameters,
+callbacks' scalars) and names the tensor file. The manifest is written last, atomically, and the
+previous tensor file is deleted only after it: a crash leaves the previous checkpoint readable,
+never a half-written one. Folders of the version-1 layout (``checkpoint.json``) still load.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,16 +22,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..io import check_writable, load_tensors, save_tensors, write_json
+from ..io import (
+    MANIFEST,
+    OutputError,
+    check_tensor_file,
+    check_writable,
+    load_tensors,
+    read_manifest,
+    save_tensors,
+    write_manifest,
+)
 from ..masks import attach, attached
 from .distributed import rank, unwrap
 from .loop import Batch, Callback, TrainState
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "prunekit.checkpoint"
-CHECKPOINT_VERSION = 1
-INDEX = "checkpoint.json"
+KIND = "training-state"
+INDEX = MANIFEST  # the commit point of a save
+LEGACY_INDEX = "checkpoint.json"  # version 1
+TENSORS = re.compile(r"^tensors-\d{9}\.safetensors$")
 
 
 def _encode(obj: Any, key: str, tensors: dict[str, Tensor]) -> Any:
@@ -80,18 +92,42 @@ def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
-                    callbacks: Sequence[Callback] = (), step: int = 0, *, epoch: int = 0,
-                    history: list[dict[str, float]] | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Save model, masks, optimizer and callbacks' state to the folder ``path`` (atomic); returns the index file."""
+def check_folder(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Raise unless ``path`` can hold training state: absent, empty, or a training-state folder already.
+
+    A non-empty folder holding anything else is refused unless ``overwrite`` (prunekit then adds its
+    files beside the others and never deletes what it did not write).
+    """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"checkpoint path {folder} is a file; give a folder (it will hold {INDEX} and tensors)")
-    check_writable(folder, "checkpoint folder")
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite and not _holds_state(folder):
+        raise OutputError(f"checkpoint folder {folder} is not empty and holds no prunekit training state; "
+                          "choose another folder or pass overwrite=True (--overwrite)")
+    return check_writable(folder, "checkpoint folder")
+
+
+def _holds_state(folder: Path) -> bool:
+    try:
+        read_manifest(folder, kinds=(KIND,))
+    except (ValueError, FileNotFoundError):
+        return False
+    return True
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    callbacks: Sequence[Callback] = (), step: int = 0, *, epoch: int = 0,
+                    history: list[dict[str, float]] | None = None, extra: dict[str, Any] | None = None,
+                    overwrite: bool = False) -> Path:
+    """Save model, masks, optimizer and callbacks' state to the folder ``path`` (atomic); returns the manifest.
+
+    Saving again into a training-state folder replaces its state (that is what it is for); any other
+    non-empty folder is refused unless ``overwrite``.
+    """
+    folder = check_folder(path, overwrite)
     tensors: dict[str, Tensor] = {}
     net = unwrap(model)
-    doc: dict[str, Any] = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": int(step),
-                           "epoch": int(epoch), "history": history or []}
+    doc: dict[str, Any] = {"step": int(step), "epoch": int(epoch), "history": history or []}
     doc["extra"] = _encode(extra or {}, "extra", tensors)
     doc["model"] = _encode(dict(net.state_dict()), "model", tensors)
     ms = attached(net)
@@ -101,11 +137,12 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
                         for i, cb in enumerate(callbacks)]
     name = f"tensors-{int(step):09d}.safetensors"
     doc["tensors"] = name
-    save_tensors(folder / name, _unshared(tensors), {"format": CHECKPOINT_FORMAT})
-    index = write_json(folder / INDEX, doc)  # the commit point
-    for old in folder.glob("tensors-*.safetensors"):
-        if old.name != name:
+    save_tensors(folder / name, _unshared(tensors), {"format": "prunekit", "kind": KIND})
+    index = write_manifest(folder, KIND, doc)  # the commit point
+    for old in folder.iterdir():
+        if TENSORS.match(old.name) and old.name != name:
             old.unlink(missing_ok=True)
+    (folder / LEGACY_INDEX).unlink(missing_ok=True)  # a version-1 index would name a deleted tensor file
     log.debug("checkpoint at step %d written to %s", step, folder)
     return index
 
@@ -127,19 +164,15 @@ class Checkpoint:
 
 
 def read_index(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON index of the checkpoint folder ``path`` (clear errors for a missing or foreign folder)."""
-    index = Path(path) / INDEX
-    if not index.is_file():
+    """The manifest of the training-state folder ``path`` (clear errors for a missing or foreign folder)."""
+    folder = Path(path)
+    if not (folder / INDEX).is_file() and not (folder / LEGACY_INDEX).is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: {INDEX} not found")
-    try:
-        doc = json.loads(index.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"checkpoint index {index} is not valid JSON ({e})") from e
-    if doc.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{index} is not a prunekit checkpoint (format={doc.get('format')!r})")
-    if doc.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {path} has version {doc.get('version')}, this prunekit reads "
-                         f"version {CHECKPOINT_VERSION}")
+    doc = read_manifest(folder, kinds=(KIND,), what="training-state checkpoint")
+    name = doc.get("tensors")
+    if not isinstance(name, str) or not TENSORS.match(name):
+        raise ValueError(f"{folder / doc.get('manifest_file', INDEX)}: \"tensors\" must name a "
+                         f"tensors-<step>.safetensors file in the folder, got {name!r:.100}")
     return doc
 
 
@@ -154,8 +187,9 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
                          "callbacks, in the same order, as when it was saved")
     if optimizer is not None and doc.get("optimizer") is None:
         raise ValueError(f"checkpoint {path} holds no optimizer state")
-    tensors, _ = load_tensors(Path(path) / doc["tensors"], "checkpoint tensor file")
     net = unwrap(model)
+    _check_model_tensors(Path(path) / doc["tensors"], doc["model"], net, strict)
+    tensors, _ = load_tensors(Path(path) / doc["tensors"], "checkpoint tensor file")
     net.load_state_dict(_decode(doc["model"], tensors), strict=strict)
     masks = _decode(doc.get("masks", {}), tensors)
     if masks:
@@ -169,6 +203,23 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
                       _decode(doc.get("extra", {}), tensors))
 
 
+def _check_model_tensors(file: Path, encoded: Any, net: nn.Module, strict: bool) -> None:
+    """Check the model's entries of a tensor file (names, shapes, dtypes) from its header, before reading."""
+    if not isinstance(encoded, dict):
+        raise ValueError(f"training-state manifest beside {file}: \"model\" must be an object")
+    refs = {k: v["__tensor__"] for k, v in encoded.items() if isinstance(v, dict) and "__tensor__" in v}
+    state = net.state_dict()
+    unknown = [k for k in refs if k not in state]
+    if strict and unknown:
+        raise ValueError(f"checkpoint tensor file {file}: unknown model tensor {unknown[0]!r} "
+                         f"({len(unknown)} unknown)")
+    head = check_tensor_file(file, None, what="checkpoint tensor file")
+    for k, ref in refs.items():
+        if k in state and ref in head and head[ref][0] != tuple(state[k].shape):
+            raise ValueError(f"checkpoint tensor file {file}: tensor {k!r} has shape {list(head[ref][0])}, "
+                             f"the model's is {list(state[k].shape)}")
+
+
 @dataclass
 class CheckpointEvery(Callback):
     """Save a checkpoint to ``path`` every ``every`` optimizer steps (and at the end) with ``callbacks``' state.
@@ -180,20 +231,18 @@ class CheckpointEvery(Callback):
     every: int
     callbacks: list[Callback] = field(default_factory=list)
     at_end: bool = True
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
             raise ValueError(f"every must be a positive integer (optimizer steps), got {self.every!r}")
-        folder = Path(self.path)
-        if folder.exists() and not folder.is_dir():
-            raise ValueError(f"checkpoint path {folder} is a file; give a folder")
-        check_writable(folder, "checkpoint folder")
+        check_folder(self.path, self.overwrite)
 
     def _save(self, state: TrainState) -> None:
         if rank() != 0:  # one writer under torch.distributed; every rank holds the same state
             return
         save_checkpoint(self.path, state.model, state.optimizer, self.callbacks, state.step, epoch=state.epoch,
-                        history=state.history)
+                        history=state.history, overwrite=self.overwrite)
 
     def on_step_end(self, state: TrainState, batch: Batch) -> None:
         if state.step % self.every == 0:

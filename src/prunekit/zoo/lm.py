@@ -13,8 +13,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -150,25 +148,19 @@ def train_lm(out_dir: str | os.PathLike | None = None, recipe: LMRecipe | None =
     record = {"version": 1, "recipe": asdict(recipe), "train": info, "val_ppl": val["ppl"],
               "val_protocol": val["protocol"], "corpus": corpus_info(),
               "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
-    _save_dir(model, tok, record, out)
+    _save_dir(model, tok, record, out, overwrite)
     log.info("zoo LM saved to %s (val ppl %.2f)", out, val["ppl"])
     return out
 
 
-def _save_dir(model: torch.nn.Module, tok: Any, record: dict[str, Any], out: Path) -> None:
-    """Write the folder next to ``out`` and rename it into place (nothing half-written)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+def _save_dir(model: torch.nn.Module, tok: Any, record: dict[str, Any], out: Path, overwrite: bool) -> None:
+    """Write the folder with ``prunekit.io.atomic_dir``: nothing half-written, a replace is crash-safe."""
+    from ..io import atomic_dir, write_json
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / RECORD, record)
 
 
 def load_zoo_lm(cache_dir: str | os.PathLike | None = None) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
