@@ -4,8 +4,9 @@ Every ``update_every`` steps a fraction of each layer's active weights is droppe
 and as many inactive ones are grown (SET: at random; RigL and GraNet: largest dense gradient), so
 the number of active weights per layer is the same before and after (``drop_grow``). Grown weights
 start at exactly zero and their optimizer moments (momentum, Adam's m and v) are reset to zero.
-Dense gradients are read only on update steps: the mask's gradient hook is switched off for that
-one backward pass (``MaskSet.mask_grads``) and the optimizer still receives masked gradients.
+Dense gradients are read only on update steps, between backward and the optimizer step (a watched
+``MaskSet`` masks gradients in its step pre-hook; an unwatched one's gradient hooks are switched off
+for that one backward pass, ``MaskSet.mask_grads``); the optimizer always receives masked gradients.
 
 Under DDP the dense gradients arrive averaged over ranks (or are averaged here when the model is not
 wrapped), weights are equal on every rank and SET's generator is seeded the same, so every rank
