@@ -202,11 +202,11 @@ def test_reinitialize_from_a_zoo_spec_equals_a_fresh_seeded_model():
 
     net = get_model("vit", seed=0, image_size=8, dim=8, depth=1, num_heads=2, head_dim=4, mlp_dim=8)
     spec = {"name": "vit", "kwargs": dict(image_size=8, dim=8, depth=1, num_heads=2, head_dim=4, mlp_dim=8)}
-    with pytest.raises(ValueError, match=r"cannot redraw parameters \['cls_token', 'pos_embed'\]"):
-        reinitialize_(net, 5)  # ViT draws its class token and position table in __init__ only
-    reinitialize_(net, 5, factory=spec)
     fresh = get_model("vit", seed=5, **spec["kwargs"])
+    reinitialize_(net, 5, factory=spec)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in net.state_dict().items())
+    reinitialize_(net, 6)  # in place: the ViT's own reset_parameters redraws its class token and positions
+    assert not torch.equal(net.pos_embed, fresh.pos_embed) and float(net.pos_embed.detach().std()) < 0.05
     with pytest.raises(ValueError, match="differs from the one to re-initialize"):
         reinitialize_(net, 5, factory={"name": "vit", "kwargs": dict(spec["kwargs"], dim=16)})
 
