@@ -129,6 +129,17 @@ class _Order(Callback):
         self.epochs[-1].append(sorted(batch.index.tolist()))
 
 
+class _Flat(nn.Module):
+    """Linear on the flattened (4, 8) examples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
 def _order(tiny_data, replicas: int, rank: int, batch_size: int) -> list[list[list[int]]]:
     from torch.utils.data import DistributedSampler, TensorDataset
 
@@ -136,18 +147,8 @@ def _order(tiny_data, replicas: int, rank: int, batch_size: int) -> list[list[li
     rec = _Order()
     torch.manual_seed(0)
     sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=3)
-    fit(_Flat(), ds, epochs=3, batch_size=batch_size, sampler=sampler, lr=0.01,
-        callbacks=[rec])
+    fit(_Flat(), ds, epochs=3, batch_size=batch_size, sampler=sampler, lr=0.01, callbacks=[rec])
     return rec.epochs
-
-
-class _Flat(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(32, 4)
-
-    def forward(self, x):
-        return self.fc(x.flatten(1))
 
 
 def test_distributed_sampler_reorders_every_epoch_like_one_process(tiny_data):
