@@ -62,3 +62,46 @@ def test_allocate_on_model_and_bad_input(tiny_net):
         A.allocate(tiny_net, 1.0, "erk")
     with pytest.raises(ValueError, match="max_layer_sparsity"):
         A.uniform({"a": 10}, 0.995)
+
+
+def test_a_binding_cap_is_logged_and_recorded_with_reached_vs_target(caplog):
+    # cnn1d's four layers at a 99% target: each keeps at least ceil(1% of it) = 2, 19, 19, 13 of 125, 1875,
+    # 1875, 1250 weights, 53 in all where the target keeps 51; every rule gives the same allocation
+    sizes = {"c0": 125, "c1": 1875, "c2": 1875, "fc": 1250}
+    shapes = {"c0": (25, 1, 5), "c1": (25, 25, 3), "c2": (25, 25, 3), "fc": (10, 125)}
+    g = torch.Generator().manual_seed(0)
+    scores = {k: torch.rand(n, generator=g) for k, n in sizes.items()}
+    with caplog.at_level("WARNING", logger="prunekit.allocation"):
+        results = [A.uniform(sizes, 0.99), A.erk(shapes, 0.99), A.global_(scores, 0.99)]
+    for out in results:
+        assert out == {"c0": 1 - 2 / 125, "c1": 1 - 19 / 1875, "c2": 1 - 19 / 1875, "fc": 1 - 13 / 1250}
+        b = out.binding
+        assert b["capped"] == ["c0", "c1", "c2", "fc"] and b["short"] and b["target"] == 0.99
+        assert b["reached"] == pytest.approx(1 - 53 / 5125)
+    assert len(caplog.records) == 3
+    msg = caplog.records[-1].getMessage()
+    assert "max_layer_sparsity=0.99 binds in the 'global' allocation: 4 of 4 layers" in msg
+    assert "reached sparsity 0.9897 vs target 0.9900" in msg and "the target is not met" in msg
+
+
+def test_no_binding_no_warning_and_a_partial_binding_meets_the_target(caplog):
+    sizes = {"a": 1000, "b": 300}
+    with caplog.at_level("WARNING", logger="prunekit.allocation"):
+        out = A.uniform(sizes, 0.9)
+    assert out.binding is None and not caplog.records
+    scores = {"a": torch.arange(100.0), "b": torch.arange(100.0) - 1000}  # global wants to empty "b"
+    with caplog.at_level("WARNING", logger="prunekit.allocation"):
+        out = A.global_(scores, 0.5, max_layer_sparsity=0.9)
+    assert out == {"a": 1 - 90 / 100, "b": 1 - 10 / 100}  # "b" held at 10 kept; "a" gives up 10
+    assert out.binding["capped"] == ["b"] and not out.binding["short"]
+    assert "1 of 2 layers held at the cap ['b']; reached sparsity 0.5000 vs target 0.5000" in caplog.text
+
+
+def test_a_collapsed_layer_is_named_with_the_way_out(tiny_net):
+    from prunekit.api import Magnitude, prune_
+
+    # 95% of 1376 weights: the 69 kept are all conv weights (init bound 1/sqrt(12), 1/sqrt(24) > fc1's 1/8)
+    before = tiny_net.fc1.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"got 1\.0 for layer 'fc1\.weight'.*max_layer_sparsity.*exclude"):
+        prune_(tiny_net, Magnitude(0.95, scope="global", max_layer_sparsity=1.0))
+    assert torch.equal(tiny_net.fc1.weight.detach(), before)  # nothing attached, nothing zeroed

@@ -70,3 +70,40 @@ def test_masks_from_zeros(tiny_net):
         tiny_net.fc2.weight[0] = 0
     m = masks_from_zeros(tiny_net)
     assert int((~m["fc2.weight"]).sum()) == 16
+
+
+def test_watched_masks_gradients_in_the_step_pre_hook_and_weights_after_it():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 3)
+    mask = torch.tensor([[True, False, True, False]] * 3)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.5, momentum=0.9)
+    ms = attach(lin, {"weight": mask}).watch(opt)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        opt.zero_grad()
+        lin(x).pow(2).sum().backward()
+        assert (lin.weight.grad[~mask] != 0).all()  # dense between backward and step (RigL reads them)
+        opt.step()
+        assert (lin.weight.grad[~mask] == 0).all() and (lin.weight[~mask] == 0).all()
+        assert (opt.state[lin.weight]["momentum_buffer"][~mask] == 0).all()
+    ms.update_({"weight": ~mask})  # swap: weights and momentum of the newly pruned half are zeroed
+    assert (lin.weight[mask] == 0).all() and (opt.state[lin.weight]["momentum_buffer"][mask] == 0).all()
+    opt.zero_grad()
+    lin(x).pow(2).sum().backward()
+    opt.step()
+    assert (lin.weight[mask] == 0).all() and (lin.weight[~mask] != 0).all()  # the grown half trains
+
+
+def test_masks_follow_the_model_to_another_dtype():
+    lin = nn.Linear(4, 2)
+    mask = torch.tensor([[True, False, True, False]] * 2)
+    ms = attach(lin, {"weight": mask})
+    lin.double()
+    opt = torch.optim.Adam(lin.parameters(), lr=0.1)
+    ms.watch(opt)
+    for _ in range(2):
+        opt.zero_grad()
+        lin(torch.randn(3, 4, dtype=torch.float64)).sum().backward()
+        opt.step()
+    assert lin.weight.dtype == torch.float64 and (lin.weight[~mask] == 0).all()
+    assert (opt.state[lin.weight]["exp_avg_sq"][~mask] == 0).all()

@@ -3,12 +3,18 @@
 Every rule returns ``{layer: sparsity}`` whose parameter-weighted mean equals the target within one
 unit, with no layer above ``max_layer_sparsity`` (so no layer collapses) and none below 0.
 Sparsities are derived from integer keep counts, so ``topk_mask`` reproduces them exactly.
+
+The result is an ``Allocation`` (a plain ``dict`` of sparsities) whose ``binding`` says when the cap
+held layers back: which layers sit at ``max_layer_sparsity``, which collapsed (only possible with a cap
+of 1.0), and the reached sparsity against the target. Each binding is also logged as a WARNING.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +23,56 @@ from .errors import check_sparsity
 from .registry import ALLOCATIONS
 
 Shapes = Mapping[str, tuple[int, ...]]
+
+log = logging.getLogger(__name__)
+
+
+class Allocation(dict):
+    """``{layer: sparsity}``; ``binding`` is what ``max_layer_sparsity`` did (``None`` when it held no layer)."""
+
+    binding: dict[str, Any] | None = None
+
+
+def describe_binding(b: Mapping[str, Any]) -> str:
+    """One line for a log or a report: the layers held at the cap or collapsed, reached vs target."""
+    cap, rule, parts = b["max_layer_sparsity"], b["rule"], []
+    if b["capped"]:
+        more = " ..." if len(b["capped"]) > 8 else ""
+        parts.append(f"max_layer_sparsity={cap} binds in the {rule!r} allocation: {len(b['capped'])} of "
+                     f"{b['layers']} layers held at the cap {b['capped'][:8]}{more}")
+    if b["collapsed"]:
+        parts.append(f"the {rule!r} allocation with max_layer_sparsity={cap} prunes layers away entirely (layer "
+                     f"collapse): {b['collapsed']}; lower max_layer_sparsity below 1.0 (the default 0.99 keeps "
+                     "1% of each layer) or exclude them")
+    parts.append(f"reached sparsity {b['reached']:.4f} vs target {b['target']:.4f}")
+    if len(b["capped"]) == b["layers"]:
+        parts.append("every layer sits at the cap, so the rule and the scores no longer change the per-layer "
+                     "sparsities (every criterion gets the same allocation)")
+    if b["short"]:
+        parts.append("the target is not met: raise max_layer_sparsity (1.0 lets layers collapse) or lower the "
+                     "sparsity")
+    return "; ".join(parts)
+
+
+def _result(keep: Mapping[str, int], counts: Mapping[str, int], lo: Mapping[str, int], sparsity: float,
+            max_layer_sparsity: float, rule: str, warn: bool,
+            unit_sizes: Mapping[str, int] | None = None) -> Allocation:
+    """Sparsities of ``keep`` (units per layer), with ``binding`` set and logged when the cap held layers."""
+    out = Allocation(counts_to_sparsity(keep, counts))
+    capped = [k for k in counts if 0 < lo[k] < counts[k] and keep[k] <= lo[k]]
+    collapsed = [k for k in counts if keep[k] == 0 and counts[k] > 0]
+    if not capped and not collapsed:
+        return out
+    w = unit_sizes or {k: 1 for k in counts}
+    total = sum(counts[k] * w[k] for k in counts)
+    reached = 1.0 - sum(keep[k] * w[k] for k in counts) / total
+    unit = max(w.values())
+    out.binding = {"rule": rule, "max_layer_sparsity": float(max_layer_sparsity), "target": float(sparsity),
+                   "reached": reached, "layers": len(counts), "capped": capped, "collapsed": collapsed,
+                   "short": (sparsity - reached) * total > unit}
+    if warn:
+        log.warning(describe_binding(out.binding))
+    return out
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -68,7 +124,7 @@ def _fix_rounding(keep: dict[str, int], lo: dict[str, int], hi: dict[str, int], 
 
 
 def from_densities(density: Mapping[str, float], sizes: Mapping[str, int], sparsity: float,
-                   max_layer_sparsity: float = 0.99) -> dict[str, float]:
+                   max_layer_sparsity: float = 0.99, *, rule: str = "densities", warn: bool = True) -> Allocation:
     """Round per-layer densities to keep counts that meet the target exactly, within the bounds."""
     budget = round((1.0 - sparsity) * sum(sizes.values()))
     lo = {k: _min_keep(n, max_layer_sparsity) for k, n in sizes.items()}
@@ -77,19 +133,20 @@ def from_densities(density: Mapping[str, float], sizes: Mapping[str, int], spars
     keep = {k: int(math.floor(v)) for k, v in raw.items()}
     keep = {k: max(keep[k], lo[k]) for k in keep}
     frac = {k: raw[k] - math.floor(raw[k]) for k in raw}
-    return counts_to_sparsity(_fix_rounding(keep, lo, hi, budget, frac), sizes)
+    keep = _fix_rounding(keep, lo, hi, budget, frac)
+    return _result(keep, sizes, lo, sparsity, max_layer_sparsity, rule, warn)
 
 
 @ALLOCATIONS.register("uniform")
-def uniform(sizes: Mapping[str, int], sparsity: float, max_layer_sparsity: float = 0.99) -> dict[str, float]:
+def uniform(sizes: Mapping[str, int], sparsity: float, max_layer_sparsity: float = 0.99) -> Allocation:
     """Every layer at the target sparsity (rounded per layer to whole weights)."""
     _check(sparsity, max_layer_sparsity, sum(sizes.values()))
-    return from_densities({k: 1.0 - sparsity for k in sizes}, sizes, sparsity, max_layer_sparsity)
+    return from_densities({k: 1.0 - sparsity for k in sizes}, sizes, sparsity, max_layer_sparsity, rule="uniform")
 
 
 @ALLOCATIONS.register("global")
 def global_(unit_scores: Mapping[str, Tensor], sparsity: float, max_layer_sparsity: float = 0.99,
-            unit_sizes: Mapping[str, int] | None = None) -> dict[str, float]:
+            unit_sizes: Mapping[str, int] | None = None, *, rule: str = "global", warn: bool = True) -> Allocation:
     """One ranking of units across layers; each layer first keeps its top ``1 - max_layer_sparsity``.
 
     ``unit_scores[layer]`` is a flat tensor of unit scores; ``unit_sizes[layer]`` the weights per unit
@@ -113,7 +170,7 @@ def global_(unit_scores: Mapping[str, Tensor], sparsity: float, max_layer_sparsi
     take = int((costs[order].cumsum(0) <= max(budget, 0)).sum())
     extra = torch.bincount(layer[order[:take]], minlength=len(counts))
     keep = {k: mandatory[k] + int(extra[i]) for i, k in enumerate(counts)}
-    return counts_to_sparsity(keep, counts)
+    return _result(keep, counts, mandatory, sparsity, max_layer_sparsity, rule, warn, unit_sizes)
 
 
 def _erk_density_raw(shape: tuple[int, ...], kernel: bool) -> float:
@@ -122,7 +179,7 @@ def _erk_density_raw(shape: tuple[int, ...], kernel: bool) -> float:
     return sum(dims) / math.prod(dims)
 
 
-def _erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float, kernel: bool) -> dict[str, float]:
+def _erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float, kernel: bool) -> Allocation:
     sizes = {k: _numel(s) for k, s in shapes.items()}
     _check(sparsity, max_layer_sparsity, sum(sizes.values()))
     raw = {k: _erk_density_raw(tuple(s), kernel) for k, s in shapes.items()}
@@ -143,32 +200,33 @@ def _erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float, kernel: boo
         fixed.update({k: 1.0 for k in over})
         if not over:
             fixed.update({k: floor for k in under})
-    return from_densities(fixed, sizes, sparsity, max_layer_sparsity)
+    return from_densities(fixed, sizes, sparsity, max_layer_sparsity, rule="erk" if kernel else "er")
 
 
 @ALLOCATIONS.register("erk")
-def erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99) -> dict[str, float]:
+def erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99) -> Allocation:
     """Erdos-Renyi-Kernel: density proportional to sum of dims / product of dims (Evci et al. 2020, RigL)."""
     return _erk(shapes, sparsity, max_layer_sparsity, kernel=True)
 
 
 @ALLOCATIONS.register("er")
-def er(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99) -> dict[str, float]:
+def er(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99) -> Allocation:
     """Erdos-Renyi: density proportional to (n_in + n_out) / (n_in * n_out) (Mocanu et al. 2018, SET)."""
     return _erk(shapes, sparsity, max_layer_sparsity, kernel=False)
 
 
 @ALLOCATIONS.register("lamp")
-def lamp(weights: Mapping[str, Tensor], sparsity: float, max_layer_sparsity: float = 0.99) -> dict[str, float]:
+def lamp(weights: Mapping[str, Tensor], sparsity: float, max_layer_sparsity: float = 0.99) -> Allocation:
     """LAMP: global ranking of layer-adaptive magnitude scores (Lee et al. 2021, "Layer-adaptive sparsity")."""
     from .scores import lamp as lamp_score
 
-    return global_({k: lamp_score(w).reshape(-1) for k, w in weights.items()}, sparsity, max_layer_sparsity)
+    return global_({k: lamp_score(w).reshape(-1) for k, w in weights.items()}, sparsity, max_layer_sparsity,
+                   rule="lamp")
 
 
 @ALLOCATIONS.register("owl")
 def owl(outlier_ratios: Mapping[str, float], sizes: Mapping[str, int], sparsity: float, lam: float = 0.08,
-        max_layer_sparsity: float = 0.99) -> dict[str, float]:
+        max_layer_sparsity: float = 0.99) -> Allocation:
     """OWL: layers with more outliers keep more (Yin et al. 2024, "Outlier Weighed Layerwise sparsity").
 
     Densities are ``1 - S + 2*lam*(D_l - min D)/(max D - min D)`` shifted so their parameter-weighted
@@ -184,14 +242,15 @@ def owl(outlier_ratios: Mapping[str, float], sizes: Mapping[str, int], sparsity:
     spread = float(d.max() - d.min())
     z = (d - d.min()) / spread * 2 * lam if spread > 0 else torch.zeros_like(d)
     dens = z - (z * n).sum() / n.sum() + (1.0 - sparsity)
-    return from_densities(dict(zip(sizes, dens.tolist())), sizes, sparsity, max_layer_sparsity)
+    return from_densities(dict(zip(sizes, dens.tolist())), sizes, sparsity, max_layer_sparsity, rule="owl")
 
 
 def allocate(model_or_scores: nn.Module | Mapping[str, Tensor], sparsity: float, rule: str = "uniform", *,
-             max_layer_sparsity: float = 0.99, **kwargs) -> dict[str, float]:
+             max_layer_sparsity: float = 0.99, **kwargs) -> Allocation:
     """Per-layer sparsities for ``rule`` over a model's prunable weights or a dict of weights/scores.
 
     For ``global`` the dict values are scores (a model means magnitude); for ``lamp`` they are weights.
+    ``result.binding`` (also logged) says when ``max_layer_sparsity`` held layers back.
     """
     fn = ALLOCATIONS.get(rule)
     if isinstance(model_or_scores, nn.Module):

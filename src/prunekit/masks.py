@@ -3,8 +3,8 @@
 A mask is a ``torch.bool`` tensor shaped like the parameter it masks, ``True`` = keep. Attaching
 stores it as a non-persistent buffer ``<param>_mask`` on the owning module (so ``state_dict`` keeps
 its keys), zeroes the pruned weights, and masks their gradients. ``MaskSet.watch(optimizer)``
-re-zeroes the weights and every optimizer state tensor shaped like them (momentum, Adam moments)
-after each ``optimizer.step()``, so pruned weights are exactly 0.0 after every step.
+masks the gradients before each ``optimizer.step()`` (so momentum and Adam moments of pruned weights
+stay exactly zero) and re-zeroes the weights after it, so pruned weights are exactly 0.0 after every step.
 """
 
 from __future__ import annotations
@@ -58,7 +58,17 @@ def _params_of(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 class MaskSet:
-    """The masks attached to one model and the hooks that enforce them."""
+    """The masks attached to one model and the hooks that enforce them.
+
+    Enforcement costs two fused ops per optimizer step: a step pre-hook multiplies every gradient by
+    its mask (one ``torch._foreach_mul_`` per device and dtype), so momentum and Adam moments of pruned
+    weights are never fed and stay exactly zero; a step post-hook multiplies the weights by their masks,
+    so pruned weights are exactly 0.0 after every step whatever the optimizer does. Optimizer state is
+    masked once when an optimizer is watched and whenever masks change (``apply_``/``update_``); while
+    one is watched each mask is also kept in its weight's dtype for these multiplies. Until an optimizer
+    is watched, per-parameter gradient hooks mask gradients during backward instead (gradients read
+    between ``backward()`` and ``step()`` of a watched optimizer are dense).
+    """
 
     def __init__(self, model: nn.Module, masks: dict[str, Tensor]) -> None:
         params = _params_of(model)
@@ -70,15 +80,16 @@ class MaskSet:
         self.model = model
         self.params = {k: params[k] for k in masks}
         self.masks: dict[str, Tensor] = {}
-        self.mask_grads = True  # RigL turns this off for a step to read dense gradients
+        self.mask_grads = True  # False: one backward pass leaves gradients dense (RigL reads them)
         self._handles: list[Any] = []
+        self._grad_handles: list[Any] = []  # removed once an optimizer is watched (its pre-hook masks instead)
         self._optimizers: list[torch.optim.Optimizer] = []
+        self._groups: list[tuple[list[nn.Parameter], list[Tensor]]] = []
         for name, m in masks.items():
             mod, attr = _owner(model, name)
             buf = m.to(device=self.params[name].device, dtype=torch.bool).clone()
             mod.register_buffer(f"{attr}_mask", buf, persistent=False)
-            self.masks[name] = getattr(mod, f"{attr}_mask")
-            self._handles.append(self.params[name].register_hook(self._grad_hook(name)))
+            self._grad_handles.append(self.params[name].register_hook(self._grad_hook(name)))
         self.apply_()
 
     def _grad_hook(self, name: str):
@@ -87,11 +98,43 @@ class MaskSet:
 
         return hook
 
+    def _refresh(self) -> None:
+        """Re-read the mask buffers (``model.to()`` replaces them) and group (param, mask) by device and dtype.
+
+        While an optimizer is watched the groups hold each mask in its weight's dtype: a multiply by a bool
+        tensor converts it on every call (4-8x slower on CPU), a training-time cost that a copy avoids.
+        """
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list[nn.Parameter], list[Tensor]]] = {}
+        for name, p in self.params.items():
+            mod, attr = _owner(self.model, name)
+            self.masks[name] = getattr(mod, f"{attr}_mask")
+            ps, ms = groups.setdefault((p.device, p.dtype), ([], []))
+            ps.append(p)
+            ms.append(self.masks[name].to(p.dtype) if self._optimizers else self.masks[name])
+        self._groups = list(groups.values())
+
+    @torch.no_grad()
+    def _mask_weights_(self) -> None:
+        for ps, ms in self._groups:
+            torch._foreach_mul_(ps, ms)
+
+    @torch.no_grad()
+    def mask_gradients_(self) -> None:
+        """Multiply every present gradient by its mask (fused per device and dtype)."""
+        for ps, ms in self._groups:
+            grads = [p.grad for p in ps]
+            if any(g is None or g.is_sparse for g in grads):
+                for g, m in zip(grads, ms):
+                    if g is not None:
+                        g.mul_(m)
+            elif grads:
+                torch._foreach_mul_(grads, ms)
+
     @torch.no_grad()
     def apply_(self) -> None:
         """Zero every pruned weight (and its state in watched optimizers)."""
-        for name, p in self.params.items():
-            p.mul_(self.masks[name])
+        self._refresh()
+        self._mask_weights_()
         for opt in self._optimizers:
             self.mask_optimizer_state(opt)
 
@@ -104,18 +147,16 @@ class MaskSet:
                     v.mul_(self.masks[name])
 
     def watch(self, optimizer: torch.optim.Optimizer) -> MaskSet:
-        """After every ``optimizer.step()``, re-zero pruned weights and their optimizer state."""
+        """Mask gradients before, and pruned weights after, every ``optimizer.step()``; zero its state now."""
         if any(o is optimizer for o in self._optimizers):
             return self
         self._optimizers.append(optimizer)
-
-        def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            with torch.no_grad():
-                for name, p in self.params.items():
-                    p.mul_(self.masks[name])
-                self.mask_optimizer_state(opt)
-
-        self._handles.append(optimizer.register_step_post_hook(post))
+        for h in self._grad_handles:  # the step pre-hook masks gradients in one fused op instead
+            h.remove()
+        self._grad_handles.clear()
+        self._refresh()
+        self._handles.append(optimizer.register_step_pre_hook(lambda opt, args, kwargs: self.mask_gradients_()))
+        self._handles.append(optimizer.register_step_post_hook(lambda opt, args, kwargs: self._mask_weights_()))
         self.mask_optimizer_state(optimizer)
         return self
 
@@ -131,9 +172,10 @@ class MaskSet:
     def bake(self) -> dict[str, Tensor]:
         """Remove hooks and buffers; pruned weights stay zero. Returns the masks."""
         self.apply_()
-        for h in self._handles:
+        for h in [*self._handles, *self._grad_handles]:
             h.remove()
         self._handles.clear()
+        self._grad_handles.clear()
         self._optimizers.clear()
         for name in self.masks:
             mod, attr = _owner(self.model, name)

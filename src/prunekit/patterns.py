@@ -240,6 +240,10 @@ def topk_mask(
     ``Block`` and ``Channel`` keep ``round((1 - sparsity) * units)`` whole units.
     """
     _check_scores(scores, name)
+    if isinstance(sparsity, float | int) and not isinstance(sparsity, bool) and sparsity >= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity!r} for layer {name!r}: every weight would be "
+                         "pruned (layer collapse); lower max_layer_sparsity below 1.0 (the default 0.99 keeps 1% "
+                         f"of each layer) or exclude {name!r}")
     sparsity = pattern_sparsity(pattern, sparsity)
     check_pattern_fits(scores.shape, pattern, name)
     if isinstance(pattern, NM):

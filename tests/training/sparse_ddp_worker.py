@@ -14,6 +14,7 @@ from prunekit.masks import attach, attached
 from prunekit.training import (
     SET,
     SRSTE,
+    Callback,
     Distillation,
     GradualMagnitude,
     GradualMovement,
@@ -25,7 +26,7 @@ from prunekit.training import (
     lottery_ticket,
 )
 
-WORLD, GLOBAL_BATCH, STEPS = 2, 16, 12
+WORLD, GLOBAL_BATCH, STEPS, ORDER_EPOCHS = 2, 16, 12, 3
 
 
 def teacher() -> nn.Module:
@@ -82,9 +83,29 @@ def ticket(model: nn.Module, sampler=None, batch_size: int = GLOBAL_BATCH) -> No
     lottery_ticket(model, data(), 0.36, rewind_step=2, steps=6, batch_size=batch_size, sampler=sampler, lr=0.05)
 
 
+class Order(Callback):
+    """Records the example indices of every batch in visiting order, ``(steps, batch)``."""
+
+    def __init__(self) -> None:
+        self.rows: list[torch.Tensor] = []
+
+    def on_batch_start(self, state, batch) -> None:
+        self.rows.append(batch.index.clone())
+
+
+def shuffled_order(model: nn.Module, sampler, batch_size: int) -> torch.Tensor:
+    """The batches of 3 shuffled epochs (``fit`` must call ``sampler.set_epoch`` for them to differ)."""
+    rec = Order()
+    fit(model, data(), epochs=ORDER_EPOCHS, batch_size=batch_size, sampler=sampler, lr=0.05, callbacks=[rec])
+    return torch.stack(rec.rows)
+
+
 def _run(rank: int, out: str) -> None:
     """Every method under DDP, IMP with rewinding, then masks that diverge on purpose."""
     ds = data()
+    sampler = DistributedSampler(ds, WORLD, rank, shuffle=True, seed=3)
+    order = shuffled_order(nn.parallel.DistributedDataParallel(make_net()), sampler, GLOBAL_BATCH // WORLD)
+    save_tensors(os.path.join(out, f"order-{rank}.safetensors"), {"order": order})
     model = make_net()
     ticket(nn.parallel.DistributedDataParallel(model), DistributedSampler(ds, WORLD, rank, shuffle=False),
            GLOBAL_BATCH // WORLD)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from torch.utils.data import SequentialSampler
+from torch.utils.data import DistributedSampler, SequentialSampler
 
 from prunekit.io import load_tensors
 from prunekit.training import fit
@@ -58,7 +58,20 @@ def test_ddp_two_gloo_ranks(tmp_path):
                 assert torch.equal(v, single[k]), f"{name}: mask {k} differs from one process"
             else:
                 torch.testing.assert_close(v, single[k], rtol=1e-4, atol=1e-5, msg=f"{name}: {k}")
+    _check_order(tmp_path, ds)
     for r in range(W.WORLD):
         msg = (tmp_path / f"diverge-{r}.txt").read_text()
         assert "masks diverge between ranks" in msg, msg
         assert "conv.weight" in msg and "rank 0 vs ranks [1]" in msg
+
+
+def _check_order(tmp_path, ds) -> None:
+    """Epoch k's global batches under DDP are the one-process run's (set_epoch), and epochs differ."""
+    ranks = [load_tensors(tmp_path / f"order-{r}.safetensors")[0]["order"] for r in range(W.WORLD)]
+    single = W.shuffled_order(W.make_net(), DistributedSampler(ds, 1, 0, shuffle=True, seed=3), W.GLOBAL_BATCH)
+    per_epoch = len(ds) // W.GLOBAL_BATCH
+    assert single.shape == (W.ORDER_EPOCHS * per_epoch, W.GLOBAL_BATCH)
+    merged = torch.cat(ranks, dim=1).sort(dim=1).values  # (steps, global batch)
+    assert torch.equal(merged, single.sort(dim=1).values)
+    epochs = single.reshape(W.ORDER_EPOCHS, -1)
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])

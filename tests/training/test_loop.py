@@ -114,3 +114,49 @@ def test_non_finite_loss_stops_before_the_step():
         fit(net, (x, y), epochs=1, batch_size=4, lr=0.1, sampler=torch.utils.data.SequentialSampler(range(8)))
     assert all(torch.isfinite(v).all() for v in net.state_dict().values())  # step 1 applied, step 2 not
     assert not torch.equal(net.weight, before["weight"])
+
+
+class _Order(Callback):
+    """Records the example indices of every batch, per epoch."""
+
+    def __init__(self) -> None:
+        self.epochs: list[list[list[int]]] = []
+
+    def on_epoch_start(self, state):
+        self.epochs.append([])
+
+    def on_batch_start(self, state, batch):
+        self.epochs[-1].append(sorted(batch.index.tolist()))
+
+
+class _Flat(nn.Module):
+    """Linear on the flattened (4, 8) examples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _order(tiny_data, replicas: int, rank: int, batch_size: int) -> list[list[list[int]]]:
+    from torch.utils.data import DistributedSampler, TensorDataset
+
+    ds = TensorDataset(*tiny_data)
+    rec = _Order()
+    torch.manual_seed(0)
+    sampler = DistributedSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=3)
+    fit(_Flat(), ds, epochs=3, batch_size=batch_size, sampler=sampler, lr=0.01, callbacks=[rec])
+    return rec.epochs
+
+
+def test_distributed_sampler_reorders_every_epoch_like_one_process(tiny_data):
+    # 64 examples: 2 ranks of 8 per batch are one process's batches of 16, epoch by epoch
+    single = _order(tiny_data, 1, 0, 16)
+    ranks = [_order(tiny_data, 2, r, 8) for r in range(2)]
+    assert len(single) == 3 and all(len(e) == 4 for e in single)
+    for k in range(3):
+        for i in range(4):
+            assert sorted(ranks[0][k][i] + ranks[1][k][i]) == single[k][i], f"epoch {k} batch {i}"
+    assert single[0] != single[1] and single[1] != single[2]  # set_epoch: a new order each epoch

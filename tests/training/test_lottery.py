@@ -120,3 +120,107 @@ def test_lottery_bad_input(tiny_net, tiny_data):
     with pytest.raises(ValueError, match="rewind step must be an integer"):
         RewindPoint(-1)
     assert torch.equal(tiny_net.fc1.weight, before)  # every error came before any training
+
+
+class _Attn(torch.nn.Module):
+    """An MHA block: ``in_proj_weight`` is drawn only by the private ``_reset_parameters``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = torch.nn.MultiheadAttention(8, 2)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.mha(x, x, x)[0].mean(0))
+
+
+class _CustomInit(torch.nn.Module):
+    """HF style: ``_init_weights(module)`` draws N(0, 0.02) weights, zero biases, and a position table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(32, 64)
+        self.pos = torch.nn.Parameter(torch.empty(4, 8))
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.02)
+            torch.nn.init.zeros_(module.bias)
+        if module is self:
+            torch.nn.init.normal_(self.pos, std=0.02)
+
+
+def test_reinitialize_redraws_mha_in_proj_and_out_proj_like_a_fresh_module():
+    torch.manual_seed(0)
+    net = _Attn()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(0.5)  # "trained" weights: none must survive
+    reinitialize_(net, 7)
+    torch.manual_seed(7)
+    fresh = _Attn()  # construction order: out_proj Linear, then MHA._reset_parameters (zero biases), then head
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
+    assert (net.mha.in_proj_bias == 0).all() and (net.mha.out_proj.bias == 0).all()
+
+
+def test_reinitialize_uses_the_model_own_initializer():
+    torch.manual_seed(0)
+    net = _CustomInit()
+    with torch.no_grad():
+        net.fc.weight.fill_(1.0)
+        net.pos.fill_(1.0)
+    reinitialize_(net, 3)
+    assert 0.015 < float(net.fc.weight.detach().std()) < 0.025  # N(0, 0.02), not Linear's U(+-1/sqrt(32)) (std 0.10)
+    assert (net.fc.bias == 0).all() and float(net.pos.detach().abs().max()) < 0.2
+
+
+def test_reinitialize_names_a_parameter_nothing_redraws_and_leaves_the_model_unchanged():
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+            self.scale = torch.nn.Parameter(torch.randn(2))
+
+    torch.manual_seed(0)
+    net = Scaled()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match=r"cannot redraw parameters \['scale'\].*factory="):
+        reinitialize_(net, 1)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    reinitialize_(net, 1, factory=Scaled)  # a factory redraws everything
+    net.init_weights = lambda: torch.nn.init.zeros_(net.fc.bias)  # an initializer that skips some weights
+    with pytest.raises(ValueError, match=r"cannot redraw parameters \['scale'\]: .* never wrote them"):
+        reinitialize_(net, 1)
+    torch.manual_seed(1)
+    assert torch.equal(net.scale, Scaled().scale)
+
+
+def test_reinitialize_from_a_zoo_spec_equals_a_fresh_seeded_model():
+    from prunekit.zoo import get_model
+
+    net = get_model("vit", seed=0, image_size=8, dim=8, depth=1, num_heads=2, head_dim=4, mlp_dim=8)
+    spec = {"name": "vit", "kwargs": dict(image_size=8, dim=8, depth=1, num_heads=2, head_dim=4, mlp_dim=8)}
+    fresh = get_model("vit", seed=5, **spec["kwargs"])
+    reinitialize_(net, 5, factory=spec)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in net.state_dict().items())
+    reinitialize_(net, 6)  # in place: the ViT's own reset_parameters redraws its class token and positions
+    assert not torch.equal(net.pos_embed, fresh.pos_embed) and float(net.pos_embed.detach().std()) < 0.05
+    with pytest.raises(ValueError, match="differs from the one to re-initialize"):
+        reinitialize_(net, 5, factory={"name": "vit", "kwargs": dict(spec["kwargs"], dim=16)})
+
+
+def test_reinitialize_rebuilds_a_transformers_model_from_its_config():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8)
+    torch.manual_seed(0)
+    net = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.fill_(0.5)
+    reinitialize_(net, 4)
+    torch.manual_seed(4)
+    fresh = transformers.GPT2LMHeadModel(cfg)
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in net.state_dict().items())
+    assert net.lm_head.weight is net.transformer.wte.weight  # ties kept

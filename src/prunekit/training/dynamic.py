@@ -4,8 +4,9 @@ Every ``update_every`` steps a fraction of each layer's active weights is droppe
 and as many inactive ones are grown (SET: at random; RigL and GraNet: largest dense gradient), so
 the number of active weights per layer is the same before and after (``drop_grow``). Grown weights
 start at exactly zero and their optimizer moments (momentum, Adam's m and v) are reset to zero.
-Dense gradients are read only on update steps: the mask's gradient hook is switched off for that
-one backward pass (``MaskSet.mask_grads``) and the optimizer still receives masked gradients.
+Dense gradients are read only on update steps, between backward and the optimizer step (a watched
+``MaskSet`` masks gradients in its step pre-hook; an unwatched one's gradient hooks are switched off
+for that one backward pass, ``MaskSet.mask_grads``); the optimizer always receives masked gradients.
 
 Under DDP the dense gradients arrive averaged over ranks (or are averaged here when the model is not
 wrapped), weights are equal on every rank and SET's generator is seeded the same, so every rank
@@ -271,6 +272,7 @@ class GraNet(_DynamicSparse):
     max_layer_sparsity: float = 0.99
     prune_schedule: Cubic | None = field(default=None, init=False, repr=False)
     _density0: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    cap_binding: dict[str, Any] | None = field(default=None, init=False, repr=False)  # max_layer_sparsity held
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -336,11 +338,15 @@ class GraNet(_DynamicSparse):
         scores = {k: p.detach().abs().float().masked_fill(~ms.masks[k], -math.inf) for k, p in ms.params.items()}
         sizes = {k: m.numel() for k, m in ms.masks.items()}
         if self.scope == "global":
-            targets = alloc.global_({k: s.reshape(-1) for k, s in scores.items()}, sparsity, self.max_layer_sparsity)
+            targets = alloc.global_({k: s.reshape(-1) for k, s in scores.items()}, sparsity, self.max_layer_sparsity,
+                                    warn=False)
         else:
             scale = (1.0 - sparsity) / max(1e-12, 1.0 - self.initial_sparsity)
             dens = {k: self._density0[k] * scale for k in sizes}
-            targets = alloc.from_densities(dens, sizes, sparsity, self.max_layer_sparsity)
+            targets = alloc.from_densities(dens, sizes, sparsity, self.max_layer_sparsity, rule="granet", warn=False)
+        if targets.binding is not None and self.cap_binding is None:  # logged once, not at every update
+            self.cap_binding = targets.binding
+            log.warning("GraNet: %s", alloc.describe_binding(targets.binding))
         return {k: topk_mask(scores[k], targets[k], name=k) for k in scores}
 
     def grow_score(self, name: str, param: Tensor, grads: dict[str, Tensor]) -> Tensor:

@@ -215,7 +215,8 @@ def fit(
     """Train ``model`` on ``data`` with callbacks; give ``epochs`` or ``steps`` (optimizer steps).
 
     ``loss_fn(outputs, y)`` must return one loss per example (``reduction='none'``); the default is
-    cross-entropy. ``sampler`` (e.g. a per-epoch random subset, RS2) replaces shuffling; with
+    cross-entropy. ``sampler`` (e.g. a per-epoch random subset, RS2) replaces shuffling; a sampler with
+    ``set_epoch`` (``DistributedSampler``) is told each epoch's number before the epoch starts; with
     ``steps`` the loader is cycled until that many steps ran. Pass ``state`` from a checkpoint to
     resume (step, epoch, optimizer and callbacks' state).
     """
@@ -255,6 +256,7 @@ def fit(
         masks.watch(state.optimizer)
     while state.step < total and not state.stop:
         gen.manual_seed(base_seed + state.epoch)  # the shuffle of each epoch is reproducible, so is a resume
+        _set_epoch(sampler, state.epoch)
         _run_epoch(state, loader, callbacks, loss_fn, total, bar)
         record = {"epoch": float(state.epoch), "step": float(state.step), **state.extra.pop("epoch_metrics", {})}
         if val_data is not None and (eval_every_epoch or state.step >= total):
@@ -266,6 +268,13 @@ def fit(
     if bar is not None:
         bar.stop()
     return FitResult(state, state.history)
+
+
+def _set_epoch(sampler: Sampler | None, epoch: int) -> None:
+    """Tell an epoch-aware sampler (``DistributedSampler``) which epoch starts, so each epoch draws a new order."""
+    set_epoch = getattr(sampler, "set_epoch", None)
+    if callable(set_epoch):
+        set_epoch(epoch)
 
 
 def _run_epoch(state: TrainState, loader: DataLoader, callbacks: Sequence[Callback], loss_fn, total: int, bar) -> None:

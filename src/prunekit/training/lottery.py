@@ -19,10 +19,11 @@ tells a winning ticket from a good mask.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,16 +231,118 @@ def lottery_ticket(model: nn.Module, data: Any, sparsity: float, *, rewind_step:
                                **kwargs)
 
 
+ModelFactory = Callable[[], nn.Module]
+
+
+def _post_order(net: nn.Module) -> list[nn.Module]:
+    """Every submodule, children before their parent (the order in which construction initializes them)."""
+    out: list[nn.Module] = []
+    for child in net.children():
+        out.extend(_post_order(child))
+    out.append(net)
+    return out
+
+
+def _required_args(fn: Callable[..., Any]) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return -1
+    return sum(p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+
+
+def _initializer(mod: nn.Module) -> Callable[[], None] | None:
+    """The module's own way to draw its weights: ``reset_parameters`` (public or private ``_reset_parameters``),
+    else a model-level ``init_weights()`` or per-module ``_init_weights(module)`` / ``init_weights(module)``."""
+    for attr in ("reset_parameters", "_reset_parameters", "init_weights", "_init_weights"):
+        fn = getattr(mod, attr, None)
+        if not callable(fn):
+            continue
+        n = _required_args(fn)
+        if n == 0:
+            return fn
+        if n == 1 and attr.endswith("init_weights"):
+            return lambda fn=fn: mod.apply(fn)  # HF style: called on every submodule, children first
+    return None
+
+
+def _hf_factory(net: nn.Module) -> ModelFactory | None:
+    """A fresh instance of a transformers ``PreTrainedModel`` from its config (its ``_init_weights`` runs)."""
+    if not any(c.__name__ == "PreTrainedModel" for c in type(net).__mro__) or not hasattr(net, "config"):
+        return None
+    return lambda: type(net)(copy.deepcopy(net.config))
+
+
+def _zoo_factory(spec: Mapping[str, Any]) -> ModelFactory:
+    from ..zoo import get_model
+
+    if "name" not in spec:
+        raise ValueError(f"factory as a zoo model spec needs 'name' (and optional 'kwargs'), got keys {sorted(spec)}")
+    return lambda: get_model(spec["name"], **dict(spec.get("kwargs", {})))
+
+
 @torch.no_grad()
-def reinitialize_(model: nn.Module, seed: int) -> nn.Module:
-    """Draw fresh initial weights: ``reset_parameters()`` of every submodule under ``seed``; masks re-applied."""
+def _load_fresh(net: nn.Module, fresh: nn.Module) -> None:
+    """Copy a freshly built model's parameters and persistent buffers into ``net`` (same architecture)."""
+    mine, theirs = net.state_dict(), fresh.state_dict()
+    wrong = sorted(set(mine) ^ set(theirs)) + sorted(k for k in mine if k in theirs and
+                                                    mine[k].shape != theirs[k].shape)
+    if wrong:
+        raise ValueError(f"factory built a model that differs from the one to re-initialize at {wrong[:10]}: it "
+                         "must build the same architecture (e.g. the zoo spec the model came from)")
+    for k, v in mine.items():
+        v.copy_(theirs[k])
+
+
+@torch.no_grad()
+def _redraw_in_place(net: nn.Module) -> None:
+    """Run every module's own initializer, children first; raise naming parameters none of them redrew."""
+    params = dict(net.named_parameters())
+    before = {k: p.detach().clone() for k, p in params.items()}
+    versions = {k: p._version for k, p in params.items()}  # bumped by every in-place write (init functions)
+    covered: set[str] = set()
+    for name, mod in net.named_modules():
+        if _initializer(mod) is not None:
+            covered.update(f"{name}.{k}" if name else k for k, _ in mod.named_parameters())
+    uncovered = sorted(set(before) - covered)
+    if uncovered:
+        raise ValueError(_not_redrawn(uncovered, "no reset_parameters()/_reset_parameters()/init_weights() of "
+                                                 "their module or of a module above covers them"))
+    for mod in _post_order(net):
+        init = _initializer(mod)
+        if init is not None:
+            init()
+    stale = sorted(k for k, p in params.items() if p._version == versions[k])
+    if stale:
+        for k, p in params.items():
+            p.copy_(before[k])  # the model is left as it was
+        raise ValueError(_not_redrawn(stale, "their module's initializer never wrote them"))
+
+
+def _not_redrawn(names: list[str], why: str) -> str:
+    return (f"cannot redraw parameters {names}: {why}. Pass factory= (a function that builds a fresh model of "
+            "the same architecture, or a zoo spec {'name': ..., 'kwargs': ...}), or give their module a "
+            "reset_parameters(); the model was left unchanged")
+
+
+@torch.no_grad()
+def reinitialize_(model: nn.Module, seed: int, factory: ModelFactory | Mapping[str, Any] | None = None) -> nn.Module:
+    """Redraw every parameter with the model's own initializer under ``seed``; attached masks are re-applied.
+
+    With ``factory`` (a function building the same architecture, or a zoo spec ``{"name", "kwargs"}``)
+    the weights are those of a fresh instance built under ``seed``; a transformers model is rebuilt from
+    its config. Otherwise every module's ``reset_parameters`` / ``_reset_parameters`` runs children
+    first (so ``nn.MultiheadAttention`` redraws its ``in_proj``), then a model's own ``init_weights()`` or
+    ``_init_weights(module)``; a parameter none of them redraws is an error that names it.
+    """
     net = unwrap(model)
+    make = _zoo_factory(factory) if isinstance(factory, Mapping) else factory or _hf_factory(net)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        for mod in net.modules():
-            reset = getattr(mod, "reset_parameters", None)
-            if callable(reset):
-                reset()
+        if make is not None:
+            _load_fresh(net, make())
+        else:
+            _redraw_in_place(net)
     ms = attached(net)
     if ms is not None:
         ms.apply_()
@@ -247,9 +350,10 @@ def reinitialize_(model: nn.Module, seed: int) -> nn.Module:
 
 
 def random_reinit_control(model: nn.Module, masks: dict[str, Tensor], data: Any, *, seed: int,
-                          **fit_kwargs: Any) -> FitResult:
-    """The LTH control: ``masks`` on freshly drawn initial weights (``seed``), trained with ``fit_kwargs``."""
+                          factory: ModelFactory | Mapping[str, Any] | None = None, **fit_kwargs: Any) -> FitResult:
+    """The LTH control: ``masks`` on freshly drawn initial weights (``seed``; see ``reinitialize_`` for
+    ``factory``), trained with ``fit_kwargs``."""
     net = unwrap(model)
+    reinitialize_(net, seed, factory)  # raises before anything is attached if some weight cannot be redrawn
     attach(net, {k: m.clone() for k, m in masks.items()})
-    reinitialize_(net, seed)
     return fit(model, data, **fit_kwargs)

@@ -65,12 +65,15 @@ def layer_targets(shapes: Mapping[str, tuple[int, ...]], sparsity: float, alloca
 
 
 def select_masks(scores: Mapping[str, Tensor], sparsity: float, *, scope: str = "global",
-                 allocation: str | None = None, max_layer_sparsity: float = 0.99) -> dict[str, Tensor]:
-    """Exact keep-masks from per-layer scores: one ranking over all layers, or per-layer targets."""
+                 allocation: str | None = None, max_layer_sparsity: float = 0.99,
+                 warn: bool = True) -> dict[str, Tensor]:
+    """Exact keep-masks from per-layer scores: one ranking over all layers, or per-layer targets.
+
+    ``warn=False`` keeps a binding ``max_layer_sparsity`` out of the log (intermediate rounds)."""
     _check_common(sparsity, scope, allocation, max_layer_sparsity)
     if scope == "global":
         flat = {k: s.detach().float().reshape(-1) for k, s in scores.items()}
-        targets = alloc.global_(flat, sparsity, max_layer_sparsity)
+        targets = alloc.global_(flat, sparsity, max_layer_sparsity, warn=warn)
     else:
         targets = layer_targets({k: tuple(s.shape) for k, s in scores.items()}, sparsity, allocation or "uniform",
                                 max_layer_sparsity)
@@ -246,10 +249,12 @@ def synflow_masks(model: nn.Module, sparsity: float, input_shape: Sequence[int],
         raise ValueError(f"input_shape must be the shape of one example, positive integers, got {input_shape!r}")
     params = _weights(model, exclude)
     masks = {k: torch.ones_like(p, dtype=torch.bool) for k, p in params.items()}
-    for s_k in synflow_sparsities(sparsity, iterations):
+    rounds = synflow_sparsities(sparsity, iterations)
+    for i, s_k in enumerate(rounds):
         scores = synflow_scores(model, shape, masks, exclude)
         scores = {n: s.float().masked_fill(~masks[n], -math.inf) for n, s in scores.items()}
-        masks = select_masks(scores, s_k, scope="global", max_layer_sparsity=max_layer_sparsity)
+        masks = select_masks(scores, s_k, scope="global", max_layer_sparsity=max_layer_sparsity,
+                             warn=i == len(rounds) - 1)  # a binding cap is logged once, at the last round
     return _finish(masks, "synflow")
 
 

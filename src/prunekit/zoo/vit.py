@@ -98,6 +98,10 @@ class ViT(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, head_dim, mlp_dim) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the position table and class token, truncated N(0, 0.02) (the layers draw their own)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
 
