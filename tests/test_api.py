@@ -163,3 +163,19 @@ def test_sparsity_report(tiny_net):
     rep = pk.sparsity_report(tiny_net)
     assert rep.sparsity == pytest.approx(0.5, abs=1e-3) and len(rep.layers) == 4
     assert "| **total (pruned weights)** |" in rep.to_markdown()
+
+
+def test_binding_cap_is_in_the_report(tiny_net, caplog) -> None:
+    """Global ranking wants all of conv1 (its weights are tiny); the cap 0.9 holds it: report and log say so."""
+    import logging
+
+    with torch.no_grad():
+        tiny_net.conv1.weight.mul_(1e-3)
+    with caplog.at_level(logging.WARNING):
+        rep = pk.prune_(tiny_net, pk.Magnitude(0.5, scope="global", max_layer_sparsity=0.9))
+    b = rep.extra["max_layer_sparsity_binds"]
+    assert b["target"] == 0.5 and b["max_layer_sparsity"] == 0.9
+    conv1 = next(r for r in rep.layers if r.name == "conv1.weight")
+    assert conv1.sparsity == pytest.approx(0.9, abs=1 / 96)
+    assert any("max_layer_sparsity" in r.getMessage() or "cap" in r.getMessage() for r in caplog.records)
+    assert "max_layer_sparsity_binds" not in pk.prune_(tiny_net, pk.Magnitude(0.5)).extra

@@ -208,7 +208,11 @@ def prune_scored_(model: nn.Module, config: Criterion, score_name: str, data: An
     ms = attach(model, masks)
     ledger.log_kept(log)
     log.info("pruned %d tensors: %s", len(layers), ledger.measure(model).line())
-    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms, ledger=ledger)
+    extra = {}
+    binding = getattr(targets, "binding", None)
+    if binding:
+        extra["max_layer_sparsity_binds"] = binding
+    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms, extra=extra, ledger=ledger)
 
 
 @METHODS.register("magnitude", kind="oneshot", config=Magnitude)
