@@ -83,9 +83,10 @@ def save_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Any], ma
         for k, extra in manifest.get("layers", {}).items():
             layers.setdefault(k, {}).update(extra)
         if source_dir is not None:
-            from .verify import compare_saved
+            from .verify import compare_saved, file_masks
 
-            manifest = {**manifest, "tensors": compare_saved(source_dir, tmp, packed)}
+            on_disk, renamed = file_masks(model, packed)
+            manifest = {**manifest, "tensors": {**compare_saved(source_dir, tmp, on_disk), "renamed": renamed}}
         write_json(tmp / MANIFEST_FILE, {**manifest, "format": FORMAT, "version": VERSION, "layers": layers})
         _swap_in(tmp, out)
     except BaseException:

@@ -117,6 +117,33 @@ def compare_saved(source_dir: str | Path, out_dir: str | Path, pruned: dict[str,
             "counted_zeros": zeros, "counted_numel": numel, "counted_sparsity": zeros / numel if numel else 0.0}
 
 
+def file_masks(model: Any, packed: dict[str, tuple[Tensor, list[int]]]) -> tuple[dict[str, Any], dict[str, list]]:
+    """The masks renamed and reshaped as ``save_pretrained`` writes their weights, and the renaming.
+
+    transformers 5.x reverts its load-time weight conversions on save (e.g. Mixtral's fused
+    ``mlp.experts.gate_up_proj`` is written as per-expert ``block_sparse_moe.experts.<e>.w1/w3.weight``);
+    each mask goes through the same conversion (:func:`transformers.core_model_loading.revert_weight_conversion`),
+    one tensor at a time, and is packed again. Returns ``({file name: (bits, shape)}, {param: [file names]})``.
+    """
+    from .io import pack_mask, unpack_mask
+
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # an older transformers without load-time conversions
+        return packed, {}
+    out: dict[str, Any] = {}
+    renamed: dict[str, list] = {}
+    for name, (bits, shape) in packed.items():
+        converted = revert_weight_conversion(model, {name: unpack_mask(bits, shape)})
+        if list(converted) == [name] and list(converted[name].shape) == list(shape):
+            out[name] = (bits, shape)
+            continue
+        renamed[name] = sorted(converted)
+        for k, m in converted.items():
+            out[k] = (pack_mask(m.contiguous()), list(m.shape))
+    return out, renamed
+
+
 def _mask(m: Any) -> Tensor:
     from .io import unpack_mask
 
