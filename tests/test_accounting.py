@@ -294,7 +294,9 @@ def test_format_table_markdown_and_text() -> None:
     lin, x = _half_masked_linear(), torch.randn(3, 10)
     rows = layer_table(nn.Sequential(lin), x)
     md = format_table(rows).splitlines()
-    assert md[0].startswith("| name | kind | shape |") and len(md) == 4
+    assert md[0].startswith("| name | kind | shape |") and len(md) == 6
+    assert md[4] == "" and md[5].startswith("sparsity: zeros over all of a row's own parameters")
+    assert len(format_table(rows, note=False).splitlines()) == 4
     assert md[2] == "| 0 | Linear | 4x10 | 44 | 24 | 0.4545 | 120 | 60 |"
     assert md[3].startswith("| total |")
     text = format_table(rows, fmt="text").splitlines()

@@ -164,4 +164,4 @@ def test_sparsity_report(tiny_net):
     pk.prune_(tiny_net, pk.Magnitude(0.5))
     rep = pk.sparsity_report(tiny_net)
     assert rep.sparsity == pytest.approx(0.5, abs=1e-3) and len(rep.layers) == 4
-    assert "| **total** |" in rep.to_markdown()
+    assert "| **total (pruned weights)** |" in rep.to_markdown()

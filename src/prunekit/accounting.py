@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from .layers import DEFAULT_EXCLUDE, LABELS, classify
+
 log = logging.getLogger(__name__)
 
 ExampleInputs = Tensor | tuple | list | Mapping[str, Any]
@@ -61,7 +63,7 @@ class LayerStats:
     shape: tuple[int, ...]  # shape of the module's weight, () if it has none
     params: int
     nonzeros: int
-    sparsity: float  # fraction of zeros among the module's own parameters
+    sparsity: float  # fraction of zeros among the module's own parameters (weights, biases, norms)
     macs: int
     sparse_macs: int
 
@@ -507,8 +509,15 @@ def layer_table(model: nn.Module, example_inputs: ExampleInputs | None = None) -
     return list(_rows(model, dense, sparse))
 
 
-def totals(model: nn.Module, example_inputs: ExampleInputs | None = None) -> dict[str, Any]:
-    """Whole-model ``params``, ``nonzeros``, ``sparsity``, dense ``macs`` and ``sparse_macs`` (None without inputs)."""
+def totals(model: nn.Module, example_inputs: ExampleInputs | None = None,
+           exclude: Iterable[str] = DEFAULT_EXCLUDE) -> dict[str, Any]:
+    """Whole-model ``params``, ``nonzeros``, ``sparsity``, dense ``macs`` and ``sparse_macs`` (None without inputs).
+
+    ``sparsity`` counts every parameter (biases and norms included, ``sparsity_label`` says so); the
+    labelled ledger figures ``sparsity_pruned_weights`` (the prunable weights ``prune_`` reports, with
+    ``exclude``), ``sparsity_all_weights`` (every weight matrix) and ``sparsity_all_parameters`` come with
+    ``sparsity_line``, the same line a prune report prints.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     macs = sparse = None
@@ -516,8 +525,10 @@ def totals(model: nn.Module, example_inputs: ExampleInputs | None = None) -> dic
         dense_by, sparse_by = _trace(model, example_inputs)
         macs, sparse = sum(dense_by.values()), round(sum(sparse_by.values()))
     params, nz = count_params(model), count_nonzeros(model)
+    ledger = classify(model, exclude=exclude, strict=False).summary(model)
     return {"params": params, "nonzeros": nz, "sparsity": (1 - nz / params) if params else 0.0,
-            "macs": macs, "sparse_macs": sparse}
+            "sparsity_label": LABELS["all_parameters"], "macs": macs, "sparse_macs": sparse,
+            **{f"sparsity_{k}": v for k, v in ledger.sparsities().items()}, "sparsity_line": ledger.line()}
 
 
 _COLUMNS = ("name", "kind", "shape", "params", "nonzeros", "sparsity", "MACs", "sparse MACs")
@@ -538,8 +549,12 @@ def _total_cells(rows: list[LayerStats]) -> list[str]:
             f"{sum(r.sparse_macs for r in rows):,}"]
 
 
-def format_table(rows: list[LayerStats], fmt: str = "markdown") -> str:
-    """Render rows (plus a total row) as a Markdown table or as aligned plain text."""
+TABLE_NOTE = ("sparsity: zeros over all of a row's own parameters (weights, biases, norms); "
+              "the labelled figures over pruned weights and weight matrices are in totals()")
+
+
+def format_table(rows: list[LayerStats], fmt: str = "markdown", note: bool = True) -> str:
+    """Render rows (plus a total row) as a Markdown table or as aligned plain text, then what sparsity counts."""
     if fmt not in ("markdown", "text"):
         raise ValueError(f"fmt must be one of 'markdown', 'text', got {fmt!r}")
     if not all(isinstance(r, LayerStats) for r in rows):
@@ -549,10 +564,12 @@ def format_table(rows: list[LayerStats], fmt: str = "markdown") -> str:
     if fmt == "markdown":
         lines = ["| " + " | ".join(_COLUMNS) + " |",
                  "|" + "|".join("---:" if r else "---" for r in right) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body])
+        tail = ["", TABLE_NOTE] if note else []
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in body] + tail)
     widths = [max(len(row[i]) for row in [list(_COLUMNS), *body]) for i in range(len(_COLUMNS))]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
 
-    return "\n".join([line(list(_COLUMNS)), line(["-" * w for w in widths])] + [line(c) for c in body])
+    tail = [TABLE_NOTE] if note else []
+    return "\n".join([line(list(_COLUMNS)), line(["-" * w for w in widths])] + [line(c) for c in body] + tail)

@@ -23,6 +23,7 @@ from . import allocation as alloc
 from . import scores as _scores  # noqa: F401  (registers the criteria)
 from .config import Config, register_config
 from .errors import check_choice
+from .layers import Ledger, classify
 from .masks import (
     DEFAULT_EXCLUDE,
     LayerReport,
@@ -30,7 +31,6 @@ from .masks import (
     attach,
     attached,
     layer_sparsity,
-    prunable_parameters,
 )
 from .patterns import NM, Pattern, Unstructured, check_pattern_fits, pattern_sparsity, topk_mask, unit_scores
 from .registry import ALLOCATIONS, METHODS, SCORES
@@ -106,19 +106,26 @@ def prune_(model: nn.Module, config: Config, data: Any = None) -> Report:
     return fn(model, config, data)
 
 
-def _check_weights(model: nn.Module, params: dict[str, nn.Parameter], pattern: Pattern) -> None:
+def _check_weights(ledger: Ledger, params: dict[str, nn.Parameter], pattern: Pattern) -> None:
     if not params:
-        raise ValueError("the model has no prunable layers (Linear / Conv1d / Conv2d / Conv3d)")
+        raise ValueError("the model has no prunable weights (Linear, Conv, GPT-2 Conv1D, MultiheadAttention, "
+                         f"RNN, MoE experts); kept by rule: {ledger.kept_by_reason()}")
     for name, p in params.items():
         if not torch.isfinite(p.detach()).all():
             raise ValueError(f"weight {name} contains NaN or Inf values; fix the model before pruning")
-        check_pattern_fits(_oriented(model, name, p.detach()).shape, pattern, name)
+        check_pattern_fits(ledger.prunable[name].as_matrices(p.detach(), keep_kernel=True).shape[1:], pattern, name)
 
 
-def _oriented(model: nn.Module, name: str, t: Tensor) -> Tensor:
-    """GPT-2 ``Conv1D`` stores (in, out): transpose so dim 1 is the input dimension."""
-    mod = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    return t.t() if type(mod).__name__ == "Conv1D" else t
+def _oriented(ledger: Ledger, name: str, t: Tensor) -> Tensor:
+    """The pattern view of a weight-shaped tensor: ``(out, in, *k)``, experts stacked as ``(E * out, in)``."""
+    return ledger.prunable[name].as_matrices(t, keep_kernel=True).flatten(0, 1)
+
+
+def _topk(ledger: Ledger, name: str, scores: Tensor, target: float, pattern: Pattern) -> Tensor:
+    """Exact top-k of each matrix of ``name`` (each expert on its own), as a mask in the weight's layout."""
+    info = ledger.prunable[name]
+    per = [topk_mask(s, target, pattern, name=name) for s in scores.unflatten(0, (info.groups, -1))]
+    return info.from_matrices(torch.stack(per))
 
 
 def _stats_for(model: nn.Module, config: Config, data: Any, params: dict[str, nn.Parameter]) -> dict[str, dict]:
@@ -183,8 +190,9 @@ def prune_scored_(model: nn.Module, config: _Criterion, score_name: str, data: A
                   stats: dict[str, dict] | None = None) -> Report:
     """Shared one-shot path: score, allocate, top-k under the pattern, attach. Returns the report."""
     t0 = time.perf_counter()
-    params = prunable_parameters(model, exclude=config.exclude, include=config.include)
-    _check_weights(model, params, config.pattern)
+    ledger = classify(model, exclude=config.exclude, include=config.include)
+    params = ledger.parameters(model)
+    _check_weights(ledger, params, config.pattern)
     score_fn = SCORES.get(score_name)
     stats = stats if stats is not None else _stats_for(model, config, data, params)
     old = attached(model)
@@ -193,19 +201,19 @@ def prune_scored_(model: nn.Module, config: _Criterion, score_name: str, data: A
         s = score_fn(p.detach(), stats.get(k, {})).float()
         if old is not None and k in old.masks:
             s = s.masked_fill(~old.masks[k], -math.inf)  # what is pruned stays pruned
-        scores[k] = _oriented(model, k, s)
+        scores[k] = _oriented(ledger, k, s)
     targets = _allocate(config, scores, params)
     masks, layers = {}, []
     for k, p in params.items():
         t1 = time.perf_counter()
-        m = _oriented(model, k, topk_mask(scores[k], targets[k], config.pattern, name=k))
+        m = _topk(ledger, k, scores[k], targets[k], config.pattern)
         masks[k] = m
         layers.append(LayerReport(k, list(p.shape), p.numel(), 1.0 - float(m.sum()) / m.numel(), targets[k],
                                   time.perf_counter() - t1))
     ms = attach(model, masks)
-    log.debug("pruned %d layers to %.4f sparsity", len(layers), sum(r.sparsity * r.numel for r in layers) /
-             max(1, sum(r.numel for r in layers)))
-    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms)
+    ledger.log_kept(log)
+    log.info("pruned %d tensors: %s", len(layers), ledger.measure(model).line())
+    return Report(config.to_dict(), layers, time.perf_counter() - t0, ms, ledger=ledger)
 
 
 @METHODS.register("magnitude")
@@ -233,7 +241,12 @@ def _is_calibration(model: nn.Module, data: Any) -> bool:
 
 
 def sparsity_report(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> Report:
-    """Per-layer sparsity (exact zeros) of the prunable weights of ``model``, and the total."""
-    params = prunable_parameters(model, exclude=exclude)
+    """Per-layer sparsity (exact zeros) of the prunable weights of ``model``, the total, and the labelled ledger.
+
+    Read-only: a tensor no rule covers is reported as kept (``uncovered``) with a warning, not an error.
+    """
+    ledger = classify(model, exclude=exclude, strict=False)
+    params = ledger.parameters(model)
     layers = [LayerReport(k, list(p.shape), p.numel(), layer_sparsity(p.detach())) for k, p in params.items()]
-    return Report({"type": "report"}, layers, 0.0, attached(model))
+    ledger.measure(model)
+    return Report({"type": "report"}, layers, 0.0, attached(model), ledger=ledger)

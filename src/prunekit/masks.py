@@ -20,41 +20,32 @@ import torch
 from torch import Tensor, nn
 
 from .io import load_tensors, save_tensors
+from .layers import DEFAULT_EXCLUDE, LABELS, Ledger, classify
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-DEFAULT_EXCLUDE = ("lm_head",)
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # kept for old callers
 MASKS_FORMAT = "prunekit.masks"
 MASKS_VERSION = "1"
 
 
 def _is_prunable(module: nn.Module) -> bool:
-    # transformers' GPT-2 style Conv1D is a Linear with a transposed (in, out) weight
-    return isinstance(module, PRUNABLE_TYPES) or type(module).__name__ == "Conv1D"
+    """True for a module whose own ``weight`` is prunable (see ``layers.classify`` for every kind)."""
+    w = getattr(module, "weight", None)
+    if not isinstance(w, nn.Parameter) or w.dim() < 2:
+        return False
+    return "weight" in classify(module, exclude=(), strict=False).prunable
 
 
 def prunable_parameters(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE,
-                        include: Iterable[str] | None = None) -> dict[str, nn.Parameter]:
-    """``{"<module>.weight": parameter}`` of the Linear / Conv layers, in module order.
+                        include: Iterable[str] | None = None, embeddings: bool = False) -> dict[str, nn.Parameter]:
+    """``{name: parameter}`` of every prunable weight (``layers.classify``), in module order.
 
-    ``exclude`` drops modules whose name equals or ends with an entry (``lm_head`` by default);
-    ``include`` keeps only the named modules. Unknown names in ``include`` are an error.
+    Linear, Conv, transposed Conv, GPT-2 Conv1D, ``nn.MultiheadAttention`` projections, RNN/LSTM/GRU
+    ``weight_ih/hh``, fused 3-D MoE experts, and ``nn.Embedding`` with ``embeddings=True``. ``exclude``
+    keeps modules or parameters whose name equals, ends with or glob-matches an entry (``lm_head`` by
+    default); ``include`` keeps only the named ones (unknown names are an error). A rank >= 2 tensor no
+    rule covers raises ``layers.UncoveredWeightError`` naming the ``exclude`` that accepts it.
     """
-    exclude = tuple(exclude)
-    found: dict[str, nn.Parameter] = {}
-    for name, mod in model.named_modules():
-        if not _is_prunable(mod) or getattr(mod, "weight", None) is None:
-            continue
-        if any(name == e or name.endswith("." + e) for e in exclude):
-            continue
-        found[f"{name}.weight" if name else "weight"] = mod.weight
-    if include is not None:
-        include = list(include)
-        missing = [n for n in include if f"{n}.weight" not in found and n not in found]
-        if missing:
-            raise ValueError(f"include names unknown prunable layers {missing}; prunable: {sorted(found)}")
-        keys = {n if n in found else f"{n}.weight" for n in include}
-        found = {k: v for k, v in found.items() if k in keys}
-    return found
+    return classify(model, exclude=exclude, include=include, embeddings=embeddings).parameters(model)
 
 
 def _owner(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:
@@ -234,23 +225,31 @@ class LayerReport:
 
 @dataclass
 class Report:
-    """What ``prune_`` did: per-layer sparsity, time, errors; ``masks`` is the attached ``MaskSet``."""
+    """What ``prune_`` did: per-layer sparsity, time, errors; ``masks`` is the attached ``MaskSet``.
+
+    ``ledger`` (``layers.Ledger``): which tensors were pruned and which kept by which rule, with the
+    labelled figures (pruned weights, all weight matrices, all parameters incl. biases) when measured.
+    """
 
     method: dict[str, Any]
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
     masks: MaskSet | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    ledger: Ledger | None = field(default=None, repr=False)
 
     @property
     def sparsity(self) -> float:
-        """Parameter-weighted sparsity over the pruned layers."""
+        """Sparsity over the pruned weights (parameter-weighted over the pruned layers)."""
         total = sum(r.numel for r in self.layers)
         return sum(r.sparsity * r.numel for r in self.layers) / max(total, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "sparsity": self.sparsity, "seconds": self.seconds,
-                "layers": [asdict(r) for r in self.layers], "extra": self.extra}
+        out = {"method": self.method, "sparsity": self.sparsity, "sparsity_label": LABELS["pruned_weights"],
+               "seconds": self.seconds, "layers": [asdict(r) for r in self.layers], "extra": self.extra}
+        if self.ledger is not None:
+            out["ledger"] = self.ledger.to_dict()
+        return out
 
     def to_markdown(self) -> str:
         lines = ["| layer | shape | params | target | sparsity | error | s |", "|---|---|---:|---:|---:|---:|---:|"]
@@ -259,8 +258,10 @@ class Report:
             err = "" if r.error is None else f"{r.error:.4g}"
             lines.append(f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.numel} | {tgt} | {r.sparsity:.4f} "
                          f"| {err} | {r.seconds:.3f} |")
-        lines.append(f"| **total** | | {sum(r.numel for r in self.layers)} | | {self.sparsity:.4f} | | "
-                     f"{self.seconds:.3f} |")
+        lines.append(f"| **total (pruned weights)** | | {sum(r.numel for r in self.layers)} | | {self.sparsity:.4f} "
+                     f"| | {self.seconds:.3f} |")
+        if self.ledger is not None:
+            lines += ["", self.ledger.to_markdown()]
         return "\n".join(lines)
 
 

@@ -209,3 +209,18 @@ def test_remove_blocks_auto_needs_a_budget_and_names_its_values():
         Structured(target_macs=0.5, remove_blocks="deep")
     cfg = Structured(target_macs=0.5, remove_blocks="auto")
     assert Structured.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+def test_a_removal_that_removes_nothing_says_so(caplog):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    x = torch.randn(3, 4)
+    with caplog.at_level("WARNING", logger="prunekit.structured.api"):
+        plan = remove_(m, x, Structured(target_macs=1.0))  # the budget is met at full width
+    assert plan.summary["removed_nothing"] is True and "already met" in plan.summary["removed_nothing_reason"]
+    assert "removed nothing" in caplog.text and m[0].out_features == 8
+    with caplog.at_level("WARNING", logger="prunekit.structured.api"):
+        plan = remove_(m, x, Structured(sparsity=0.5, ignore=["0", "2"]))  # every group ignored
+    assert plan.summary["removed_nothing"] is True and "no removable group" in plan.summary["removed_nothing_reason"]
+    plan = remove_(m, x, Structured(sparsity=0.5))
+    assert plan.summary["removed_nothing"] is False and m[0].out_features == 4

@@ -160,7 +160,24 @@ def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], d
                     "groups_shrunk": len(keep), "seconds": round(time.perf_counter() - t0, 3)}
     log.info("structured removal: MACs %d -> %d, params %d -> %d", base["macs"], after["macs"], base["params"],
              after["params"])
+    _flag_nothing_removed(plan, cfg, groups, keep)
     return plan
+
+
+def _flag_nothing_removed(plan: Plan, cfg: Structured, groups: list, keep: dict) -> None:
+    """Record ``removed_nothing`` (and why, with a warning) in the plan's summary: no silent success."""
+    nothing = not keep and not plan.blocks
+    plan.summary["removed_nothing"] = nothing
+    if not nothing:
+        return
+    if not groups:
+        why = (f"no removable group: every group is ignored or behind a normalization barrier (ignore={cfg.ignore}, "
+               f"prune_normalized={cfg.prune_normalized})")
+    else:
+        why = (f"all {len(groups)} groups keep every unit: the budget is already met or max_group_sparsity="
+               f"{cfg.max_group_sparsity} / round_to={cfg.round_to} leave nothing to remove")
+    plan.summary["removed_nothing_reason"] = why
+    log.warning("structured removal removed nothing: %s", why)
 
 
 def select_units(model: nn.Module, example_inputs: Any, config: Structured,
