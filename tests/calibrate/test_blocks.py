@@ -39,9 +39,12 @@ def test_replaying_captured_inputs_gives_the_model_output(name):
     x = ids(n=4, seq=12)
     batches = list(x.split(2))
     for k, st in enumerate(stacks):
-        real = []
-        h = st.blocks[-1].register_forward_hook(lambda _m, _a, out: real.append(out[0] if isinstance(out, tuple)
-                                                                                 else out))
+        real: list[torch.Tensor] = []
+
+        def keep(_m, _a, out, real=real):
+            real.append(out[0] if isinstance(out, tuple) else out)
+
+        h = st.blocks[-1].register_forward_hook(keep)
         with torch.no_grad():
             for b in batches:
                 stack_runner(model, stacks, k)(b)

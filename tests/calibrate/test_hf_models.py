@@ -82,8 +82,13 @@ def test_saved_class_and_every_tensor(name, tmp_path):
     assert set(man["ledger"]["pruned"]) == {r.name for r in report.layers}
     on_disk = {f for n in man["ledger"]["pruned"] for f in t["renamed"].get(n, [n])}  # transformers' save layout
     assert set(t["pruned"]) == on_disk
-    assert man["sparsity"] == pytest.approx(t["counted_sparsity"], abs=1e-12) == pytest.approx(0.5, abs=1e-12)
+    assert man["sparsity"] == pytest.approx(t["counted_sparsity"], abs=1e-12)
+    assert man["sparsity"] == pytest.approx(0.5, abs=1e-12)
     assert man["model_class"] == name
+    summary = man["ledger"]["summary"]  # labelled: over the pruned tensors, all weight matrices, all parameters
+    assert summary["sparsity_pruned_weights"] == pytest.approx(man["sparsity"], abs=1e-12)
+    assert summary["sparsity_pruned_weights"] > summary["sparsity_all_weights"]  # embeddings, heads, routers kept
+    assert set(summary["labels"]) == {"pruned_weights", "all_weights", "all_parameters"}
     with TensorReader(out) as r:  # the zeros counted here, independently of the check
         zeros = sum(int((r.get(k) == 0).sum()) for k in t["pruned"])
         numel = sum(r.get(k).numel() for k in t["pruned"])
@@ -107,7 +112,7 @@ def test_moe_experts_pruned_per_expert_routers_and_one_output_gates_kept(name, t
                              calibration=ids())
     man, pruned = load_manifest(out), getattr(T, name).from_pretrained(out, local_files_only=True)
     p, d = dict(pruned.named_parameters()), dict(dense.named_parameters())
-    kept = man["ledger"]["kept"]
+    kept = {n: r for r, names in man["ledger"]["kept"].items() for n in names}
     for i in range(2):
         mlp = f"model.layers.{i}.mlp"
         for w in ("gate_up_proj", "down_proj"):
@@ -117,14 +122,15 @@ def test_moe_experts_pruned_per_expert_routers_and_one_output_gates_kept(name, t
         assert torch.equal(p[f"{mlp}.gate.weight"], d[f"{mlp}.gate.weight"]) and kept[f"{mlp}.gate.weight"] == "router"
         assert sum(man["experts"][f"{mlp}.experts.gate_up_proj"]["tokens"]) == 6 * 16 * 2  # top-2 of every token
     if name == "Qwen2MoeForCausalLM":
-        g = "model.layers.0.mlp.shared_expert_gate.weight"
-        assert torch.equal(p[g], d[g]) and kept[g] == "one-output gate"
+        g = "model.layers.0.mlp.shared_expert_gate.weight"  # one output: a gate, kept as a router
+        assert torch.equal(p[g], d[g]) and kept[g] == "router"
         assert "model.layers.0.mlp.shared_expert.down_proj.weight" in man["ledger"]["pruned"]
 
 
 def test_task_heads_and_both_stacks_kept_or_pruned(tmp_path):
     cls = _names(tmp_path / "cls", "BertForSequenceClassification")
     assert {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight"} <= set(cls["tensors"]["kept_identical"])
+    assert {"classifier.weight", "bert.pooler.dense.weight"} <= set(cls["ledger"]["kept"]["head"])
     bart = _names(tmp_path / "bart", "BartForConditionalGeneration")
     assert "final_logits_bias" in bart["tensors"]["kept_identical"]
     assert bart["stacks"] == ["model.encoder.layers", "model.decoder.layers"]

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..io import check_writable, load_tensors, save_tensors, write_json
+from ..layers import Ledger
 from ..masks import LayerReport, Report, attach
 from ..patterns import NM, Pattern, Unstructured, pattern_sparsity
 from . import solvers as S
@@ -46,7 +47,7 @@ from .data import Calibration, as_calibration
 from .experts import ExpertGatherer
 from .io import pack_mask, unpack_mask
 from .stats import LayerStats
-from .targets import ExpertTarget, LinearTarget, Target, block_targets, expert_groups, ledger, param_name
+from .targets import ExpertTarget, LinearTarget, Target, block_targets, calibration_ledger, expert_groups, param_name
 
 log = logging.getLogger(__name__)
 STATE_VERSION = 2  # 2: blocks of every stack, fused experts, elapsed seconds
@@ -252,8 +253,8 @@ def _weight(t: Any) -> Tensor:
     return t.weight() if isinstance(t, (LinearTarget, ExpertTarget)) else weight_2d(t)
 
 
-def owl_allocation(model: nn.Module, stacks: list[Stack], batches: list[Tensor], plan: Plan, device: torch.device,
-                   progress: Progress | None) -> tuple[dict[str, float], dict[str, float]]:
+def owl_allocation(model: nn.Module, stacks: list[Stack], led: Ledger, batches: list[Tensor], plan: Plan,
+                   device: torch.device, progress: Progress | None) -> tuple[dict[str, float], dict[str, float]]:
     """Per-layer sparsities from OWL outlier ratios of the dense model (dense outputs propagate)."""
     from ..allocation import owl as owl_rule
 
@@ -264,9 +265,9 @@ def owl_allocation(model: nn.Module, stacks: list[Stack], batches: list[Tensor],
         inputs = cap.first
         for i, block in enumerate(st.blocks):
             _place(block, device)
-            targets, _ = block_targets(block, plan.exclude)
-            stats, outs = gather_block(block, targets, {n: frozenset({"norms"}) for n in targets}, inputs, device)
             name = f"{st.prefix}.{i}"
+            targets = block_targets(led, name, block)
+            stats, outs = gather_block(block, targets, {n: frozenset({"norms"}) for n in targets}, inputs, device)
             lod[name] = owl_outlier_ratio(targets, stats, plan.owl.m)
             for n, t in targets.items():
                 ratios[f"{name}.{n}"] = lod[name]
@@ -384,7 +385,7 @@ class _State:
 # the engine
 
 
-def _check_inputs(model: nn.Module, calib: Calibration, stacks: list[Stack], plan: Plan) -> None:
+def _check_inputs(model: nn.Module, calib: Calibration, stacks: list[Stack], led: Ledger, plan: Plan) -> None:
     limit = max_positions(model)
     if limit is not None and calib.seq_len > limit:
         raise ValueError(f"calibration seq_len={calib.seq_len} is beyond the model's maximum sequence length {limit}")
@@ -394,7 +395,7 @@ def _check_inputs(model: nn.Module, calib: Calibration, stacks: list[Stack], pla
     n_layers = 0
     for st in stacks:
         for i, block in enumerate(st.blocks):
-            for n, t in block_targets(block, plan.exclude)[0].items():
+            for n, t in block_targets(led, f"{st.prefix}.{i}", block).items():
                 n_layers += 1
                 W = t.weight()
                 if isinstance(plan.pattern, NM) and W.shape[1] % plan.pattern.m:
@@ -433,6 +434,7 @@ class _Run:
 
     model: nn.Module
     stacks: list[Stack]
+    ledger: Ledger
     plan: Plan
     alloc: dict[str, float]
     batches: list[Tensor]
@@ -477,7 +479,8 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
     plan = _plan(solver, config, owl, dsnot)
     calib = as_calibration(calibration)
     stacks = find_stacks(model)
-    _check_inputs(model, calib, stacks, plan)
+    led = calibration_ledger(model, stacks, plan.exclude)
+    _check_inputs(model, calib, stacks, led, plan)
     root = None if state_dir is None else check_writable(state_dir, "state_dir")
     if root is not None:
         root.mkdir(parents=True, exist_ok=True)
@@ -491,14 +494,14 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
     every_block = nn.ModuleList([b for s in stacks for b in s.blocks])
     move_outside_blocks(model, every_block, dev)
     try:
-        run = _Run(model, stacks, plan, {}, calib.batches(plan.batch_size), dev, state, {}, t0, progress,
+        run = _Run(model, stacks, led, plan, {}, calib.batches(plan.batch_size), dev, state, {}, t0, progress,
                    on_block_end)
         if plan.owl is not None and state.data["owl"] is None:
-            alloc, lod = owl_allocation(model, stacks, run.batches, plan, dev, progress)
+            alloc, lod = owl_allocation(model, stacks, led, run.batches, plan, dev, progress)
             state.data["owl"] = {"allocation": alloc, "lod": lod}
             state.save(time.perf_counter() - t0)
         run.alloc = (state.data["owl"] or {}).get("allocation") or {}
-        run.masks = _restore(state, stacks, plan)
+        run.masks = _restore(state, stacks, led)
         first = 0
         for k, st in enumerate(stacks):
             if state.next_block < first + len(st.blocks):
@@ -532,14 +535,14 @@ def _prune_stack(run: _Run, k: int, first: int) -> None:
             run.on_block_end(first + i, state.data["blocks"][-1])
 
 
-def _restore(state: _State, stacks: list[Stack], plan: Plan) -> dict[str, Packed]:
+def _restore(state: _State, stacks: list[Stack], led: Ledger) -> dict[str, Packed]:
     """Load the pruned weights and (bit-packed) masks of the blocks already done (resume)."""
     masks: dict[str, Packed] = {}
     blocks = [(st.prefix, i, b) for st in stacks for i, b in enumerate(st.blocks)]
     for g in range(state.next_block):
         prefix, i, block = blocks[g]
         saved = state.load_block(g)
-        for pname in _param_names(block, plan):
+        for pname in _param_names(led, f"{prefix}.{i}", block):
             p = block.get_parameter(pname)
             with torch.no_grad():
                 p.copy_(saved[pname].to(p.device, p.dtype))
@@ -547,8 +550,8 @@ def _restore(state: _State, stacks: list[Stack], plan: Plan) -> dict[str, Packed
     return masks
 
 
-def _param_names(block: nn.Module, plan: Plan) -> list[str]:
-    targets, _ = block_targets(block, plan.exclude)
+def _param_names(led: Ledger, prefix: str, block: nn.Module) -> list[str]:
+    targets = block_targets(led, prefix, block)
     return list(dict.fromkeys(param_name(n, t) for n, t in targets.items()))
 
 
@@ -557,7 +560,7 @@ def _prune_block(run: _Run, st: Stack, first: int, i: int, inputs: list[BlockInp
     tb = time.perf_counter()
     plan, dev, block, prefix = run.plan, run.dev, st.blocks[i], st.prefix
     _place(block, dev)
-    targets, _ = block_targets(block, plan.exclude)
+    targets = block_targets(run.ledger, f"{prefix}.{i}", block)
     needs = {n: _needs(plan, f"{prefix}.{i}.{n}") for n in targets}
     stats, dense_outs = gather_block(block, targets, needs, inputs, dev)
     rows, saved, experts = _solve_block(run, f"{prefix}.{i}", targets, stats)
@@ -634,13 +637,16 @@ def _report(model: nn.Module, run: _Run, config: Any, solver: str, calib: Calibr
     fallbacks = {k: v["fallback_magnitude"] for k, v in experts.items() if v.get("fallback_magnitude")}
     extra = {"blocks": state.data["blocks"], "calibration": calib.info, "owl": state.data["owl"],
              "stacks": [s.prefix for s in run.stacks], "experts": experts, "expert_fallbacks": fallbacks,
-             "runs": state.data["runs"], "ledger": ledger(model, run.stacks, plan.exclude, run.masks)}
+             "runs": state.data["runs"]}
     seconds = float(state.data["elapsed"])
+    run.ledger.measure(model)
+    run.ledger.log_kept(log)
+    extra["ledger"] = run.ledger.to_dict()
     if not attach_masks:
         extra["packed_masks"] = run.masks
-        return Report(method, layers, seconds, None, extra)
+        return Report(method, layers, seconds, None, extra, ledger=run.ledger)
     ms = attach(model, {k: unpack_mask(bits, shape) for k, (bits, shape) in run.masks.items()})
-    return Report(method, layers, seconds, ms, extra)
+    return Report(method, layers, seconds, ms, extra, ledger=run.ledger)
 
 
 def clear_state(state_dir: str | Path) -> None:

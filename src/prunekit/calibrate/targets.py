@@ -3,9 +3,9 @@
 A *target* is one ``(out, in)`` weight matrix solved on its own: a Linear (or GPT-2 ``Conv1D``) weight,
 or one expert's matrix of a fused 3-D expert parameter (transformers 5.x stores Mixtral / Qwen-MoE
 experts as ``gate_up_proj`` (E, 2I, H) and ``down_proj`` (E, H, I), ``(E, in, out)`` when the experts
-module says ``is_transposed``). Routers and one-output gates are kept by rule.
-
-This module is the calibrate engine's own walker; it can later defer to ``prunekit.layers.classify``.
+module says ``is_transposed``). Which tensors are weights, and which are kept by which rule (routers,
+one-output gates, embeddings, norms, ``exclude``), is ``prunekit.layers.classify``'s answer; this module
+turns it into targets.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .blocks import is_linear, mask_to_param, set_weight_2d, weight_2d
+from ..layers import Ledger, classify
+from .blocks import mask_to_param, set_weight_2d, weight_2d
 
-EXPERT_PARAMS = ("gate_up_proj", "up_proj", "down_proj")
-ROUTER_NAMES = ("gate", "router")
+EXPERT_PARAMS = ("gate_up_proj", "up_proj", "down_proj")  # fused layouts whose routed inputs experts.py replays
+CALIBRATED_KINDS = ("linear", "conv1d-gpt2", "experts")
 
 
 @dataclass
@@ -71,65 +72,52 @@ class ExpertTarget:
 Target = LinearTarget | ExpertTarget
 
 
-def fused_expert_params(mod: nn.Module) -> list[str]:
-    """Names of the fused 3-D expert parameters of ``mod`` (empty when it is not a fused experts module)."""
-    E = getattr(mod, "num_experts", None)
-    return [n for n, p in mod.named_parameters(recurse=False)
-            if p.dim() == 3 and p.is_floating_point() and isinstance(E, int) and p.shape[0] == E]
+def calibration_ledger(model: nn.Module, stacks: list[Any], exclude: list[str] | tuple[str, ...]) -> Ledger:
+    """``prunekit.layers.classify`` of ``model``, with the prunable tensors outside the block stacks kept as
+    ``head`` (pooler, classifier, heads: the calibration engine prunes inside transformer blocks only).
+
+    A block weight of a kind the engine cannot calibrate (``nn.MultiheadAttention``, RNN, conv) is an
+    error naming it and the ``exclude`` entry that keeps it.
+    """
+    led = classify(model, exclude)
+    inside = tuple(f"{s.prefix}." for s in stacks)
+    for name in list(led.prunable):
+        if not name.startswith(inside):
+            del led.prunable[name]
+            led.kept[name] = "head"
+    bad = [n for n, w in led.prunable.items() if w.kind not in CALIBRATED_KINDS or
+           (w.kind == "experts" and w.attr not in EXPERT_PARAMS)]
+    if bad:
+        raise ValueError(f"the calibration engine prunes Linear layers and fused experts ({', '.join(EXPERT_PARAMS)}) "
+                         f"of transformer blocks; it cannot calibrate {bad[:5]} "
+                         f"({', '.join(sorted({led.prunable[n].kind for n in bad}))}): keep them with exclude={bad!r}")
+    return led
 
 
-def _excluded(name: str, exclude: list[str] | tuple[str, ...]) -> bool:
-    return any(name == e or name.endswith("." + e) for e in exclude)
+def block_targets(ledger: Ledger, prefix: str, block: nn.Module) -> dict[str, Target]:
+    """``{target name: target}`` of the block at ``prefix`` (e.g. ``model.layers.3``).
 
-
-def _router_reason(block: nn.Module, name: str, mod: nn.Module) -> str | None:
-    """``router`` for an MoE block's gate / router Linear, ``one-output gate`` for a Linear with one output."""
-    parent = block.get_submodule(name.rpartition(".")[0]) if "." in name else block
-    if name.rpartition(".")[2] in ROUTER_NAMES and hasattr(parent, "experts"):
-        return "router"
-    if weight_2d(mod).shape[0] == 1:
-        return "one-output gate"
-    return None
-
-
-def block_targets(block: nn.Module, exclude: list[str] | tuple[str, ...] = ()
-                  ) -> tuple[dict[str, Target], dict[str, str]]:
-    """``({target name: target}, {relative parameter name: reason kept})`` of one block.
-
-    Linear targets are named by their module (``self_attn.q_proj``), expert targets
-    ``<experts module>.<param>.<expert>`` (``mlp.experts.gate_up_proj.3``).
+    Linear targets are named by their module relative to the block (``self_attn.q_proj``), expert
+    targets ``<experts module>.<param>.<expert>`` (``mlp.experts.gate_up_proj.3``).
     """
     targets: dict[str, Target] = {}
-    kept: dict[str, str] = {}
-    for name, mod in block.named_modules():
-        if is_linear(mod):
-            reason = "excluded" if _excluded(name, exclude) else _router_reason(block, name, mod)
-            if reason:
-                kept[f"{name}.weight"] = reason
-            else:
-                targets[name] = LinearTarget(mod)
+    start = prefix + "."
+    for name, w in ledger.prunable.items():
+        if not name.startswith(start):
             continue
-        for attr in fused_expert_params(mod):
-            full = f"{name}.{attr}" if name else attr
-            if _excluded(full, exclude) or _excluded(name, exclude):
-                kept[full] = "excluded"
-                continue
-            if attr not in EXPERT_PARAMS:
-                raise ValueError(f"fused expert parameter {full} has a layout the calibration engine does not know "
-                                 f"(known: {', '.join(EXPERT_PARAMS)}); skip it with exclude=[{full!r}]")
-            for e in range(getattr(mod, attr).shape[0]):
-                targets[f"{full}.{e}"] = ExpertTarget(mod, attr, e)
-    return targets, kept
+        rel = w.module[len(start):]
+        mod = block.get_submodule(rel)
+        if w.kind == "experts":
+            for e in range(w.shape[0]):
+                targets[f"{rel}.{w.attr}.{e}"] = ExpertTarget(mod, w.attr, e)
+        else:
+            targets[rel] = LinearTarget(mod)
+    return targets
 
 
 def param_name(target_name: str, t: Target) -> str:
     """The relative parameter name a target lives in (``q_proj.weight``, ``mlp.experts.down_proj``)."""
     return f"{target_name}.weight" if isinstance(t, LinearTarget) else target_name.rsplit(".", 1)[0]
-
-
-def is_moe_block(mod: nn.Module) -> bool:
-    """An MoE block: has an ``experts`` child (fused or a list of expert MLPs)."""
-    return isinstance(getattr(mod, "experts", None), nn.Module)
 
 
 def expert_groups(targets: dict[str, Target]) -> dict[str, list[str]]:
@@ -139,59 +127,3 @@ def expert_groups(targets: dict[str, Target]) -> dict[str, list[str]]:
         if isinstance(t, ExpertTarget):
             out.setdefault(param_name(n, t), []).append(n)
     return out
-
-
-def describe(targets: dict[str, Any]) -> str:
-    return ", ".join(list(targets)[:5]) + (" ..." if len(targets) > 5 else "")
-
-
-def _kept_reason(model: nn.Module, name: str, p: Tensor, inside: dict[str, str], block_params: set[str]) -> str:
-    mod = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-    if not p.is_floating_point():
-        return "not-floating"
-    if p.dim() < 2:
-        return "rank<2 (bias, norm, scale)"
-    if name in inside:
-        return inside[name]
-    if isinstance(mod, nn.Embedding):
-        return "embedding"
-    if name.rpartition(".")[0].rpartition(".")[2] in ROUTER_NAMES:
-        return "router"
-    return "not a block weight (embeddings, norms, heads)" if name not in block_params else "not a Linear/expert weight"
-
-
-def ledger(model: nn.Module, stacks: list[Any], exclude: list[str], masks: dict[str, Any]) -> dict[str, Any]:
-    """Every parameter of ``model``: pruned (named in ``masks``) or kept with the rule that kept it; sparsities.
-
-    ``sparsity_pruned_weights`` counts zeros over the pruned tensors, ``sparsity_all_weights`` over every
-    floating tensor of rank >= 2, ``sparsity_all_parameters`` over every parameter (biases and norms too).
-    """
-    inside: dict[str, str] = {}
-    block_params: set[str] = set()
-    for st in stacks:
-        for i, block in enumerate(st.blocks):
-            _, kept = block_targets(block, exclude)
-            inside.update({f"{st.prefix}.{i}.{k}": v for k, v in kept.items()})
-            block_params.update(f"{st.prefix}.{i}.{n}" for n, _ in block.named_parameters())
-    kept_by: dict[str, str] = {}
-    z = {"pruned": [0, 0], "weights": [0, 0], "all": [0, 0]}
-    for name, p in model.named_parameters():  # tied parameters once
-        zeros, n = int((p.detach() == 0).sum()), p.numel()
-        groups = ["all"] + (["weights"] if p.dim() >= 2 and p.is_floating_point() else [])
-        if name in masks:
-            groups.append("pruned")
-        else:
-            kept_by[name] = _kept_reason(model, name, p, inside, block_params)
-        for g in groups:
-            z[g][0] += zeros
-            z[g][1] += n
-    reasons: dict[str, int] = {}
-    for r in kept_by.values():
-        reasons[r] = reasons.get(r, 0) + 1
-    frac = {k: v[0] / v[1] if v[1] else 0.0 for k, v in z.items()}
-    return {"pruned": sorted(masks), "kept": kept_by, "kept_counts": reasons,
-            "sparsity_pruned_weights": frac["pruned"], "sparsity_all_weights": frac["weights"],
-            "sparsity_all_parameters": frac["all"],
-            "labels": {"sparsity_pruned_weights": "zeros / entries of the pruned tensors",
-                       "sparsity_all_weights": "zeros / entries of every floating tensor of rank >= 2",
-                       "sparsity_all_parameters": "zeros / entries of every parameter, biases and norms included"}}
