@@ -33,10 +33,12 @@ from . import solvers as S
 from .blocks import (
     BlockInput,
     Stack,
+    StackInputs,
     capture_stack,
     find_stacks,
     max_positions,
     move_outside_blocks,
+    offloaded,
     run_block,
     stack_runner,
     to_device,
@@ -261,7 +263,7 @@ def owl_allocation(model: nn.Module, stacks: list[Stack], led: Ledger, batches: 
     ratios, sizes, lod = {}, {}, {}
     total, done = sum(len(s.blocks) for s in stacks), 0
     for k, st in enumerate(stacks):
-        cap = capture_stack(stack_runner(model, stacks, k), st.blocks, batches, device, STORE)
+        cap = _capture(model, stacks, k, batches, device)
         inputs = cap.first
         for i, block in enumerate(st.blocks):
             _place(block, device)
@@ -283,6 +285,14 @@ def owl_allocation(model: nn.Module, stacks: list[Stack], led: Ledger, batches: 
 
 # ----------------------------------------------------------------------------------------------
 # devices
+
+
+def _capture(model: nn.Module, stacks: list[Stack], k: int, batches: list[Tensor], dev: torch.device) -> StackInputs:
+    """The inputs of every block of stack ``k``; the other stacks' blocks (a pruned encoder feeding a
+    decoder) visit ``dev`` one at a time while the model runs."""
+    others = nn.ModuleList([b for j, s in enumerate(stacks) if j != k for b in s.blocks])
+    with offloaded(others, dev):
+        return capture_stack(stack_runner(model, stacks, k), stacks[k].blocks, batches, dev, STORE)
 
 
 def _home(block: nn.Module) -> torch.device:
@@ -520,7 +530,7 @@ def prune_blocks(model: nn.Module, solver: str, config: Any, calibration: Any, *
 def _prune_stack(run: _Run, k: int, first: int) -> None:
     """Capture the inputs of stack ``k`` and prune its blocks (global index ``first`` + i) from ``next_block`` on."""
     st, state = run.stacks[k], run.state
-    cap = capture_stack(stack_runner(run.model, run.stacks, k), st.blocks, run.batches, run.dev, STORE)
+    cap = _capture(run.model, run.stacks, k, run.batches, run.dev)
     start = max(state.next_block - first, 0)
     inputs = cap.first
     if start > 0:
