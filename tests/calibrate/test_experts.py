@@ -83,3 +83,50 @@ def prune_config():
     from prunekit.calibrate import CalibratedMagnitude
 
     return CalibratedMagnitude(0.5)
+
+
+class _ListMoE(torch.nn.Module):
+    """Unfused experts (a ModuleList of Linear), a Linear router, top-1: token t goes to expert t % 2 of 3."""
+
+    def __init__(self, d: int = 8) -> None:
+        super().__init__()
+        self.gate = torch.nn.Linear(d, 3, bias=False)
+        self.experts = torch.nn.ModuleList(torch.nn.Linear(d, d, bias=False) for _ in range(3))
+
+    def forward(self, x):
+        self.gate(x)  # the router runs, its choice is fixed here so the test can count
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            tok = (torch.arange(flat.shape[0]) % 2 == e).nonzero().squeeze(-1)
+            if tok.numel():
+                out[tok] = expert(flat[tok])
+        return (x + out.reshape(x.shape),)
+
+
+class _TinyLM(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(96, 8)
+        self.layers = torch.nn.ModuleList(_ListMoE() for _ in range(2))
+
+    def forward(self, input_ids):
+        h = self.embed(input_ids)
+        for layer in self.layers:
+            h = layer(h)[0]
+        return h
+
+
+def test_unfused_linear_experts_and_their_unrouted_fallback(caplog):
+    torch.manual_seed(0)
+    model = _TinyLM().eval()
+    dense2 = model.layers[0].experts[2].weight.detach().clone()
+    router = model.layers[0].gate.weight.detach().clone()
+    with caplog.at_level(logging.WARNING, logger="prunekit.calibrate.engine"):
+        report = prune_blocks(model, "wanda", Wanda(0.5), ids(n=2, seq=8))
+    names = {r.name for r in report.layers}
+    assert {f"layers.{i}.experts.{e}.weight" for i in range(2) for e in range(3)} == names  # router kept
+    assert torch.equal(model.layers[0].gate.weight, router)
+    assert torch.equal(model.layers[0].experts[2].weight != 0, S.magnitude(dense2, None, 0.5)[1])
+    assert "layers.0.experts.2 received no calibration token" in caplog.text
+    assert report.extra["expert_fallbacks"] == {"layers.0.experts.2.weight": [2], "layers.1.experts.2.weight": [2]}

@@ -606,7 +606,7 @@ def _solve_block(run: _Run, bname: str, targets: dict[str, Target], stats: dict[
         errs[n], secs[n] = (None if err != err else err), time.perf_counter() - t1
         if fell_back:
             log.warning("%s received no calibration token: pruned by magnitude instead of %s", full, plan.solver)
-            info.setdefault(f"{bname}.{pname}", {}).setdefault("fallback_magnitude", []).append(t.expert)
+            info.setdefault(f"{bname}.{pname}", {}).setdefault("fallback_magnitude", []).append(_expert_index(n, t))
         if isinstance(t, ExpertTarget):
             masks3[pname].append(mask)
             continue
@@ -623,6 +623,15 @@ def _solve_block(run: _Run, bname: str, targets: dict[str, Target], stats: dict[
         entry["tokens"] = [tokens[x] for x in names]
         entry.setdefault("fallback_magnitude", [])
     return rows, saved, info
+
+
+def _expert_index(name: str, t: Target) -> int | None:
+    """The expert number of a target: fused ``...gate_up_proj.<e>``, or unfused ``experts.<e>.w1``."""
+    if isinstance(t, ExpertTarget):
+        return t.expert
+    parts = name.split(".")
+    after = [parts[j + 1] for j, x in enumerate(parts[:-1]) if x == "experts" and parts[j + 1].isdigit()]
+    return int(after[-1]) if after else None
 
 
 def _row(name: str, p: Tensor, mask: Tensor, target: float, seconds: float, error: float | None) -> dict:
