@@ -6,7 +6,6 @@ are pruned."""
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 import torch
@@ -16,50 +15,14 @@ from prunekit.calibrate.io import load_manifest
 from prunekit.calibrate.pipeline import prune_model_dir
 from prunekit.calibrate.verify import TensorReader
 from prunekit.patterns import NM, mask_respects
+from prunekit.zoo.tiny_hf import FAMILIES, save_tiny_hf, tiny_hf_config, tiny_ids
 
-VOCAB = 96
-
-
-def hf_config(name: str):
-    """Hidden 32, two blocks (per stack), every dimension a multiple of 4."""
-    import transformers as T
-
-    c = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=VOCAB,
-             max_position_embeddings=64)
-    moe = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32)
-    return {
-        "LlamaForCausalLM": lambda: T.LlamaConfig(**c, num_key_value_heads=2),
-        "MixtralForCausalLM": lambda: T.MixtralConfig(**c, num_key_value_heads=2, num_local_experts=4,
-                                                      num_experts_per_tok=2),
-        "Qwen3MoeForCausalLM": lambda: T.Qwen3MoeConfig(**c, **moe, num_key_value_heads=2, head_dim=8),
-        "Qwen2MoeForCausalLM": lambda: T.Qwen2MoeConfig(**c, **moe, num_key_value_heads=2,
-                                                        shared_expert_intermediate_size=64),
-        "BertModel": lambda: T.BertConfig(**c),
-        "BertForSequenceClassification": lambda: T.BertConfig(**c, num_labels=3),
-        "BartForConditionalGeneration": lambda: T.BartConfig(
-            vocab_size=VOCAB, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
-            decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64),
-        "T5ForConditionalGeneration": lambda: T.T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
-                                                         num_heads=4, decoder_start_token_id=0),
-    }[name]()
-
-
-NAMES = ["LlamaForCausalLM", "MixtralForCausalLM", "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", "BertModel",
-         "BertForSequenceClassification", "BartForConditionalGeneration", "T5ForConditionalGeneration"]
+NAMES = list(FAMILIES)
+hf_config, ids = tiny_hf_config, tiny_ids
 
 
 def save_tiny(name: str, path, seed: int = 0):
-    import transformers as T
-
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    torch.manual_seed(seed)
-    model = getattr(T, name)(hf_config(name)).eval()
-    model.save_pretrained(path)
-    return model
-
-
-def ids(n: int = 6, seq: int = 16, seed: int = 0) -> torch.Tensor:
-    return torch.randint(3, VOCAB, (n, seq), generator=torch.Generator().manual_seed(seed))
+    return save_tiny_hf(name, path, seed)
 
 
 @pytest.mark.parametrize("name", NAMES)
