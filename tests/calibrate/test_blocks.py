@@ -57,6 +57,7 @@ def test_replaying_captured_inputs_gives_the_model_output(name):
                 outs = [run_block(block, inp) for inp in inputs]
                 inputs = cap.for_block(i + 1, outs) if i + 1 < len(st.blocks) else None
         assert all(torch.equal(o, r) for o, r in zip(outs, real)), (name, st.prefix)
+        assert cap.uniform is (name in ("LlamaForCausalLM", "BartForConditionalGeneration"))  # T5, Gemma2: per block
     if name == "T5ForConditionalGeneration":  # block 0 computes the position bias, later blocks receive it
         assert cap.extras[0][0][0][1] is None and torch.is_tensor(cap.extras[1][0][0][1])
 

@@ -76,3 +76,29 @@ def test_seconds_are_summed_over_interrupted_runs(calib_ids, tmp_path, monkeypat
     report = prune_blocks(tiny_model("llama"), "wanda", Wanda(0.5), calib_ids, state_dir=tmp_path / "s",
                           on_block_end=second_run)
     assert report.seconds == 12.0 and report.extra["runs"] == 2
+
+
+@pytest.mark.parametrize("kill_at", [1, 2])  # after the last encoder block; after the first decoder block
+def test_encoder_decoder_resume_gives_the_same_result(kill_at, tmp_path):
+    from prunekit.calibrate import SparseGPT
+    from prunekit.zoo.tiny_hf import tiny_hf_model, tiny_ids
+
+    cfg, x = SparseGPT(0.5, blocksize=16, batch_size=3), tiny_ids()
+    full = tiny_hf_model("T5ForConditionalGeneration")
+    prune_blocks(full, "sparsegpt", cfg, x)
+
+    def kill(i, _info):
+        if i == kill_at:
+            raise Killed
+
+    with pytest.raises(Killed):
+        prune_blocks(tiny_hf_model("T5ForConditionalGeneration"), "sparsegpt", cfg, x, state_dir=tmp_path / "s",
+                     on_block_end=kill)
+    seen = []
+    resumed = tiny_hf_model("T5ForConditionalGeneration")
+    report = prune_blocks(resumed, "sparsegpt", cfg, x, state_dir=tmp_path / "s",
+                          on_block_end=lambda i, _: seen.append(i))
+    assert seen == list(range(kill_at + 1, 4))
+    assert len(report.layers) == 32
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
 
 
 def is_linear(mod: nn.Module) -> bool:
@@ -207,6 +210,7 @@ class StackInputs:
 
     first: list[BlockInput]
     extras: list[list[tuple[tuple, dict]]]  # [block][batch] -> (args, kwargs)
+    uniform: bool = True  # every block got block 0's extra arguments (later batches stopped at block 0)
 
     def for_block(self, i: int, hidden: list[Tensor]) -> list[BlockInput]:
         """Block ``i``'s inputs with the given hidden states (one per batch)."""
@@ -268,10 +272,13 @@ def capture_stack(run: Callable[[Tensor], Any], blocks: nn.ModuleList, batches: 
                 if b == 0:
                     uniform = all(_same((a, k), (args, kw)) for _, a, k in rec.batch[1:])
                     rec.stop_at = 0 if uniform else len(blocks) - 1
+                    if not uniform:
+                        log.info("blocks receive different call arguments (e.g. shared position biases, per-layer "
+                                 "masks): each calibration batch runs through the stack to record them")
                 _add_extras(extras, rec.batch, args, kw, uniform, len(blocks))
     finally:
         rec.remove()
-    return StackInputs(first, extras)
+    return StackInputs(first, extras, uniform)
 
 
 def _add_extras(extras: list[list[tuple[tuple, dict]]], rec: list, args: tuple, kw: dict, uniform: bool,
