@@ -247,6 +247,8 @@ def owl_outlier_ratio(layers: dict[str, Any], stats: dict[str, LayerStats], m: f
     scores = {n: S.wanda_scores(_weight(t), stats[n]) for n, t in layers.items() if stats[n].n_tokens > 0}
     total = sum(float(a.sum()) for a in scores.values())
     numel = sum(a.numel() for a in scores.values())
+    if numel == 0:  # no layer of the block saw a token (every expert unrouted)
+        return 0.0
     thr = m * total / numel
     return 100.0 * sum(int((a > thr).sum()) for a in scores.values()) / numel
 
