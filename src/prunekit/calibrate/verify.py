@@ -7,7 +7,6 @@ loaded with ``weights_only=True``), so the check needs memory for two tensors, n
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -133,14 +132,20 @@ def file_masks(model: Any, packed: dict[str, tuple[Tensor, list[int]]]) -> tuple
         return packed, {}
     out: dict[str, Any] = {}
     renamed: dict[str, list] = {}
-    for name, (bits, shape) in packed.items():
-        converted = revert_weight_conversion(model, {name: unpack_mask(bits, shape)})
-        if list(converted) == [name] and list(converted[name].shape) == list(shape):
-            out[name] = (bits, shape)
-            continue
-        renamed[name] = sorted(converted)
-        for k, m in converted.items():
-            out[k] = (pack_mask(m.contiguous()), list(m.shape))
+    try:
+        for name, (bits, shape) in packed.items():
+            converted = revert_weight_conversion(model, {name: unpack_mask(bits, shape)})
+            if list(converted) == [name] and list(converted[name].shape) == list(shape):
+                out[name] = (bits, shape)
+                continue
+            renamed[name] = sorted(converted)
+            out.update({k: (pack_mask(m.contiguous()), list(m.shape)) for k, m in converted.items()})
+    except Exception as e:  # a conversion that needs several tensors at once (many-to-one on save)
+        log.info("mask layout conversion one tensor at a time failed (%s); converting all masks together", e)
+        every = revert_weight_conversion(model, {k: unpack_mask(b, s) for k, (b, s) in packed.items()})
+        out = {k: (pack_mask(m.contiguous()), list(m.shape)) for k, m in every.items()}
+        new = sorted(set(every) - set(packed))  # which file tensor came from which mask is not tracked here
+        renamed = {k: new for k in packed if k not in every}
     return out, renamed
 
 
@@ -148,10 +153,3 @@ def _mask(m: Any) -> Tensor:
     from .io import unpack_mask
 
     return unpack_mask(*m) if isinstance(m, tuple) else m
-
-
-def iter_tensor_bytes(model_dir: str | Path) -> Iterator[tuple[str, Path]]:
-    """``(relative name, path)`` of every weight file of a folder, sorted (for fingerprints)."""
-    d = Path(model_dir)
-    for f in weight_files(d):
-        yield f.relative_to(d).as_posix(), f
