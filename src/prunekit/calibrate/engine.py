@@ -315,9 +315,8 @@ def _place(block: nn.Module, device: torch.device) -> None:
 def tensor_digest(model: nn.Module) -> str:
     """sha256 over the name, shape, dtype and every byte of every parameter and buffer of ``model``.
 
-    Streams each tensor 16M entries at a time (0.7 s for 0.54 GB of bf16 on the 2-core dev machine), so any
-    change to any value,
-    not only to a sample of them, is seen.
+    Streams each tensor 16M entries at a time (0.7 s for 0.54 GB of bf16 on the 2-core dev machine), so
+    a change to any value, not only to a sample of them, is seen.
     """
     h = hashlib.sha256()
     seen: set[int] = set()
