@@ -228,10 +228,19 @@ def solve_target(plan: Plan, name: str, W: Tensor, st: LayerStats, sparsity: flo
     chose), magnitude, stated by the returned ``fell_back`` flag when the plan asked for more."""
     if st.n_tokens > 0:
         return (*solve_layer(plan, name, W, st, sparsity), False)
-    scope = "row" if plan.solver == "magnitude_row" else "layer"
-    W_new, mask = S.magnitude(W.float(), None, sparsity, plan.pattern, scope=scope, name=name)
-    fell_back = plan.solver not in ("magnitude", "magnitude_row") or _dsnot_on(plan, name)
-    return W_new, mask, float("nan"), fell_back
+    W_new, mask = S.magnitude(W.float(), None, sparsity, plan.pattern, scope=_magnitude_scope(plan), name=name)
+    return W_new, mask, float("nan"), _uses_activations(plan) or _dsnot_on(plan, name)
+
+
+def _uses_activations(plan: Plan) -> bool:
+    """Whether the solver reads calibration statistics (Wanda, SparseGPT), not only the weights (magnitude)."""
+    stats = getattr(plan, "stats", None)  # a plan built from the method registry declares them
+    return bool(stats) if stats is not None else plan.solver not in ("magnitude", "magnitude_row")
+
+
+def _magnitude_scope(plan: Plan) -> str:
+    row = plan.solver == "magnitude_row" or getattr(getattr(plan, "config", None), "scope", "layer") == "row"
+    return "row" if row else "layer"
 
 
 # ----------------------------------------------------------------------------------------------
