@@ -1,4 +1,4 @@
-"""Generic access to a transformer's blocks: find them, list their Linear layers, capture their inputs."""
+"""Generic access to a transformer's blocks: find its stacks of blocks, capture what each block receives."""
 
 from __future__ import annotations
 
@@ -55,15 +55,6 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
             "modules containing Linear layers); the calibration engine needs one"
         )
     return best[1], best[2]
-
-
-def block_layers(block: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, nn.Module]:
-    """``{relative name: module}`` of the Linear layers of ``block``, minus names ending in ``exclude``."""
-    out = {}
-    for name, mod in block.named_modules():
-        if is_linear(mod) and not any(name == e or name.endswith("." + e) for e in exclude):
-            out[name] = mod
-    return out
 
 
 def max_positions(model: nn.Module) -> int | None:
@@ -318,14 +309,6 @@ def offloaded(blocks: nn.ModuleList, device: torch.device) -> Iterator[None]:
         for b in blocks:
             if next(b.parameters()).device != homes[id(b)]:
                 b.to(homes[id(b)])
-
-
-def capture_inputs(model: nn.Module, first_block: nn.Module, batches: list[Tensor], device: torch.device,
-                   store: torch.device) -> list[BlockInput]:
-    """Run the model up to ``first_block`` on each batch of token ids; return what the block receives."""
-    extra = forward_kwargs(model)
-    blocks = nn.ModuleList([first_block])
-    return capture_stack(lambda ids: model(input_ids=ids, **extra), blocks, batches, device, store).first
 
 
 def run_block(block: nn.Module, inp: BlockInput) -> Tensor:
