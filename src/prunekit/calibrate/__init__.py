@@ -4,6 +4,7 @@ from .config import CalibratedMagnitude, DSnoTConfig, OWLConfig, SparseGPT, Wand
 from .data import Calibration, as_calibration, calibration_data, load_texts
 from .engine import CalibrationPlan, clear_state, prune_blocks
 from .methods import prune_calibrated_magnitude, prune_sparsegpt, prune_wanda
+from .pipeline import prune_model_dir
 from .solvers import CholeskyError, dsnot, magnitude, reconstruction_error, sparsegpt, wanda
 from .stats import LayerStats, stats_from_inputs
 
@@ -26,6 +27,7 @@ __all__ = [
     "magnitude",
     "prune_blocks",
     "prune_calibrated_magnitude",
+    "prune_model_dir",
     "prune_sparsegpt",
     "prune_wanda",
     "reconstruction_error",

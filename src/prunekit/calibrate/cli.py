@@ -98,32 +98,24 @@ def prune(
 ) -> None:
     """Prune every transformer block of MODEL_DIR and save a model plain transformers loads."""
     from . import io
-    from .data import calibration_data
-    from .engine import clear_state, prune_blocks
+    from .pipeline import prune_model_dir
 
     try:
         cfg = make_config(method, sparsity, pattern, owl, owl_m, owl_lambda, dsnot, batch_size)
         model_dir = io.check_model_dir(model_dir)
         _seq_len_fits(model_dir, seq_len)
-        io._check_out(out, overwrite)
-        if calib is not None and not calib.exists():
-            raise FileNotFoundError(f"--calib {calib} does not exist")
-        model = io.load_model(model_dir)
-        tok = _tokenizer(model_dir)
-        data = calibration_data(tok, calib, nsamples, seq_len, seed)
-        state = state_dir or out.parent / f".{out.name}.state"
         with _bars() as progress:
-            report = prune_blocks(model, method, cfg, data, device=device, state_dir=state, progress=progress,
-                                  attach_masks=False)  # plain weights, pruned ones exactly zero; masks bit-packed
-        masks = report.extra.pop("packed_masks")
-        io.save_pruned(model, out, masks, _manifest(report, model_dir), tokenizer=tok, overwrite=overwrite)
-        clear_state(state)
+            report, _ = prune_model_dir(model_dir, out, method, cfg, calib=calib, nsamples=nsamples, seq_len=seq_len,
+                                        seed=seed, device=device, state_dir=state_dir, overwrite=overwrite,
+                                        progress=progress)
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, ImportError) as e:
         _fail(e)
     if show_layers:
         console.print(report.to_markdown())
-    console.print(f"pruned {len(report.layers)} layers to sparsity {report.sparsity:.4f} in {report.seconds:.1f}s"
-                  f" -> {out}")
+    console.print(f"pruned {len(report.layers)} tensors in {report.seconds:.1f}s -> {out}: "
+                  f"{report.ledger.measured.line() if report.ledger and report.ledger.measured else report.sparsity}")
+    for name, experts in report.extra.get("expert_fallbacks", {}).items():
+        console.print(f"[yellow]warning:[/] {name}: experts {experts} got no calibration token; pruned by magnitude")
     per_layer = {r.name: r.sparsity for r in report.layers}
     _store(None if str(results) in ("", ".") else results, "llm-prune",
            {"model": str(model_dir), "method": report.method, "calibration": report.extra["calibration"]},
@@ -140,16 +132,10 @@ def _tokenizer(model_dir: Path) -> Any:
 
 
 def _manifest(report: Any, model_dir: Path) -> dict[str, Any]:
-    """Method, config, calibration and per-layer details of a pruning run."""
-    import transformers
+    """Method, config, calibration and per-layer details of a pruning run (``calibrate.pipeline.manifest``)."""
+    from .pipeline import manifest
 
-    import prunekit
-
-    layers = {r.name: {"target": r.target, "error": r.error, "seconds": r.seconds} for r in report.layers}
-    return {"method": report.method, "calibration": report.extra["calibration"], "blocks": report.extra["blocks"],
-            "owl": report.extra.get("owl"), "source_model": str(model_dir), "sparsity": report.sparsity,
-            "seconds": report.seconds, "layers": layers, "prunekit": getattr(prunekit, "__version__", "0"),
-            "transformers": transformers.__version__}
+    return manifest(report, model_dir)
 
 
 @app.command("eval")

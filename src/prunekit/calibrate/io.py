@@ -11,6 +11,7 @@ an interrupted save leaves nothing half-written and an existing folder is replac
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from ..io import (
     save_tensors,
     write_manifest,
 )
+
+log = logging.getLogger(__name__)
 
 MASKS_FILE = "prunekit_masks.safetensors"
 MANIFEST_FILE = MANIFEST
@@ -64,10 +67,14 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
 
 
 def save_hf_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Any], manifest: dict[str, Any],
-                   tokenizer: Any = None, overwrite: bool = False) -> Path:
+                   tokenizer: Any = None, overwrite: bool = False,
+                   source_dir: str | Path | None = None) -> Path:
     """Write ``model`` with ``save_pretrained``, the bit-packed ``masks`` and the ``manifest``, atomically.
 
     ``masks`` maps parameter names to bool masks or to already packed ``(uint8 bits, shape)`` pairs.
+    With ``source_dir`` every saved tensor is compared with the source folder's before anything is
+    moved into place (:func:`prunekit.calibrate.verify.compare_saved`: pruned or bit-identical, else
+    ``SavedModelMismatch``), and the result goes into the manifest's ``tensors`` entry.
     """
     out = Path(out_dir)
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -81,6 +88,11 @@ def save_hf_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Any],
                   for k, (bits, shape) in packed.items()}
         for k, extra in manifest.get("layers", {}).items():
             layers.setdefault(k, {}).update(extra)
+        if source_dir is not None:
+            from .verify import compare_saved, file_masks
+
+            on_disk, renamed = file_masks(model, packed)
+            manifest = {**manifest, "tensors": {**compare_saved(source_dir, tmp, on_disk), "renamed": renamed}}
         body = {k: v for k, v in manifest.items() if k not in ("format", "version", "kind")}
         write_manifest(tmp, KIND, {**body, "layers": layers})
     return out
@@ -144,17 +156,34 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return p
 
 
+def model_class(config: Any) -> type:
+    """The transformers class named in ``config.architectures`` (the class the folder was saved from).
+
+    Falls back to ``AutoModelForCausalLM`` (a causal LM) or ``AutoModel`` with a logged warning when the
+    config names no class that this transformers version has.
+    """
+    import transformers
+
+    archs = list(getattr(config, "architectures", None) or [])
+    for name in archs:
+        cls = getattr(transformers, name, None)
+        if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+            return cls
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    log.warning("config.architectures=%s names no class of transformers %s; loading with %s (task heads the "
+                "folder holds may be dropped)", archs, transformers.__version__, cls.__name__)
+    return cls
+
+
 def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
-    """A causal LM (or, failing that, a base encoder) from a ``save_pretrained`` folder, offline."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    """The model of a ``save_pretrained`` folder as the class it was saved from (``config.architectures``), offline."""
+    from transformers import AutoConfig
 
     p = check_model_dir(model_dir)
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
-    archs = getattr(cfg, "architectures", None) or []
-    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-    cls = AutoModelForCausalLM if causal else AutoModel
     kw = {"dtype": dtype} if dtype is not None else {}
-    return cls.from_pretrained(p, local_files_only=True, **kw).eval()
+    return model_class(cfg).from_pretrained(p, local_files_only=True, **kw).eval()
 
 
 def load_pruned(model_dir: str | Path, attach_masks: bool = True) -> tuple[nn.Module, dict[str, Tensor], dict]:
