@@ -80,7 +80,7 @@ def _threads(value: int | None) -> int | None:
 
 Out = Annotated[Path, typer.Option("--out", help="output folder; an existing non-empty one is refused unless "
                                    "--overwrite")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace a non-empty --out (never an input, never "
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace the existing output (never an input, never "
                                          "a folder holding an input)")]
 Db = Annotated[Path | None, typer.Option("--db", help=f"SQLite results store to record the run in (default: "
                                          f"OUT/{RESULTS_FILE} where the command keeps results; never the current "
@@ -90,8 +90,8 @@ Sparsity = Annotated[float | None, typer.Option("--sparsity", help="fraction of 
                                                 "--pattern (N:M fixes it)", callback=_sparsity)]
 Scope = Annotated[str, typer.Option("--scope", help="layer (each layer to its own sparsity) | global (one ranking "
                                     "across layers)", callback=_choice("--scope", SCOPES))]
-Exclude = Annotated[list[str] | None, typer.Option("--exclude", help="module name or glob left dense (repeatable)")]
-ModelArg = Annotated[list[str] | None, typer.Option("--model-arg", help="zoo model argument NAME=VALUE, e.g. "
+Exclude = Annotated[list[str] | None, typer.Option("--exclude", metavar="NAME", help="module name or glob left dense (repeatable)")]
+ModelArg = Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help="zoo model argument NAME=VALUE, e.g. "
                                                     "channels=32 (repeatable)")]
 Seed = Annotated[int, typer.Option("--seed", help="random seed")]
 Threads = Annotated[int | None, typer.Option("--threads", help="torch CPU threads (default: torch's choice)",
@@ -156,7 +156,7 @@ def method_table() -> dict[str, list[str]]:
     """Every registered method name by kind (oneshot, calibrated, training, structured, data-score, data-selector)."""
     from prunekit.registry import METHODS
 
-    if hasattr(METHODS, "kind"):  # the unified registry
+    if callable(getattr(METHODS, "kind", None)):  # the unified registry: METHODS.kind(name)
         if hasattr(METHODS, "load_all"):
             METHODS.load_all()
         kinds = ("oneshot", "calibrated", "training", "structured", "data-score", "data-selector")
@@ -278,7 +278,7 @@ def guard(fn: F) -> F:
     def run(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except USER_ERRORS as e:
             if os.environ.get(DEBUG_ENV) == "1":
@@ -340,7 +340,7 @@ def epoch_lines(label: str = "epoch") -> list[Any]:
                 self.shown += 1
                 epochs = max(1, -(-state.total_steps // max(1, state.steps_per_epoch)))
                 vals = ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k not in ("epoch", "step"))
-                say(f"{label} {int(rec.get('epoch', self.shown - 1)) + 1}/{epochs} (step {int(rec.get('step', 0))}"
+                say(f"{label} {int(rec.get('epoch', self.shown))}/{epochs} (step {int(rec.get('step', 0))}"
                     f"/{state.total_steps}){': ' + vals if vals else ''}")
 
         def on_fit_start(self, state: Any) -> None:

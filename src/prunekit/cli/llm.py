@@ -160,10 +160,11 @@ def eval_(
 def train_lm(
     cache_dir: Annotated[Path | None, typer.Option(help="default: $PRUNEKIT_CACHE or ~/.cache/prunekit")] = None,
     steps: Annotated[int | None, typer.Option(help="training steps (default: the recipe's)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="retrain even if a cached LM exists")] = False,
+    overwrite: c.Overwrite = False,
     threads: c.Threads = None,
 ) -> None:
-    """Train the small LLaMA zoo LM on the built-in corpus (under 15 min on 2 cores) and cache it."""
+    """Train the small LLaMA zoo LM on the built-in corpus (under 15 min on 2 cores) and cache it (--overwrite:
+    retrain)."""
     c.set_threads(threads)
     from ..zoo.lm import LMRecipe, lm_dir
     from ..zoo.lm import train_lm as run

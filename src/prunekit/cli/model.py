@@ -183,7 +183,7 @@ def save(out: Path, net: Any, spec: dict[str, Any], masks: Any, extra: dict[str,
 def lottery(
     model: Annotated[str, typer.Argument(help="zoo model name, e.g. cnn1d")],
     out: c.Out,
-    sparsity: Annotated[float, typer.Option("--sparsity", help="target sparsity in [0, 1)", callback=c._sparsity)],
+    sparsity: c.Sparsity = None,
     fraction: Annotated[float, typer.Option(help="fraction of the remaining weights pruned per level, "
                                             "in (0, 1)")] = 0.2,
     rewind_step: Annotated[int, typer.Option(help="rewind survivors to their values after this many steps")] = 0,
@@ -199,7 +199,9 @@ def lottery(
                                                      "(seed)")] = None,
     overwrite: c.Overwrite = False,
 ) -> None:
-    """Iterative magnitude pruning with rewinding (lottery tickets); prints accuracy per level."""
+    """Iterative magnitude pruning with rewinding (lottery tickets) to --sparsity; prints accuracy per level."""
+    if sparsity is None:
+        raise ValueError("--sparsity (the final target, in [0, 1)) is required for lottery tickets")
     c.check_out(out, overwrite=overwrite)
     c.set_threads(threads)
     from ..training.loop import evaluate
