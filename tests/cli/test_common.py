@@ -171,7 +171,7 @@ def test_check_out_refuses_what_would_lose_data(tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (tmp_path / "file").write_text("x")
-    for out, kw in ((tmp_path / "file", {}), (src, {"overwrite": True}), (src / "sub", {"overwrite": True}),
+    for out, kw in ((tmp_path / "file", {"overwrite": False}), (src, {"overwrite": True}), (src / "sub", {"overwrite": True}),
                     (tmp_path, {"overwrite": True})):
         with pytest.raises(ValueError):
             c.check_out(out, inputs=[src], **kw)
