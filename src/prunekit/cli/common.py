@@ -227,7 +227,7 @@ def _check_out_fallback(out: Path, overwrite: bool, inputs: Sequence[Path], expe
         i = inp.resolve()
         if o == i or i in o.parents or o in i.parents:
             raise _OutputError(f"{what} {out} is, is inside, or holds the input {inp}; choose another {what}")
-    parent = next(p for p in [o, *o.parents] if p.exists())
+    parent = next(p for p in [o, *o.parents] if p.is_dir())
     if not _writable(parent):
         raise _OutputError(f"{what} {out}: {parent} is not writable (read-only?); choose another {what}")
     free = shutil.disk_usage(parent).free

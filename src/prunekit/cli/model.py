@@ -88,6 +88,7 @@ def train(
     overwrite: c.Overwrite = False,
 ) -> None:
     """Train a zoo model, dense or sparse (RigL, SET, GraNet, SR-STE N:M, gradual, pruning at init); save it."""
+    c.method_kind(method, kinds=("training",))
     c.check_sparsity_pattern(sparsity, pattern, required=method not in ("dense", "srste"))
     if method in ("dense", "srste") and sparsity is not None:
         raise ValueError(f"--sparsity does not apply to --method {method} (dense trains dense; srste takes an "
