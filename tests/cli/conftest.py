@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bench.conftest import make_sweep, read_only  # noqa: F401  (fixtures)
-from data.conftest import blob_data, dup_embeddings, make_mlp  # noqa: F401  (fixtures)
 
 import prunekit.zoo
+from bench.conftest import make_sweep, read_only  # noqa: F401  (fixtures)
+from data.conftest import blob_data, dup_embeddings, make_mlp  # noqa: F401  (fixtures)
 
 _SMALL: dict = {}
 

@@ -171,8 +171,8 @@ def test_check_out_refuses_what_would_lose_data(tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (tmp_path / "file").write_text("x")
-    for out, kw in ((tmp_path / "file", {"overwrite": False}), (src, {"overwrite": True}), (src / "sub", {"overwrite": True}),
-                    (tmp_path, {"overwrite": True})):
+    for out, kw in ((tmp_path / "file", {"overwrite": False}), (src, {"overwrite": True}),
+                    (src / "sub", {"overwrite": True}), (tmp_path, {"overwrite": True})):
         with pytest.raises(ValueError):
             c.check_out(out, inputs=[src], **kw)
     assert c.check_out(tmp_path / "new", overwrite=False, inputs=[src]) == tmp_path / "new"

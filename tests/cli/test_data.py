@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from prunekit.data import load_selection
 from prunekit.cli import app
+from prunekit.data import load_selection
 
 runner = CliRunner()
 

@@ -39,7 +39,8 @@ def test_train_rigl_and_resume(tmp_path):
 
 def test_sparse_train_alias_srste_and_lottery(tmp_path):
     res = runner.invoke(app, ["sparse", "train", "cnn1d", "--out", str(tmp_path / "n"), "--method", "srste",
-                              "--pattern", "1:4", "--epochs", "1", "--model-arg", "channels=32", "--exclude", "convs.0"])
+                              "--pattern", "1:4", "--epochs", "1", "--model-arg", "channels=32",
+                              "--exclude", "convs.0"])
     assert res.exit_code == 0, res.output
     assert "sparsity 0.7500" in res.output and res.stderr.count("deprecated") == 1
     res = runner.invoke(app, ["sparse", "lottery", "cnn1d", "--out", str(tmp_path / "t"), "--sparsity", "0.36",

@@ -90,9 +90,11 @@ Sparsity = Annotated[float | None, typer.Option("--sparsity", help="fraction of 
                                                 "--pattern (N:M fixes it)", callback=_sparsity)]
 Scope = Annotated[str, typer.Option("--scope", help="layer (each layer to its own sparsity) | global (one ranking "
                                     "across layers)", callback=_choice("--scope", SCOPES))]
-Exclude = Annotated[list[str] | None, typer.Option("--exclude", metavar="NAME", help="module name or glob left dense (repeatable)")]
-ModelArg = Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE", help="zoo model argument NAME=VALUE, e.g. "
-                                                    "channels=32 (repeatable)")]
+Exclude = Annotated[list[str] | None, typer.Option("--exclude", metavar="NAME",
+                                                  help="module name or glob left dense (repeatable)")]
+ModelArg = Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE",
+                                                    help="zoo model argument NAME=VALUE, e.g. channels=32 "
+                                                    "(repeatable)")]
 Seed = Annotated[int, typer.Option("--seed", help="random seed")]
 Threads = Annotated[int | None, typer.Option("--threads", help="torch CPU threads (default: torch's choice)",
                                              callback=_threads)]
@@ -272,7 +274,7 @@ def fail(e: BaseException, code: int = 2) -> None:
 
 
 def guard(fn: F) -> F:
-    """Wrap a command: user errors -> ``error: ...`` rc 2; anything else one line rc 1 (traceback with PRUNEKIT_DEBUG=1)."""
+    """Wrap a command: user errors -> ``error: ...`` rc 2; anything else one line, rc 1 (PRUNEKIT_DEBUG=1: raise)."""
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
