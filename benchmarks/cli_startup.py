@@ -34,7 +34,7 @@ def wall_seconds(cmd: list[str]) -> float:
 def measure(runs: int) -> dict[str, float]:
     """Median seconds of each command over ``runs`` interleaved rounds (after one warm-up round)."""
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    for name, cmd in COMMANDS.items():  # warm the file cache once, not counted
+    for cmd in COMMANDS.values():  # warm the file cache once, not counted
         wall_seconds(cmd)
     for _ in range(runs):
         for name, cmd in COMMANDS.items():

@@ -248,6 +248,15 @@ def _writable(folder: Path) -> bool:
         return False
 
 
+def with_overwrite(fn: Callable[..., Any], *args: Any, overwrite: bool, **kwargs: Any) -> Any:
+    """Call a save function, passing ``overwrite=`` where it accepts it (the persistence layer adds it)."""
+    import inspect
+
+    if "overwrite" in inspect.signature(fn).parameters:
+        kwargs["overwrite"] = overwrite
+    return fn(*args, **kwargs)
+
+
 def folder_bytes(path: str | os.PathLike | None) -> int:
     """Total size of the files under ``path`` (0 if it is not a folder): the expected size of a copy."""
     p = Path(path) if path is not None else None
@@ -357,14 +366,20 @@ def epoch_lines(label: str = "epoch") -> list[Any]:
     return [EpochLine()]
 
 
-def block_progress() -> Any:
-    """A context manager yielding ``progress(stage, done, total)``: rich bars on a TTY, one line per block otherwise."""
-    if not on_tty():
-        def line(stage: str, done: int, total: int) -> None:
-            say(f"{stage}: block {done}/{total}")
+def block_progress(unit: str = "block", lines: int | None = None) -> Any:
+    """A context manager yielding ``progress(stage, done, total)``: rich bars on a TTY; otherwise one line per
+    ``unit`` (or about ``lines`` lines in all, for many small steps)."""
+    if on_tty():
+        return _bars()
+    last: dict[str, int] = {}
 
-        return contextlib.nullcontext(line)
-    return _bars()
+    def line(stage: str, done: int, total: int) -> None:
+        tick = done * lines // max(1, total) if lines else done
+        if tick != last.get(stage) or done == total:
+            last[stage] = tick
+            say(f"{stage}: {unit} {done}/{total}")
+
+    return contextlib.nullcontext(line)
 
 
 @contextlib.contextmanager

@@ -198,8 +198,9 @@ def select(
         params.update(_dbp_params(embeddings, clusters, seed, len(s)), temperature=temperature, within=within)
     kept = run_select(s, keep, rule, **params)
     shown = {k: v for k, v in params.items() if k not in ("labels", "cutoff_scores", "clusters", "complexity")}
-    save_selection(out, kept, num_examples=len(s), method=rule, params={**shown, "keep_fraction": keep}, seed=seed,
-                   scores=s, extra={"scores_file": str(scores)})
+    c.with_overwrite(save_selection, out, kept, num_examples=len(s), method=rule,
+                     params={**shown, "keep_fraction": keep}, seed=seed, scores=s,
+                     extra={"scores_file": str(scores)}, overwrite=overwrite)
     typer.echo(f"kept {len(kept)} of {len(s)} examples -> {out}")
 
 
@@ -237,9 +238,9 @@ def dedup(
     from ..data.io import save_selection
 
     res = semdedup(str(emb_file), eps=eps, n_clusters=clusters, seed=seed, keep=rule, dim=dim)
-    save_selection(out, res.kept, num_examples=res.stats["num_examples"], method="semdedup",
-                   params={"eps": eps, "n_clusters": clusters, "rule": rule}, seed=seed,
-                   extra={"embeddings_file": str(emb_file), "stats": res.stats})
+    c.with_overwrite(save_selection, out, res.kept, num_examples=res.stats["num_examples"], method="semdedup",
+                     params={"eps": eps, "n_clusters": clusters, "rule": rule}, seed=seed,
+                     extra={"embeddings_file": str(emb_file), "stats": res.stats}, overwrite=overwrite)
     typer.echo(f"kept {res.stats['num_kept']} of {res.stats['num_examples']} examples -> {out}")
 
 
@@ -263,19 +264,20 @@ def resample(
     if method == "rs2" and num_examples is None:
         raise ValueError("rs2 needs --num-examples")
     c.check_out(out, overwrite=overwrite, inputs=[raw, target])
-    typer.echo(_dsir(out, raw, target, num, text_field, seed) if method == "dsir"
+    typer.echo(_dsir(out, raw, target, num, text_field, seed, overwrite) if method == "dsir"
                else _rs2(out, num_examples, keep, epochs, replacement, seed))
 
 
-def _dsir(out: Path, raw: Any, target: Any, num: Any, text_field: str, seed: int) -> str:
+def _dsir(out: Path, raw: Any, target: Any, num: Any, text_field: str, seed: int, overwrite: bool) -> str:
     from ..data.dsir import dsir as run_dsir
     from ..data.io import save_selection
     from ..data.texts import read_texts
 
     pool = read_texts(raw, text_field)
     res = run_dsir(pool, read_texts(target, text_field), num, seed=seed)
-    save_selection(out, res.kept, num_examples=len(pool), method="dsir", params=res.params, seed=seed,
-                   scores=res.log_weights, extra={"raw_file": str(raw), "target_file": str(target)})
+    c.with_overwrite(save_selection, out, res.kept, num_examples=len(pool), method="dsir", params=res.params,
+                     seed=seed, scores=res.log_weights, extra={"raw_file": str(raw), "target_file": str(target)},
+                     overwrite=overwrite)
     return f"selected {len(res.kept)} of {len(pool)} documents -> {out}"
 
 

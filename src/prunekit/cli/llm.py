@@ -175,6 +175,6 @@ def train_lm(
         typer.echo(f"zoo LM already cached in {out} (use --overwrite to retrain)")
         return
     c.check_out(out, overwrite=overwrite)
-    with c.block_progress() as progress:
+    with c.block_progress("step", lines=20) as progress:
         path = run(out, recipe, overwrite=overwrite, progress=lambda s, n, _l: progress("train", s, n))
     typer.echo(f"zoo LM saved to {path}")

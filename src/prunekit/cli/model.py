@@ -173,12 +173,9 @@ def finish(net: Any, spec: dict[str, Any], data: Any, out: Path, overwrite: bool
 
 def save(out: Path, net: Any, spec: dict[str, Any], masks: Any, extra: dict[str, Any], overwrite: bool) -> None:
     """``save_checkpoint`` with ``overwrite=`` where the library accepts it."""
-    import inspect as _inspect
-
     from ..checkpoint import save_checkpoint
 
-    kw = {"overwrite": overwrite} if "overwrite" in _inspect.signature(save_checkpoint).parameters else {}
-    save_checkpoint(out, net, spec, masks, extra=extra, **kw)
+    c.with_overwrite(save_checkpoint, out, net, spec, masks, extra=extra, overwrite=overwrite)
 
 
 def lottery(

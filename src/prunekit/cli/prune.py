@@ -273,13 +273,10 @@ def prune_structured(source: str, *, out: Path, target_macs: float | None = None
 
 
 def _save_structured(model: Any, plan: Any, out: Path, source: Any, overwrite: bool) -> None:
-    import inspect
-
     from .. import structured as st
 
-    fn = getattr(st, "save_structured", None) or st.save_pruned
-    kw = {"overwrite": overwrite} if "overwrite" in inspect.signature(fn).parameters else {}
-    fn(model, plan, out, source=source, **kw)
+    c.with_overwrite(getattr(st, "save_structured", None) or st.save_pruned, model, plan, out, source=source,
+                     overwrite=overwrite)
 
 
 def _accuracy(dense: Any, slim: Any, data: Any, model_name: str | None, epochs: int,
