@@ -63,7 +63,7 @@ def test_old_spelling_and_default_store_inside_out(model_dir, tmp_path, monkeypa
     assert r.exit_code == 0, r.output
     assert r.stderr.count("deprecated") == 1
     _, man = load_masks(out)
-    assert man["method"]["type"] == "calibrated_magnitude"
+    assert man["method"]["type"].replace("-", "_") == "calibrated_magnitude"
     rows = sqlite3.connect(out / "prunekit-results.sqlite").execute("SELECT experiment FROM runs").fetchall()
     assert rows == [("llm-prune",)] and not (tmp_path / "prunekit-results.sqlite").exists()
     r = runner.invoke(app, ["llm", "eval", str(out), "--seq-len", "16", "--max-windows", "2"])

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from prunekit.checkpoint import load_checkpoint
 from prunekit.cli import app
+from prunekit.training.checkpoint import INDEX
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("small_data")
@@ -31,7 +32,7 @@ def test_train_rigl_and_resume(tmp_path):
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
     assert kept == round(0.2 * total) and manifest["measured_sparsity"] == 1 - kept / total
-    assert json.loads((tmp_path / "ck" / "checkpoint.json").read_text())["step"] == 14  # 2 epochs of 7 steps
+    assert json.loads((tmp_path / "ck" / INDEX).read_text())["step"] == 14  # 2 epochs of 7 steps
     args[3] = str(tmp_path / "m2")
     res = runner.invoke(app, [*args, "--resume"])  # the saved run is already complete: resumes at its end
     assert res.exit_code == 0 and "resuming at step 14" in res.output, res.output

@@ -154,16 +154,22 @@ def set_threads(threads: int | None) -> None:
 
 # ---- method names: one question asked of the registries ----
 
-def method_table() -> dict[str, list[str]]:
-    """Every registered method name by kind (oneshot, calibrated, training, structured, data-score, data-selector)."""
+KINDS = ("oneshot", "calibrated", "training", "structured", "data-score", "data-selector")
+
+
+def _unified() -> Any:
+    """``prunekit.registry.METHODS`` if it is the one registry of every kind (``METHODS.kind(name)``), else None."""
     from prunekit.registry import METHODS
 
-    if callable(getattr(METHODS, "kind", None)):  # the unified registry: METHODS.kind(name)
-        if hasattr(METHODS, "load_all"):
-            METHODS.load_all()
-        kinds = ("oneshot", "calibrated", "training", "structured", "data-score", "data-selector")
-        return {k: list(METHODS.names(kind=k)) for k in kinds}
-    return _legacy_method_table()
+    return METHODS if callable(getattr(METHODS, "kind", None)) else None
+
+
+def method_table(spellings: bool = False) -> dict[str, list[str]]:
+    """Every registered method name by kind (with ``spellings``: their aliases too)."""
+    reg = _unified()
+    if reg is None:
+        return _legacy_method_table()
+    return {k: list(reg.spellings(k) if spellings else reg.names(kind=k)) for k in KINDS}
 
 
 def _legacy_method_table() -> dict[str, list[str]]:
@@ -181,23 +187,26 @@ def _legacy_method_table() -> dict[str, list[str]]:
     oneshot = [n for n in CONFIGS.names() if n not in calibrated and n != "structured"]
     return {"oneshot": oneshot, "calibrated": calibrated, "training": list(TRAINING_METHODS),
             "structured": GROUP_SCORES.names(), "data-score": DATA_SCORES.names(),
-            "data-selector": list(SELECTORS.names() if hasattr(SELECTORS, "names") else SELECTORS)}
+            "data-selector": SELECTORS.names()}
 
 
-def canonical_method(name: str, table: dict[str, list[str]]) -> str:
-    """``calibrated-magnitude`` -> ``calibrated_magnitude`` when only the underscore spelling is registered."""
-    names = {n for ns in table.values() for n in ns}
+def canonical_method(name: str, kind: str) -> str:
+    """The registered name of ``name`` (an alias, or ``calibrated-magnitude`` for ``calibrated_magnitude``)."""
+    reg = _unified()
+    if reg is not None:
+        return reg.get(name, kind).name
+    names = method_table()[kind]
     return name if name in names or name.replace("-", "_") not in names else name.replace("-", "_")
 
 
 def method_kind(name: str, *, kinds: Sequence[str] = ("oneshot", "calibrated", "structured", "training")) -> str:
     """The registry kind of method ``name``, looked for in ``kinds`` in order; unknown -> an error listing them."""
-    table = method_table()
-    name = canonical_method(name, table)
+    table = method_table(spellings=True)
     for kind in kinds:
-        if name in table.get(kind, []):
+        if name in table[kind] or name.replace("-", "_") in table[kind]:
             return kind
-    listed = "; ".join(f"{k}: {', '.join(table.get(k, []))}" for k in kinds)
+    names = method_table()
+    listed = "; ".join(f"{k}: {', '.join(names[k])}" for k in kinds)
     raise ValueError(f"--method {name!r} is not a registered method; accepted: {listed}")
 
 

@@ -13,7 +13,7 @@ import typer
 from . import common as c
 
 llm_app = c.app_group("Post-training pruning of transformers / LLMs: evaluation (prune: `prunekit prune`).")
-SOLVER = {"sparsegpt": "sparsegpt", "wanda": "wanda", "calibrated_magnitude": "magnitude"}
+SOLVER = {"sparsegpt": "sparsegpt", "wanda": "wanda", "calibrated_magnitude": "magnitude"}  # engine solver names
 LLM_METHODS = {"magnitude": "calibrated_magnitude", "calibrated-magnitude": "calibrated_magnitude"}
 
 
@@ -69,7 +69,7 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
     data = calibration_data(tok, calib, nsamples, seq_len, seed)
     state = state_dir or out.parent / f".{out.name}.state"
     with c.block_progress() as progress:
-        report = prune_blocks(model, SOLVER[cfg.type_name], cfg, data, device=device, state_dir=state,
+        report = prune_blocks(model, SOLVER[LLM_METHODS.get(method, method)], cfg, data, device=device, state_dir=state,
                               progress=progress, attach_masks=False)  # plain weights; masks bit-packed
     masks = report.extra.pop("packed_masks")
     save = getattr(io, "save_hf_pruned", None) or io.save_pruned

@@ -48,7 +48,7 @@ def path_of(source: str, method: str | None, structured: bool) -> tuple[str, str
     kind = c.method_kind(method)
     if kind == "training":
         raise ValueError(f"--method {method} is a sparse-training method: use `prunekit train MODEL --method {method}`")
-    return kind, c.canonical_method(method, c.method_table())
+    return kind, method if kind == "structured" else c.canonical_method(method, kind)
 
 
 def prune(
