@@ -58,32 +58,56 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
     c.check_out(out, overwrite=overwrite, inputs=[model_dir, calib], expected_bytes=c.folder_bytes(model_dir))
     c.set_threads(threads)
     from ..calibrate import io
-    from ..calibrate.data import calibration_data
-    from ..calibrate.engine import clear_state, prune_blocks
-    from ..calibrate.workflow import check_seq_len, layers_markdown, load_tokenizer, run_manifest
+    from ..calibrate.workflow import check_seq_len, layers_markdown
 
     model_dir = io.check_model_dir(model_dir)
     check_seq_len(model_dir, seq_len)
-    model = io.load_model(model_dir)
-    tok = load_tokenizer(model_dir)
-    data = calibration_data(tok, calib, nsamples, seq_len, seed)
-    state = state_dir or out.parent / f".{out.name}.state"
+    solver = SOLVER[LLM_METHODS.get(method, method)]
     with c.block_progress() as progress:
-        report = prune_blocks(model, SOLVER[LLM_METHODS.get(method, method)], cfg, data, device=device, state_dir=state,
-                              progress=progress, attach_masks=False)  # plain weights; masks bit-packed
-    masks = report.extra.pop("packed_masks")
-    save = getattr(io, "save_hf_pruned", None) or io.save_pruned
-    save(model, out, masks, run_manifest(report, model_dir), tokenizer=tok, overwrite=overwrite)
-    clear_state(state)
+        report = _run(model_dir, out, solver, cfg, calib=calib, nsamples=nsamples, seq_len=seq_len, seed=seed,
+                      device=device, state_dir=state_dir, overwrite=overwrite, progress=progress)
     if show_layers:
         typer.echo(layers_markdown(out))
-    typer.echo(f"pruned {len(report.layers)} layers to sparsity {report.sparsity:.4f} in {report.seconds:.1f}s -> "
-               f"{out}")
+    ledger = getattr(report, "ledger", None)
+    measured = ledger.measured.line() if ledger is not None and getattr(ledger, "measured", None) else \
+        f"sparsity {report.sparsity:.4f}"
+    typer.echo(f"pruned {len(report.layers)} layers in {report.seconds:.1f}s -> {out}: {measured}")
+    for name, experts in report.extra.get("expert_fallbacks", {}).items():
+        c.say(f"warning: {name}: experts {experts} got no calibration token; pruned by magnitude")
     from .prune import record
 
     record(db, out, "llm-prune", {"model": str(model_dir), "method": report.method,
                                   "calibration": report.extra["calibration"]}, "llm", {"sparsity": report.sparsity},
            {r.name: r.sparsity for r in report.layers}, {"prune_s": report.seconds})
+
+
+def _run(model_dir: Path, out: Path, solver: str, cfg: Any, **kw: Any) -> Any:
+    """``calibrate.pipeline.prune_model_dir`` (load, calibrate, save, check) where it exists, else the same steps."""
+    try:
+        from ..calibrate.pipeline import prune_model_dir
+    except ImportError:
+        return _prune_model_dir(model_dir, out, solver, cfg, **kw)
+    return prune_model_dir(model_dir, out, solver, cfg, **kw)[0]
+
+
+def _prune_model_dir(model_dir: Path, out: Path, solver: str, cfg: Any, *, calib: Path | None, nsamples: int,
+                     seq_len: int, seed: int, device: str | None, state_dir: Path | None, overwrite: bool,
+                     progress: Any) -> Any:
+    from ..calibrate import io
+    from ..calibrate.data import calibration_data
+    from ..calibrate.engine import clear_state, prune_blocks
+    from ..calibrate.workflow import load_tokenizer, run_manifest
+
+    model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
+    data = calibration_data(tok, calib, nsamples, seq_len, seed)
+    state = state_dir or out.parent / f".{out.name}.state"
+    report = prune_blocks(model, solver, cfg, data, device=device, state_dir=state, progress=progress,
+                          attach_masks=False)  # plain weights, pruned ones exactly zero; masks bit-packed
+    masks = report.extra.pop("packed_masks")
+    save = getattr(io, "save_hf_pruned", None) or io.save_pruned
+    save(model, out, masks, run_manifest(report, model_dir), tokenizer=tok, overwrite=overwrite)
+    clear_state(state)
+    return report
 
 
 def llm_prune(
