@@ -187,3 +187,13 @@ def test_embed_then_dedup(tmp_path, tiny_encoder):
     assert len(idx) == 4  # the repeated text is dropped once
     r = runner.invoke(app, ["data", "embed", str(texts), "--model", str(tmp_path), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--model" in r.output and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_embed_default_minilm(tmp_path):
+    (tmp_path / "pool.txt").write_text("the cat sat on the mat\nstock prices fell sharply\nthe cat sat on the mat\n")
+    r = runner.invoke(app, ["data", "embed", str(tmp_path / "pool.txt"), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    e = np.load(tmp_path / "e" / "embeddings.npy")
+    assert e.shape == (3, 384) and np.allclose(e[0], e[2], atol=1e-6) and float(e[0] @ e[1]) < 0.9
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["model"] == "builtin:all-MiniLM-L6-v2"
