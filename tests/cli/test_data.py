@@ -85,8 +85,8 @@ def test_dedup_and_dsir_and_rs2(tmp_path, dup_embeddings):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["select", "--keep", "0", "--rule", "keep-hard"], "keep_fraction must be in (0, 1]"),
-    (["select", "--keep", "1.5", "--rule", "keep-hard"], "keep_fraction must be in (0, 1]"),
+    (["select", "--keep", "0", "--rule", "keep-hard"], "--keep must be a fraction in (0, 1]"),
+    (["select", "--keep", "1.5", "--rule", "keep-hard"], "--keep must be a fraction in (0, 1]"),
     (["select", "--keep", "0.5", "--rule", "keep-hardest"], "unknown data selection rule"),
     (["select", "--keep", "0.5", "--rule", "class-balanced", "--labels", "BADLABELS", "--num-classes", "3"],
      "labels must be class indices in [0, 3), got values [5]"),

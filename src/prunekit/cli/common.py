@@ -42,7 +42,9 @@ def app_group(help_text: str) -> typer.Typer:
 
 # ---- value checks (typer callbacks: they run while parsing, before the command does any work) ----
 
-def _choice(flag: str, choices: Sequence[str]) -> Callable[[Any], Any]:
+def choice(flag: str, choices: Sequence[str]) -> Callable[[Any], Any]:
+    """A typer callback accepting only ``choices`` for ``flag`` (the error lists them)."""
+
     def check(value: Any) -> Any:
         if value is not None and value not in choices:
             raise typer.BadParameter(f"{flag} must be one of {', '.join(choices)}; got {value!r}")
@@ -53,14 +55,13 @@ def _choice(flag: str, choices: Sequence[str]) -> Callable[[Any], Any]:
 
 def _sparsity(value: float | None) -> float | None:
     if value is not None and not 0.0 <= value < 1.0:
-        raise typer.BadParameter(f"--sparsity must be in [0, 1) (sparsity must be in [0, 1)); got {value!r}")
+        raise typer.BadParameter(f"--sparsity must be in [0, 1); got {value!r}")
     return value
 
 
 def _keep(value: float | None) -> float | None:
     if value is not None and not 0.0 < value <= 1.0:
-        raise typer.BadParameter(f"--keep must be a fraction in (0, 1] (keep_fraction must be in (0, 1]); "
-                                 f"got {value!r}")
+        raise typer.BadParameter(f"--keep must be a fraction in (0, 1]; got {value!r}")
     return value
 
 
@@ -89,7 +90,7 @@ PatternOpt = Annotated[str, typer.Option("--pattern", help=PATTERN_HELP, callbac
 Sparsity = Annotated[float | None, typer.Option("--sparsity", help="fraction of zeros in [0, 1); not with an N:M "
                                                 "--pattern (N:M fixes it)", callback=_sparsity)]
 Scope = Annotated[str, typer.Option("--scope", help="layer (each layer to its own sparsity) | global (one ranking "
-                                    "across layers)", callback=_choice("--scope", SCOPES))]
+                                    "across layers)", callback=choice("--scope", SCOPES))]
 Exclude = Annotated[list[str] | None, typer.Option("--exclude", metavar="NAME",
                                                   help="module name or glob left dense (repeatable)")]
 ModelArg = Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME=VALUE",
@@ -100,11 +101,11 @@ Threads = Annotated[int | None, typer.Option("--threads", help="torch CPU thread
                                              callback=_threads)]
 Keep = Annotated[float, typer.Option("--keep", help="fraction of examples kept, in (0, 1]", callback=_keep)]
 Backend = Annotated[str, typer.Option("--backend", help="local | ray (Ray Data, extra 'ray')",
-                                      callback=_choice("--backend", BACKENDS))]
+                                      callback=choice("--backend", BACKENDS))]
 Dataset = Annotated[str | None, typer.Option("--dataset", help="zoo data set name or a local .npz/.csv file "
                                              "(default: the model's recipe data set)")]
 DedupRule = Annotated[str, typer.Option("--rule", help="which near-duplicate to keep: farthest | closest | random",
-                                        callback=_choice("--rule", DEDUP_RULES))]
+                                        callback=choice("--rule", DEDUP_RULES))]
 DEFAULT_SCOPE = "layer"
 
 

@@ -111,7 +111,7 @@ def _epoch_arg(text: str) -> int | str:
 
 def score(
     method: Annotated[str, typer.Option(help=f"one of {', '.join(SCORE_METHODS)}",
-                                        callback=c._choice("--method", SCORE_METHODS))],
+                                        callback=c.choice("--method", SCORE_METHODS))],
     out: Annotated[Path, typer.Option("--out", help="output path; writes OUT.npy and OUT.json (refused if they "
                                       "exist, unless --overwrite)")],
     dynamics: Annotated[list[Path] | None, typer.Option(help="a recorded run folder (repeat for several "
@@ -245,7 +245,7 @@ def dedup(
 
 
 def resample(
-    method: Annotated[str, typer.Option(help="dsir | rs2", callback=c._choice("--method", ("dsir", "rs2")))],
+    method: Annotated[str, typer.Option(help="dsir | rs2", callback=c.choice("--method", ("dsir", "rs2")))],
     out: c.Out,
     raw: Annotated[Path | None, typer.Option(help="dsir: raw pool (.jsonl or .txt)")] = None,
     target: Annotated[Path | None, typer.Option(help="dsir: target-domain examples (.jsonl or .txt)")] = None,
