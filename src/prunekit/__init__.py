@@ -35,12 +35,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """Import the module that defines public ``name`` on first use."""
+    """On first use of a public name, import every public module (as an eager ``import prunekit`` did, so
+    every method config is registered) and bind all public names."""
     if name not in _HOME:
         raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOME[name], __name__), name)
-    globals()[name] = value
-    return value
+    modules = {m: importlib.import_module(m, __name__) for m in dict.fromkeys(_HOME.values())}
+    globals().update({n: getattr(modules[m], n) for n, m in _HOME.items()})
+    return globals()[name]
 
 
 def __dir__() -> list[str]:

@@ -186,3 +186,12 @@ def test_model_args_and_sparsity_pattern_checks():
     with pytest.raises(ValueError, match="--sparsity"):
         c.check_sparsity_pattern(None, "unstructured")
     assert c.excluded(["convs.0"]) == ["lm_head", "convs.0"] and c.excluded(None, defaults=False) == []
+
+
+def test_import_prunekit_is_lazy_but_complete():
+    code = ("import sys, prunekit; lazy = 'torch' not in sys.modules; "
+            "cfg = prunekit.Config.from_dict({'type': 'wanda', 'sparsity': 0.5}); "
+            "print(lazy, type(cfg).__name__, all(hasattr(prunekit, n) for n in prunekit.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout.split()
+    assert out == ["True", "Wanda", "True"]  # every method config is registered after the first public name
