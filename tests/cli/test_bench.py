@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from prunekit.bench import demo as demo_mod
-from prunekit.bench.cli import app
 from prunekit.bench.demo import demo_config, parse_seeds, run_demo
 from prunekit.bench.runner import plan_runs, validate_config
 from prunekit.bench.store import ResultsStore
+from prunekit.cli import app
 
 cli = CliRunner()
 
@@ -28,6 +28,26 @@ def test_bench_then_resume_then_report(tmp_path, make_sweep):
     assert (tmp_path / "rep" / "index.html").stat().st_size > 0
     rep = cli.invoke(app, ["report", "--db", str(db), "--out", str(tmp_path / "rep2"), "-e", "tiny"])
     assert rep.exit_code == 0 and (tmp_path / "rep2" / "summary.md").read_text() in rep.output
+    again = cli.invoke(app, ["report", "--db", str(db), "--out", str(tmp_path / "rep2")])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_bench_store_goes_into_out_never_the_current_folder(tmp_path, make_sweep, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "sweep.json"
+    cfg.write_text(json.dumps(make_sweep(methods=[{"type": "magnitude", "scope": "global"}], sparsities=[0.5])))
+    r = cli.invoke(app, ["bench", str(cfg)])
+    assert r.exit_code == 2 and "--db" in r.output and "--out" in r.output
+    r = cli.invoke(app, ["bench", str(cfg), "--out", str(tmp_path / "sweep-out")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "sweep-out" / "prunekit-results.sqlite").is_file()
+    assert (tmp_path / "sweep-out" / "index.html").is_file() and not (tmp_path / "prunekit-results.sqlite").exists()
+    r = cli.invoke(app, ["bench", str(cfg), "--out", str(tmp_path / "sweep-out")])  # an earlier sweep: resumed
+    assert r.exit_code == 0 and "0 runs done, 2 found stored" in r.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = cli.invoke(app, ["bench", str(cfg), "--out", str(tmp_path / "other")])
+    assert r.exit_code == 2 and [p.name for p in (tmp_path / "other").iterdir()] == ["notes.txt"]
 
 
 def test_cli_errors_exit_2_and_name_the_problem(tmp_path, make_sweep, read_only):

@@ -1,4 +1,4 @@
-"""``prunekit data score | select | dedup | resample``: outputs, and bad input -> exit 2, nothing written."""
+"""``prunekit data score | select | dedup | resample | embed``: outputs, and bad input -> exit 2, nothing written."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from prunekit.cli import app
 from prunekit.data import load_selection
-from prunekit.data.cli import app
 
 runner = CliRunner()
 
 
 def _run(*args: str):
-    return runner.invoke(app, list(args))
+    return runner.invoke(app, ["data", *args])
 
 
 def test_score_random_then_select_ccs(tmp_path):
@@ -85,8 +85,8 @@ def test_dedup_and_dsir_and_rs2(tmp_path, dup_embeddings):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["select", "--keep", "0", "--rule", "keep-hard"], "keep_fraction must be in (0, 1]"),
-    (["select", "--keep", "1.5", "--rule", "keep-hard"], "keep_fraction must be in (0, 1]"),
+    (["select", "--keep", "0", "--rule", "keep-hard"], "--keep must be a fraction in (0, 1]"),
+    (["select", "--keep", "1.5", "--rule", "keep-hard"], "--keep must be a fraction in (0, 1]"),
     (["select", "--keep", "0.5", "--rule", "keep-hardest"], "unknown data selection rule"),
     (["select", "--keep", "0.5", "--rule", "class-balanced", "--labels", "BADLABELS", "--num-classes", "3"],
      "labels must be class indices in [0, 3), got values [5]"),
@@ -111,7 +111,7 @@ def test_nan_scores_and_wrong_width_embeddings_rejected(tmp_path):
     r = _run("dedup", "--embeddings", str(tmp_path / "e.npy"), "--dim", "384", "--out", str(tmp_path / "d"))
     assert r.exit_code == 2 and "width 384" in r.output and not (tmp_path / "d").exists()
     r = _run("score", "--method", "el2m", "--out", str(tmp_path / "x"))
-    assert r.exit_code == 2 and "method must be one of" in r.output
+    assert r.exit_code == 2 and "--method must be one of el2n" in r.output
 
 
 def test_score_grand_on_a_zoo_data_set(tmp_path):
@@ -124,4 +124,76 @@ def test_score_grand_on_a_zoo_data_set(tmp_path):
     assert r.exit_code == 2 and "--dataset and --model" in r.output
     r = _run("score", "--method", "grand", "--dataset", "digits", "--model", "lenet5", "--backend", "spark",
              "--out", str(tmp_path / "k"))
-    assert r.exit_code == 2 and "--backend must be local or ray" in r.output and not (tmp_path / "k.npy").exists()
+    assert r.exit_code == 2 and "--backend must be one of local, ray" in r.output and not (tmp_path / "k.npy").exists()
+
+
+def test_dedup_rule_and_score_outputs_refused_when_present(tmp_path, dup_embeddings):
+    x, _ = dup_embeddings
+    np.save(tmp_path / "e.npy", x[:300])
+    kept = {}
+    for rule in ("farthest", "closest", "random"):
+        r = _run("dedup", "--embeddings", str(tmp_path / "e.npy"), "--eps", "0.01", "--clusters", "5", "--rule", rule,
+                 "--out", str(tmp_path / rule))
+        assert r.exit_code == 0, r.output
+        idx, man = load_selection(tmp_path / rule, num_examples=300)
+        assert man["params"]["rule"] == rule
+        kept[rule] = len(idx)
+    assert len(set(kept.values())) == 1  # the rule picks which copy stays, not how many
+    r = _run("dedup", "--embeddings", str(tmp_path / "e.npy"), "--keep", "farthest", "--out", str(tmp_path / "k"))
+    assert r.exit_code == 2 and "--keep" in r.output and not (tmp_path / "k").exists()
+    (tmp_path / "s.npy").write_bytes(b"mine")
+    r = _run("score", "--method", "random", "--num-examples", "10", "--out", str(tmp_path / "s"))
+    assert r.exit_code == 2 and "--overwrite" in r.output and (tmp_path / "s.npy").read_bytes() == b"mine"
+    r = _run("score", "--method", "random", "--num-examples", "10", "--out", str(tmp_path / "s"), "--overwrite")
+    assert r.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (10,)
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """A random 2-layer BERT with a word-level tokenizer, saved as a local encoder folder."""
+    import torch
+    import transformers as T
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    d = tmp_path_factory.mktemp("enc") / "bert"
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "dog", "sat", "ran"])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = T.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]")
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=32)
+    T.BertModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_embed_then_dedup(tmp_path, tiny_encoder):
+    texts = tmp_path / "pool.jsonl"
+    docs = ["the cat sat", "the dog ran", "the cat sat", "dog", "cat ran"]
+    texts.write_text("\n".join(json.dumps({"body": t}) for t in docs))
+    r = runner.invoke(app, ["data", "embed", str(texts), "--model", str(tiny_encoder), "--text-field", "body",
+                            "--out", str(tmp_path / "emb")])
+    assert r.exit_code == 0, r.output
+    e = np.load(tmp_path / "emb" / "embeddings.npy")
+    man = json.loads((tmp_path / "emb" / "manifest.json").read_text())
+    assert e.shape == (5, 16) and e.dtype == np.float32 and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert np.allclose(e[0], e[2]) and man["num_examples"] == 5 and man["dim"] == 16 and man["text_field"] == "body"
+    r = _run("dedup", "--embeddings", str(tmp_path / "emb"), "--eps", "0.001", "--clusters", "1",
+             "--out", str(tmp_path / "d"))
+    assert r.exit_code == 0, r.output
+    idx, _ = load_selection(tmp_path / "d", num_examples=5)
+    assert 0 in idx.tolist() or 2 in idx.tolist()
+    assert len(idx) == 4  # the repeated text is dropped once
+    r = runner.invoke(app, ["data", "embed", str(texts), "--model", str(tmp_path), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "--model" in r.output and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_embed_default_minilm(tmp_path):
+    (tmp_path / "pool.txt").write_text("the cat sat on the mat\nstock prices fell sharply\nthe cat sat on the mat\n")
+    r = runner.invoke(app, ["data", "embed", str(tmp_path / "pool.txt"), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 0, r.output
+    e = np.load(tmp_path / "e" / "embeddings.npy")
+    assert e.shape == (3, 384) and np.allclose(e[0], e[2], atol=1e-6) and float(e[0] @ e[1]) < 0.9
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["model"] == "builtin:all-MiniLM-L6-v2"

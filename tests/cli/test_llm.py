@@ -1,4 +1,5 @@
-"""``prunekit llm prune|eval`` end to end on a tiny LLaMA folder; bad flags fail before any work."""
+"""``prunekit prune MODEL_DIR --method ...`` (and ``llm prune``), ``llm eval`` on a tiny LLaMA folder; bad flags
+fail before any work."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-from prunekit.calibrate.cli import app
 from prunekit.calibrate.io import load_masks
+from prunekit.cli import app
 
 runner = CliRunner()
 
@@ -32,23 +33,43 @@ def model_dir(tmp_path_factory):
     return d
 
 
-def test_prune_then_eval(model_dir, tmp_path):
+def test_prune_then_eval(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out, db = tmp_path / "pruned", tmp_path / "r.sqlite"
     r = runner.invoke(app, ["prune", str(model_dir), "--out", str(out), "--method", "wanda", "--pattern", "2:4",
-                            "--dsnot", "--nsamples", "4", "--seq-len", "32", "--results", str(db)])
+                            "--dsnot", "--nsamples", "4", "--seq-len", "32", "--db", str(db)])
     assert r.exit_code == 0, r.output
+    assert "block 2/2" in r.stderr  # one line per block without a TTY
     masks, man = load_masks(out)
     assert man["method"]["type"] == "wanda" and man["method"]["pattern"] == "2:4"
     assert man["calibration"]["source"] == "builtin:stdlib-docstrings" and man["calibration"]["nsamples"] == 4
     assert all(abs(v["sparsity"] - 0.5) < 1e-9 for v in man["layers"].values())
     assert not (tmp_path / ".pruned.state").exists()  # resume files removed after success
-    r = runner.invoke(app, ["eval", str(out), "--seq-len", "32", "--max-windows", "4", "--results", str(db),
+    r = runner.invoke(app, ["llm", "eval", str(out), "--seq-len", "32", "--max-windows", "4", "--db", str(db),
                             "--show-layers"])
     assert r.exit_code == 0, r.output
-    assert "model.layers.1.mlp.down_proj.weight | 32x64 | 0.5000 | 0.5000 |" in r.output
-    assert json.loads(r.output[r.output.index("{"):])["protocol"]["n_windows"] == 4
+    assert "model.layers.1.mlp.down_proj.weight | 32x64 | 0.5000 | 0.5000 |" in r.stdout
+    assert json.loads(r.stdout[r.stdout.index("{"):])["protocol"]["n_windows"] == 4
     rows = sqlite3.connect(db).execute("SELECT experiment, kind FROM runs").fetchall()
     assert sorted(rows) == [("llm-eval", "llm"), ("llm-prune", "llm")]
+    assert not (tmp_path / "prunekit-results.sqlite").exists()  # never the current folder
+
+
+def test_old_spelling_and_default_store_inside_out(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["llm", "prune", str(model_dir), "--out", str(out), "--method", "magnitude",
+                            "--sparsity", "0.5", "--nsamples", "2", "--seq-len", "16"])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("deprecated") == 1
+    _, man = load_masks(out)
+    assert man["method"]["type"].replace("-", "_") == "calibrated_magnitude"
+    rows = sqlite3.connect(out / "prunekit-results.sqlite").execute("SELECT experiment FROM runs").fetchall()
+    assert rows == [("llm-prune",)] and not (tmp_path / "prunekit-results.sqlite").exists()
+    r = runner.invoke(app, ["llm", "eval", str(out), "--seq-len", "16", "--max-windows", "2"])
+    assert r.exit_code == 0 and not (tmp_path / "prunekit-results.sqlite").exists()  # no --db: not stored
+    r = runner.invoke(app, ["prune", str(model_dir), "--out", str(model_dir), "--sparsity", "0.5", "--overwrite"])
+    assert r.exit_code == 2 and "input" in r.output
 
 
 @pytest.mark.parametrize("args,msg", [
@@ -56,11 +77,15 @@ def test_prune_then_eval(model_dir, tmp_path):
     (["--method", "obs", "--sparsity", "0.5"], "--method"),
     (["--method", "wanda", "--pattern", "3:7"], "multiple of 7"),
     (["--sparsity", "0.5", "--seq-len", "65"], "maximum sequence length"),
+    (["--sparsity", "0.5", "--pattern", "2:4"], "--sparsity cannot be combined"),
+    (["--sparsity", "0.5", "--finetune-epochs", "2"], "--finetune-epochs does not apply to calibrated"),
+    (["--sparsity", "0.5", "--scope", "global"], "--scope does not apply"),
+    (["--sparsity", "0.5", "--owl-m", "3"], "--owl-m / --owl-lambda need --owl"),
     ([], "--sparsity"),
 ])
 def test_bad_flags(model_dir, tmp_path, args, msg):
     r = runner.invoke(app, ["prune", str(model_dir), "--out", str(tmp_path / "o"), "--nsamples", "2",
-                            "--seq-len", "16", "--results", "", *args])
+                            "--seq-len", "16", *args])
     assert r.exit_code == 2 and msg in r.output, r.output
     assert not (tmp_path / "o").exists()
 

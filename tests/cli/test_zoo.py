@@ -6,11 +6,11 @@ import json
 
 from typer.testing import CliRunner
 
-from prunekit.zoo.cli import app
+from prunekit.cli import app
 
 
 def test_models_json_lists_every_model() -> None:
-    r = CliRunner().invoke(app, ["models", "--json"])
+    r = CliRunner().invoke(app, ["zoo", "models", "--json"])
     assert r.exit_code == 0
     rows = {row["name"]: row for row in json.loads(r.output)}
     assert len(rows) == 8 and rows["cnn1d"]["params"] == 5210 and rows["cnn1d"]["input_shape"] == [40]
@@ -18,5 +18,5 @@ def test_models_json_lists_every_model() -> None:
 
 
 def test_datasets_lists_names() -> None:
-    r = CliRunner().invoke(app, ["datasets"])
+    r = CliRunner().invoke(app, ["zoo", "datasets"])
     assert r.exit_code == 0 and all(n in r.output for n in ("mnist1d", "digits", "stdlib-text"))

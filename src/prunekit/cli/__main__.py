@@ -1,0 +1,5 @@
+"""``python -m prunekit.cli``: the ``prunekit`` command."""
+
+from . import main
+
+main()

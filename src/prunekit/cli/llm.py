@@ -1,0 +1,204 @@
+"""``prunekit prune`` on Hugging Face models (calibrated path), ``prunekit llm eval``, ``prunekit zoo train-lm``.
+
+``prunekit llm prune`` stays as a deprecated spelling of ``prunekit prune``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import common as c
+
+llm_app = c.app_group("Post-training pruning of transformers / LLMs: evaluation (prune: `prunekit prune`).")
+SOLVER = {"sparsegpt": "sparsegpt", "wanda": "wanda", "calibrated_magnitude": "magnitude"}  # engine solver names
+LLM_METHODS = {"magnitude": "calibrated_magnitude", "calibrated-magnitude": "calibrated_magnitude"}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``llm`` group (``prune`` alias, ``eval``) to ``app``."""
+    c.alias(llm_app, "prune", llm_prune, "llm prune", "prune MODEL_DIR --method ...")
+    c.command(llm_app, "eval")(eval_)
+    app.add_typer(llm_app, name="llm", help="Post-training pruning of transformers / LLMs.")
+
+
+def make_config(method: str, sparsity: float | None, pattern: str, owl: bool, owl_m: float | None,
+                owl_lambda: float | None, dsnot: bool, batch_size: int | None, exclude: list[str] | None) -> Any:
+    """The calibrated method's config from CLI flags (every check happens here, before any work)."""
+    from ..config import CONFIGS
+
+    method = LLM_METHODS.get(method, method)
+    if method not in SOLVER:
+        raise ValueError(f"--method must be one of sparsegpt, wanda, calibrated-magnitude for a Hugging Face model, "
+                         f"got {method!r}")
+    c.check_sparsity_pattern(sparsity, pattern)
+    if not owl and (owl_m is not None or owl_lambda is not None):
+        raise ValueError("--owl-m / --owl-lambda need --owl")
+    owl_cfg = {"m": 5.0 if owl_m is None else owl_m, "lam": 0.08 if owl_lambda is None else owl_lambda} if owl \
+        else None
+    return CONFIGS.get(method)(sparsity=sparsity, pattern=pattern, owl=owl_cfg, dsnot=dsnot or None,
+                               batch_size=8 if batch_size is None else batch_size, exclude=c.excluded(exclude))
+
+
+def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | None, pattern: str, owl: bool,
+                     owl_m: float | None, owl_lambda: float | None, dsnot: bool, calib: Path | None,
+                     nsamples: int | None, seq_len: int | None, seed: int, batch_size: int | None,
+                     device: str | None, state_dir: Path | None, exclude: list[str] | None, db: Path | None,
+                     show_layers: bool, overwrite: bool, threads: int | None = None) -> None:
+    """Prune every transformer block of a HF model folder and save a model plain transformers loads."""
+    nsamples, seq_len = 128 if nsamples is None else nsamples, 256 if seq_len is None else seq_len
+    cfg = make_config(method, sparsity, pattern, owl, owl_m, owl_lambda, dsnot, batch_size, exclude)
+    model_dir = Path(source)
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    if calib is not None and not calib.exists():
+        raise FileNotFoundError(f"--calib {calib} does not exist")
+    c.check_out(out, overwrite=overwrite, inputs=[model_dir, calib], expected_bytes=c.folder_bytes(model_dir))
+    c.set_threads(threads)
+    from ..calibrate import io
+    from ..calibrate.workflow import check_seq_len, layers_markdown
+
+    model_dir = io.check_model_dir(model_dir)
+    check_seq_len(model_dir, seq_len)
+    solver = SOLVER[LLM_METHODS.get(method, method)]
+    with c.block_progress() as progress:
+        report = _run(model_dir, out, solver, cfg, calib=calib, nsamples=nsamples, seq_len=seq_len, seed=seed,
+                      device=device, state_dir=state_dir, overwrite=overwrite, progress=progress)
+    if show_layers:
+        typer.echo(layers_markdown(out))
+    ledger = getattr(report, "ledger", None)
+    measured = ledger.measured.line() if ledger is not None and getattr(ledger, "measured", None) else \
+        f"sparsity {report.sparsity:.4f}"
+    typer.echo(f"pruned {len(report.layers)} layers in {report.seconds:.1f}s -> {out}: {measured}")
+    for name, experts in report.extra.get("expert_fallbacks", {}).items():
+        c.say(f"warning: {name}: experts {experts} got no calibration token; pruned by magnitude")
+    from .prune import record
+
+    record(db, out, "llm-prune", {"model": str(model_dir), "method": report.method,
+                                  "calibration": report.extra["calibration"]}, "llm", {"sparsity": report.sparsity},
+           {r.name: r.sparsity for r in report.layers}, {"prune_s": report.seconds})
+
+
+def _run(model_dir: Path, out: Path, solver: str, cfg: Any, **kw: Any) -> Any:
+    """``calibrate.pipeline.prune_model_dir`` (load, calibrate, save, check) where it exists, else the same steps."""
+    try:
+        from ..calibrate.pipeline import prune_model_dir
+    except ImportError:
+        return _prune_model_dir(model_dir, out, solver, cfg, **kw)
+    return prune_model_dir(model_dir, out, solver, cfg, **kw)[0]
+
+
+def _prune_model_dir(model_dir: Path, out: Path, solver: str, cfg: Any, *, calib: Path | None, nsamples: int,
+                     seq_len: int, seed: int, device: str | None, state_dir: Path | None, overwrite: bool,
+                     progress: Any) -> Any:
+    from ..calibrate import io
+    from ..calibrate.data import calibration_data
+    from ..calibrate.engine import clear_state, prune_blocks
+    from ..calibrate.workflow import load_tokenizer, run_manifest
+
+    model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
+    data = calibration_data(tok, calib, nsamples, seq_len, seed)
+    state = state_dir or out.parent / f".{out.name}.state"
+    report = prune_blocks(model, solver, cfg, data, device=device, state_dir=state, progress=progress,
+                          attach_masks=False)  # plain weights, pruned ones exactly zero; masks bit-packed
+    masks = report.extra.pop("packed_masks")
+    save = getattr(io, "save_hf_pruned", None) or io.save_pruned
+    save(model, out, masks, run_manifest(report, model_dir), tokenizer=tok, overwrite=overwrite)
+    clear_state(state)
+    return report
+
+
+def llm_prune(
+    model_dir: Annotated[Path, typer.Argument(help="a save_pretrained folder (config.json + weights + tokenizer)")],
+    out: c.Out,
+    method: Annotated[str, typer.Option(help="sparsegpt | wanda | calibrated-magnitude (magnitude)")] = "sparsegpt",
+    sparsity: c.Sparsity = None,
+    pattern: c.PatternOpt = "unstructured",
+    owl: Annotated[bool, typer.Option("--owl", help="OWL per-layer allocation")] = False,
+    owl_m: Annotated[float | None, typer.Option(help="OWL outlier threshold M (default 5)")] = None,
+    owl_lambda: Annotated[float | None, typer.Option(help="OWL spread lambda (default 0.08)")] = None,
+    dsnot: Annotated[bool, typer.Option("--dsnot", help="DSnoT mask refinement")] = False,
+    calib: Annotated[Path | None, typer.Option(help="text file, folder or saved dataset (default: built-in "
+                                               "corpus)")] = None,
+    nsamples: Annotated[int | None, typer.Option(help="calibration samples (default 128)")] = None,
+    seq_len: Annotated[int | None, typer.Option(help="tokens per calibration sample (default 256)")] = None,
+    seed: c.Seed = 0,
+    batch_size: Annotated[int | None, typer.Option(help="samples per forward pass (default 8)")] = None,
+    device: Annotated[str | None, typer.Option(help="compute device of the current block")] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="resume folder (default: .OUT.state)")] = None,
+    exclude: c.Exclude = None,
+    db: c.Db = None,
+    show_layers: Annotated[bool, typer.Option("--show-layers", help="print the per-layer table")] = False,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Prune every transformer block of MODEL_DIR and save a model plain transformers loads."""
+    prune_calibrated(str(model_dir), out, method, sparsity=sparsity, pattern=pattern, owl=owl, owl_m=owl_m,
+                     owl_lambda=owl_lambda, dsnot=dsnot, calib=calib, nsamples=nsamples, seq_len=seq_len, seed=seed,
+                     batch_size=batch_size, device=device, state_dir=state_dir, exclude=exclude, db=db,
+                     show_layers=show_layers, overwrite=overwrite)
+
+
+def eval_(
+    model_dir: Annotated[Path, typer.Argument(help="a (pruned) save_pretrained folder")],
+    dense: Annotated[Path | None, typer.Option(help="the dense model (needed for encoder fidelity)")] = None,
+    data: Annotated[Path | None, typer.Option(help="evaluation text (default: built-in corpus, validation "
+                                              "split)")] = None,
+    seq_len: Annotated[int, typer.Option(help="window length (perplexity) or max length (fidelity)")] = 128,
+    max_windows: Annotated[int | None, typer.Option(help="cap on evaluation windows")] = None,
+    batch_size: Annotated[int, typer.Option(help="windows per forward pass")] = 8,
+    threads: c.Threads = None,
+    db: c.Db = None,
+    show_layers: Annotated[bool, typer.Option("--show-layers", help="print the per-layer table of the "
+                                              "manifest")] = False,
+) -> None:
+    """Perplexity (causal LM) or embedding fidelity against --dense (encoder); stored only with --db."""
+    c.set_threads(threads)
+    from ..calibrate import io
+    from ..calibrate.data import builtin_texts, load_texts
+    from ..calibrate.workflow import check_seq_len, evaluate_model, layers_markdown, load_tokenizer
+
+    model_dir = io.check_model_dir(model_dir)
+    check_seq_len(model_dir, seq_len)
+    if db is not None:
+        from ..bench.store import check_writable
+
+        check_writable(db)
+    c.say(f"evaluating {model_dir}")
+    model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
+    texts = builtin_texts("validation") if data is None else load_texts(data)
+    name = "builtin:stdlib-docstrings" if data is None else str(data)
+    metrics = evaluate_model(model, tok, texts, name, dense, seq_len, max_windows, batch_size)
+    if show_layers:
+        typer.echo(layers_markdown(model_dir))
+    import json
+
+    typer.echo(json.dumps(metrics, indent=2))
+    from .prune import record
+
+    record(db, None, "llm-eval", {"model": str(model_dir), "protocol": metrics.get("protocol"),
+                                  "dense": str(dense)}, "llm", metrics)
+
+
+def train_lm(
+    cache_dir: Annotated[Path | None, typer.Option(help="default: $PRUNEKIT_CACHE or ~/.cache/prunekit")] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (default: the recipe's)")] = None,
+    overwrite: c.Overwrite = False,
+    threads: c.Threads = None,
+) -> None:
+    """Train the small LLaMA zoo LM on the built-in corpus (under 15 min on 2 cores) and cache it (--overwrite:
+    retrain)."""
+    c.set_threads(threads)
+    from ..zoo.lm import LMRecipe, lm_dir
+    from ..zoo.lm import train_lm as run
+
+    recipe = LMRecipe() if steps is None else LMRecipe(steps=steps)
+    out = lm_dir(cache_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        typer.echo(f"zoo LM already cached in {out} (use --overwrite to retrain)")
+        return
+    c.check_out(out, overwrite=overwrite)
+    with c.block_progress("step", lines=20) as progress:
+        path = run(out, recipe, overwrite=overwrite, progress=lambda s, n, _l: progress("train", s, n))
+    typer.echo(f"zoo LM saved to {path}")

@@ -1,0 +1,259 @@
+"""``prunekit train | inspect | methods`` and ``prunekit sparse lottery``: zoo models, dense or sparse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from . import common as c
+
+sparse_app = c.app_group("Sparse training aliases and lottery tickets (IMP with rewinding).")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``train``, ``inspect``, ``methods`` and the ``sparse`` group to ``app``."""
+    c.command(app, "train")(train)
+    c.command(app, "inspect")(inspect)
+    c.command(app, "methods")(methods)
+    c.alias(sparse_app, "train", train, "sparse train", "train --method ...")
+    c.command(sparse_app, "lottery")(lottery)
+    c.alias(sparse_app, "methods", methods, "sparse methods", "methods")
+    app.add_typer(sparse_app, name="sparse", help="Sparse training aliases and lottery tickets.")
+
+
+def source_model(source: str, kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any], Any]:
+    """A zoo model name (fresh weights, seed 0) or a checkpoint folder -> (model, manifest, masks)."""
+    from ..checkpoint import load_checkpoint
+    from ..zoo import MODELS, get_model
+
+    if Path(source).exists() or "/" in source or source.startswith("."):
+        if kwargs:
+            raise ValueError("--model-arg applies to a zoo model name, not to a checkpoint folder")
+        return load_checkpoint(source)
+    if source not in MODELS:
+        raise ValueError(f"{source!r} is neither a checkpoint folder nor a zoo model; zoo models: "
+                         f"{', '.join(MODELS.names())}")
+    kw = dict(kwargs or {})
+    return get_model(source, seed=0, **kw), {"model": {"name": source, "kwargs": kw}}, None
+
+
+def dataset_of(name: str | None, model_name: str | None, manifest: dict[str, Any] | None = None) -> Any:
+    """``--dataset`` (a zoo name or a .npz/.csv file), else the checkpoint's, else the model's recipe data set."""
+    from ..zoo import RECIPE_DATASETS, get_dataset, load_user_data
+
+    name = name or (manifest or {}).get("dataset") or RECIPE_DATASETS.get(model_name or "")
+    if name is None:
+        return None
+    return load_user_data(name) if Path(name).exists() else get_dataset(name)
+
+
+def recipe_of(model: str, epochs: int | None) -> dict[str, Any]:
+    """The zoo recipe of ``model`` (``--epochs`` overrides its length)."""
+    from ..zoo import RECIPES
+
+    recipe = dict(RECIPES.get(model, dict(epochs=20, lr=0.05, optimizer="sgd")))
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError(f"--epochs must be a positive integer, got {epochs}")
+        recipe["epochs"] = epochs
+    return recipe
+
+
+def train(
+    model: Annotated[str, typer.Argument(help="zoo model name, e.g. cnn1d")],
+    out: c.Out,
+    method: Annotated[str, typer.Option(help="dense, or a sparse-training method (see `prunekit methods`)")] = "dense",
+    sparsity: c.Sparsity = None,
+    pattern: c.PatternOpt = "unstructured",
+    scope: c.Scope = c.DEFAULT_SCOPE,
+    allocation: Annotated[str | None, typer.Option(help="uniform | er | erk (default: erk, SET: er)")] = None,
+    exclude: c.Exclude = None,
+    model_arg: c.ModelArg = None,
+    dataset: c.Dataset = None,
+    epochs: Annotated[int | None, typer.Option(help="default: the model's recipe")] = None,
+    seed: c.Seed = 0,
+    threads: c.Threads = None,
+    update_every: Annotated[int, typer.Option(help="rigl/set/granet: steps between mask updates")] = 100,
+    update_fraction: Annotated[float, typer.Option(help="rigl/set/granet: initial drop/grow fraction, "
+                                                   "in (0, 1)")] = 0.3,
+    teacher: Annotated[Path | None, typer.Option(help="checkpoint folder of a dense teacher: adds "
+                                                 "distillation")] = None,
+    alpha: Annotated[float, typer.Option(help="distillation weight in [0, 1]")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="distillation temperature > 0")] = 4.0,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="save training state here (resumable)")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between training-state checkpoints")] = 500,
+    resume: Annotated[bool, typer.Option(help="resume from --checkpoint-dir if it holds a checkpoint")] = False,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Train a zoo model, dense or sparse (RigL, SET, GraNet, SR-STE N:M, gradual, pruning at init); save it."""
+    c.method_kind(method, kinds=("training",))
+    c.check_sparsity_pattern(sparsity, pattern, required=method not in ("dense", "srste"))
+    if method in ("dense", "srste") and sparsity is not None:
+        raise ValueError(f"--sparsity does not apply to --method {method} (dense trains dense; srste takes an "
+                         f"N:M --pattern)")
+    n, m = _nm(method, pattern)
+    if resume and checkpoint_dir is None:
+        raise ValueError("--resume needs --checkpoint-dir")
+    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir])
+    c.set_threads(threads)
+    from ..training.methods import training_callbacks
+    from ..zoo import get_model, input_shape
+
+    kwargs = c.model_args(model_arg)
+    net = get_model(model, seed=seed, **kwargs)
+    recipe = recipe_of(model, epochs)
+    needs_data_now = method in ("snip", "grasp")
+    data = dataset_of(dataset, model) if needs_data_now else None
+    pai = {"input_shape": list(input_shape(model, **kwargs))} if method == "synflow" else None
+    cbs = training_callbacks(method, sparsity, data=data.train if data is not None else None, n=n, m=m,
+                             update_every=update_every, update_fraction=update_fraction, allocation=allocation,
+                             scope=scope, exclude=c.excluded(exclude), seed=seed, teacher=_teacher(teacher),
+                             alpha=alpha, temperature=temperature, pai_options=pai)
+    data = data if data is not None else dataset_of(dataset, model)
+    if data is None:
+        raise ValueError(f"no default data set for model {model!r}: pass --dataset")
+    _fit(net, data, cbs, recipe, seed, checkpoint_dir, checkpoint_every, resume)
+    finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite,
+           {"method": method, "sparsity": sparsity, "recipe": recipe, "seed": seed})
+
+
+def _nm(method: str, pattern: str) -> tuple[int, int]:
+    """SR-STE's N:M from ``--pattern`` (2:4 when unstructured); an N:M pattern needs ``--method srste``."""
+    if c.is_nm(pattern):
+        if method != "srste":
+            raise ValueError(f"--pattern {pattern} trains with --method srste (SR-STE), got --method {method}")
+        n, m = pattern.split(":")
+        return int(n), int(m)
+    if pattern != "unstructured":
+        raise ValueError(f"--pattern for training must be unstructured or N:M (e.g. 2:4), got {pattern!r}")
+    return 2, 4
+
+
+def _fit(net: Any, data: Any, cbs: list[Any], recipe: dict[str, Any], seed: int, checkpoint_dir: Path | None,
+         checkpoint_every: int, resume: bool) -> None:
+    from ..training.checkpoint import INDEX, CheckpointEvery, load_checkpoint
+    from ..training.loop import fit, make_optimizer
+
+    extra = [CheckpointEvery(checkpoint_dir, checkpoint_every, list(cbs))] if checkpoint_dir else []
+    state = None
+    if resume and (checkpoint_dir / INDEX).is_file():  # type: ignore[operator]
+        opt = make_optimizer(recipe.get("optimizer", "sgd"), net.parameters(), recipe.get("lr", 0.1),
+                             recipe.get("weight_decay", 5e-4), recipe.get("momentum", 0.9))
+        ck = load_checkpoint(checkpoint_dir, net, opt, cbs)  # type: ignore[arg-type]
+        state = ck.train_state(net, opt)
+        c.say(f"resuming at step {ck.step}")
+    fit(net, data.train, callbacks=[*cbs, *extra, *c.epoch_lines()], seed=seed, progress=c.on_tty(), state=state,
+        **recipe)
+
+
+def _teacher(path: Path | None) -> Any:
+    if path is None:
+        return None
+    from ..checkpoint import load_checkpoint
+
+    teacher, _, _ = load_checkpoint(path)
+    return teacher
+
+
+def finish(net: Any, spec: dict[str, Any], data: Any, out: Path, overwrite: bool, extra: dict[str, Any]) -> None:
+    """Evaluate, save the checkpoint folder (weights, masks, manifest) and print one summary line."""
+    from ..masks import attached
+    from ..training.loop import evaluate
+
+    metrics = evaluate(net, data.test)
+    ms = attached(net)
+    masks = ms.bake() if ms is not None else None
+    measured = ms.sparsity() if ms is not None else 0.0
+    save(out, net, spec, masks, {**extra, "dataset": data.name, "metrics": metrics, "measured_sparsity": measured},
+         overwrite)
+    typer.echo(f"test accuracy {metrics['accuracy']:.4f}; sparsity {measured:.4f}; checkpoint written to {out}")
+
+
+def save(out: Path, net: Any, spec: dict[str, Any], masks: Any, extra: dict[str, Any], overwrite: bool) -> None:
+    """``save_checkpoint`` with ``overwrite=`` where the library accepts it."""
+    from ..checkpoint import save_checkpoint
+
+    c.with_overwrite(save_checkpoint, out, net, spec, masks, extra=extra, overwrite=overwrite)
+
+
+def lottery(
+    model: Annotated[str, typer.Argument(help="zoo model name, e.g. cnn1d")],
+    out: c.Out,
+    sparsity: c.Sparsity = None,
+    fraction: Annotated[float, typer.Option(help="fraction of the remaining weights pruned per level, "
+                                            "in (0, 1)")] = 0.2,
+    rewind_step: Annotated[int, typer.Option(help="rewind survivors to their values after this many steps")] = 0,
+    optimizer_state: Annotated[str, typer.Option(help="reset | rewind | keep")] = "reset",
+    scope: c.Scope = c.DEFAULT_SCOPE,
+    exclude: c.Exclude = None,
+    model_arg: c.ModelArg = None,
+    dataset: c.Dataset = None,
+    epochs: Annotated[int | None, typer.Option(help="per level; default: the model's recipe")] = None,
+    seed: c.Seed = 0,
+    threads: c.Threads = None,
+    control_seed: Annotated[int | None, typer.Option(help="also train the final masks from a random init "
+                                                     "(seed)")] = None,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Iterative magnitude pruning with rewinding (lottery tickets) to --sparsity; prints accuracy per level."""
+    if sparsity is None:
+        raise ValueError("--sparsity (the final target, in [0, 1)) is required for lottery tickets")
+    c.check_out(out, overwrite=overwrite)
+    c.set_threads(threads)
+    from ..training.loop import evaluate
+    from ..training.lottery import iterative_magnitude, random_reinit_control
+    from ..zoo import get_model
+
+    kwargs = c.model_args(model_arg)
+    net, recipe = get_model(model, seed=seed, **kwargs), recipe_of(model, epochs)
+    data = dataset_of(dataset, model)
+    if data is None:
+        raise ValueError(f"no default data set for model {model!r}: pass --dataset")
+    res = iterative_magnitude(net, data.train, target_sparsity=sparsity, fraction=fraction, rewind_step=rewind_step,
+                              optimizer_state=optimizer_state, scope=scope, exclude=c.excluded(exclude),
+                              val_data=data.test, eval_every_epoch=False, seed=seed, progress=c.on_tty(),
+                              callbacks=c.epoch_lines("level epoch"), **recipe)
+    typer.echo("| level | sparsity | test accuracy |\n|---:|---:|---:|")
+    for lv in res.levels:
+        typer.echo(f"| {lv.level} | {lv.sparsity:.4f} | {lv.metrics.get('val_accuracy', float('nan')):.4f} |")
+    extra: dict[str, Any] = {"method": "lottery", "settings": res.settings, "recipe": recipe, "seed": seed,
+                             "levels": [{"level": lv.level, "sparsity": lv.sparsity, **lv.metrics}
+                                        for lv in res.levels]}
+    if control_seed is not None:
+        ctrl = get_model(model, seed=seed, **kwargs)
+        random_reinit_control(ctrl, res.masks(), data.train, seed=control_seed, **recipe)
+        extra["reinit_control_accuracy"] = evaluate(ctrl, data.test)["accuracy"]
+        typer.echo(f"random reinit, same masks: test accuracy {extra['reinit_control_accuracy']:.4f}")
+    finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite, extra)
+
+
+def inspect(
+    source: Annotated[str, typer.Argument(help="zoo model name or checkpoint folder")],
+    batch: Annotated[int, typer.Option(help="batch size of the example input for MACs")] = 1,
+    model_arg: c.ModelArg = None,
+) -> None:
+    """Per-layer table of params, non-zeros, sparsity and MACs of a model or checkpoint."""
+    import json
+
+    from ..accounting import format_table, layer_table, totals
+    from ..zoo import example_inputs
+
+    model, manifest, _ = source_model(source, c.model_args(model_arg))
+    x = example_inputs(manifest["model"]["name"], batch=batch, **manifest["model"].get("kwargs", {}))
+    typer.echo(format_table(layer_table(model, x), fmt="text"))
+    typer.echo(json.dumps(totals(model, x)))
+
+
+def methods(
+    kind: Annotated[str | None, typer.Option(help="only this kind (oneshot, calibrated, training, structured, "
+                                             "data-score, data-selector)")] = None,
+) -> None:
+    """List every registered method by kind."""
+    table = c.method_table()
+    if kind is not None and kind not in table:
+        raise ValueError(f"--kind must be one of {', '.join(table)}; got {kind!r}")
+    for k, names in table.items():
+        if kind in (None, k):
+            typer.echo(f"{k}: {', '.join(names)}")
