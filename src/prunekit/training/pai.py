@@ -282,8 +282,9 @@ def synflow_masks(model: nn.Module, sparsity: float, input_shape: Sequence[int],
     for i, s_k in enumerate(rounds):
         scores = synflow_scores(model, shape, masks, exclude)
         scores = {n: s.float().masked_fill(~masks[n], -math.inf) for n, s in scores.items()}
-        masks = select_masks(scores, s_k, scope="global", max_layer_sparsity=max_layer_sparsity,
-                             warn=i == len(rounds) - 1, ledger=ledger)  # a binding cap is logged once, at the last round
+        last = i == len(rounds) - 1  # a binding cap is logged once, at the last round
+        masks = select_masks(scores, s_k, scope="global", max_layer_sparsity=max_layer_sparsity, warn=last,
+                             ledger=ledger)
     return _finish(masks, "synflow")
 
 
