@@ -208,3 +208,24 @@ def test_random_pai_prunes_every_expert_to_the_target(moe):
         assert max(counts) - min(counts) <= 1, (k, counts)
     fit(moe, _data(8), steps=2, callbacks=[PruneAtInit("random", 0.5, options={"pattern": pk.NM(2, 4)})], **RECIPE)
     assert all(experts_two_of_four(attached(moe).masks[k]) for k in EXPERTS)
+
+
+def test_granet_prunes_and_regrows_within_each_expert(moe):
+    from prunekit.training import GraNet
+
+    cb = GraNet(0.5, update_every=2, scope="layer", end_step=4, allocation="uniform")
+    fit(moe, _data(8), steps=6, callbacks=[cb], **RECIPE)
+    assert cb.history and cb.history[-1]["sparsity"] == pytest.approx(0.5)
+    assert_half_per_expert(attached(moe).masks)
+
+
+def test_masks_ledger_orients_what_a_mask_set_holds(gpt2, moe):
+    from prunekit.layers import ledger_of
+
+    led = ledger_of(gpt2, ["c_fc.weight"])
+    assert led.prunable["c_fc.weight"].kind == "conv1d-gpt2" and led.prunable["c_fc.weight"].matrix_shape == (1, 16, 8)
+    led = ledger_of(moe, ["experts.down_proj", "gate.weight"])  # a mask on the router: a plain matrix
+    assert led.prunable["experts.down_proj"].matrix_shape == (3, 8, 4)
+    assert led.prunable["gate.weight"].matrix_shape == (1, 3, 8)
+    with pytest.raises(ValueError, match=r"\['nope'\] are not parameters of the model"):
+        ledger_of(moe, ["nope"])
