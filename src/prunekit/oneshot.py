@@ -4,7 +4,8 @@ A one-shot method is a ``Criterion`` config plus a function ``fn(model, config, 
 ``METHODS`` (kind ``"oneshot"``). Magnitude, random and Taylor live here; SNIP, GraSP and SynFlow in
 ``training/pai.py`` reuse :func:`prune_scored_`. Every path scores every prunable weight, allocates per-layer
 sparsities (layer or global scope, or a named allocation rule), takes the exact top-k mask under the pattern
-and attaches the masks.
+and attaches the masks. :func:`weight_mask` is that top-k for one weight, seen through the ledger (N:M and
+Block along the input dimension, each fused expert on its own): the training callbacks use it too.
 """
 
 from __future__ import annotations

@@ -229,3 +229,11 @@ def test_masks_ledger_orients_what_a_mask_set_holds(gpt2, moe):
     assert led.prunable["gate.weight"].matrix_shape == (1, 3, 8)
     with pytest.raises(ValueError, match=r"\['nope'\] are not parameters of the model"):
         ledger_of(moe, ["nope"])
+
+
+def test_select_masks_names_scores_the_ledger_lacks(gpt2):
+    from prunekit.layers import classify
+    from prunekit.training.pai import select_masks
+
+    with pytest.raises(ValueError, match=r"ledger does not hold: \['other'\]"):
+        select_masks({"other": torch.ones(4, 4)}, 0.5, ledger=classify(gpt2))

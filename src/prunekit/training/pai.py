@@ -86,6 +86,9 @@ def select_masks(scores: Mapping[str, Tensor], sparsity: float | None, *, scope:
     sparsity = pattern_sparsity(pattern, sparsity)
     _check_common(sparsity, scope, allocation, max_layer_sparsity)
     ledger = ledger if ledger is not None else plain_ledger(scores)
+    unknown = [k for k in scores if k not in ledger.prunable]
+    if unknown:
+        raise ValueError(f"scores name tensors the ledger does not hold: {unknown}; ledger: {sorted(ledger.prunable)}")
     scores = {k: s.detach().float() for k, s in scores.items()}
     for k, s in scores.items():
         check_pattern_fits(ledger.prunable[k].as_matrices(s, keep_kernel=True).shape[1:], pattern, k)
