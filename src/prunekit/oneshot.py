@@ -131,7 +131,8 @@ def weight_mask(ledger: Ledger, name: str, scores: Tensor, sparsity: float | Non
     ``1 - n/m`` (``None`` accepted). Sparsity 1.0 (the layer pruned away) is an error naming the layer,
     or with ``allow_collapse`` an all-False mask.
     """
-    target = pattern.sparsity if isinstance(pattern, NM) else float(sparsity)  # type: ignore[arg-type]
+    target = pattern_sparsity(pattern, sparsity, f"sparsity of {name}") if isinstance(pattern, NM) or sparsity is None \
+        else float(sparsity)
     return _topk(ledger, name, _oriented(ledger, name, scores.detach()), target, pattern, allow_collapse)
 
 
