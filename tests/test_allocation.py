@@ -105,3 +105,31 @@ def test_a_collapsed_layer_is_named_with_the_way_out(tiny_net):
     with pytest.raises(ValueError, match=r"got 1\.0 for layer 'fc1\.weight'.*max_layer_sparsity.*exclude"):
         prune_(tiny_net, Magnitude(0.95, scope="global", max_layer_sparsity=1.0))
     assert torch.equal(tiny_net.fc1.weight.detach(), before)  # nothing attached, nothing zeroed
+
+
+def test_erk_and_er_count_a_fused_expert_tensor_as_e_matrices():
+    # "a": (10, 10), scale 20/100 = 0.2; "e": 2 experts of (20, 20), scale 40/400 = 0.1 (not 42/800), size 800.
+    # keep 0.2 * 900 = 180 = eps * (0.2 * 100 + 0.1 * 800) -> eps = 1.8: densities 0.36 and 0.18
+    shapes = {"a": (10, 10), "e": (2, 20, 20)}
+    for rule in (A.erk, A.er):  # ER reads (out, in) of each expert, not (E, out)
+        out = rule(shapes, 0.8, groups={"e": 2})
+        assert out == {"a": pytest.approx(1 - 36 / 100), "e": pytest.approx(1 - 144 / 800)}
+    assert A.erk(shapes, 0.8)["e"] != pytest.approx(1 - 144 / 800)  # without groups: a (2, 20, 20) kernel
+
+
+def test_allocate_reads_the_experts_of_a_model():
+    from torch import nn
+
+    class Experts(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_up_proj = nn.Parameter(torch.randn(2, 20, 20))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(10, 10)
+            self.experts = Experts()
+
+    out = A.allocate(Net(), 0.8, "erk")
+    assert out == {"fc.weight": pytest.approx(0.64), "experts.gate_up_proj": pytest.approx(1 - 144 / 800)}

@@ -2,7 +2,8 @@
 
 A kind handler checks what each kind promises, on tiny in-code models and data: one-shot (exact
 sparsity, pattern, shape, seeded, JSON round trip), calibrated (tiny random LLaMA: exact per-layer
-sparsity), training (two epochs: final sparsity, masks respected), structured (scores per group,
+sparsity), training (two epochs: final sparsity, masks respected), training drivers (IMP: two levels of
+one epoch, final sparsity as declared, masks nested and respected, JSON round trip), structured (scores per group,
 removal works), data scores (N finite scores) and selectors (sorted unique indices, exact count).
 A new registered method is covered automatically, or the meta-test names it.
 """
@@ -103,6 +104,26 @@ def check_training(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
         assert torch.all(p.detach()[~ms.masks[k]] == 0), (entry.name, k)
 
 
+# ------------------------------------------------------------------------------------ training driver
+def check_training_driver(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
+    cfg = entry.config(S, fraction=0.3)  # 0.3, then exactly 0.5: two levels after the dense one
+    assert cfg.levels == 2
+    x, _ = tiny_data
+    shape = tiny_net(x).shape
+    res = entry.obj(tiny_net, cfg, tiny_data, epochs=1, batch_size=16, lr=0.05, seed=0)
+    assert [lv.level for lv in res.levels] == [0, 1, 2], entry.name
+    kept, total = _kept_total(res.masks(1))
+    assert kept == round(0.7 * total), entry.name
+    kept, total = _kept_total(res.masks())
+    assert kept == round((1 - S) * total), entry.name
+    assert all((res.masks()[k] <= res.masks(1)[k]).all() for k in res.masks()), "pruned stays pruned"
+    ms = attached(tiny_net)
+    for k, p in ms.params.items():
+        assert torch.equal(ms.masks[k], res.masks()[k]) and torch.all(p.detach()[~ms.masks[k]] == 0), k
+    assert tiny_net(x).shape == shape
+    assert Config.from_json(cfg.to_json()) == cfg
+
+
 # ----------------------------------------------------------------------------------------- structured
 class _MLP(nn.Module):
     def __init__(self) -> None:
@@ -186,7 +207,7 @@ def check_data_selector(entry: Entry) -> None:
 
 
 MODEL_HANDLERS = {"oneshot": check_oneshot, "calibrated": check_calibrated, "training": check_training,
-                  "structured": check_structured}
+                  "training-driver": check_training_driver, "structured": check_structured}
 
 
 def test_every_kind_has_a_handler():

@@ -173,16 +173,23 @@ def global_(unit_scores: Mapping[str, Tensor], sparsity: float, max_layer_sparsi
     return _result(keep, counts, mandatory, sparsity, max_layer_sparsity, rule, warn, unit_sizes)
 
 
-def _erk_density_raw(shape: tuple[int, ...], kernel: bool) -> float:
-    """(sum of dims) / (product of dims): ERK with kernel dims, ER with only in/out channels."""
-    dims = shape if kernel or len(shape) <= 2 else shape[:2]
+def _erk_density_raw(shape: tuple[int, ...], kernel: bool, experts: bool = False) -> float:
+    """(sum of dims) / (product of dims): ERK with kernel dims, ER with only in/out channels.
+
+    A fused expert tensor ``(E, out, in)`` (``experts=True``) is E matrices ``(out, in)``: its scale is that
+    of one of them, ``(out + in) / (out * in)``.
+    """
+    body = tuple(shape[1:]) if experts else tuple(shape)
+    dims = body if kernel or len(body) <= 2 else body[:2]
     return sum(dims) / math.prod(dims)
 
 
-def _erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float, kernel: bool) -> Allocation:
+def _erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float, kernel: bool,
+         groups: Mapping[str, int] | None) -> Allocation:
+    groups = groups or {}
     sizes = {k: _numel(s) for k, s in shapes.items()}
     _check(sparsity, max_layer_sparsity, sum(sizes.values()))
-    raw = {k: _erk_density_raw(tuple(s), kernel) for k, s in shapes.items()}
+    raw = {k: _erk_density_raw(tuple(s), kernel, k in groups) for k, s in shapes.items()}
     floor = 1.0 - max_layer_sparsity
     fixed: dict[str, float] = {}
     target = (1.0 - sparsity) * sum(sizes.values())
@@ -204,15 +211,23 @@ def _erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float, kernel: boo
 
 
 @ALLOCATIONS.register("erk")
-def erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99) -> Allocation:
-    """Erdos-Renyi-Kernel: density proportional to sum of dims / product of dims (Evci et al. 2020, RigL)."""
-    return _erk(shapes, sparsity, max_layer_sparsity, kernel=True)
+def erk(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99,
+        groups: Mapping[str, int] | None = None) -> Allocation:
+    """Erdos-Renyi-Kernel: density proportional to sum of dims / product of dims (Evci et al. 2020, RigL).
+
+    ``groups``: ``{layer: E}`` of the fused ``(E, out, in)`` expert tensors, each E matrices ``(out, in)``.
+    """
+    return _erk(shapes, sparsity, max_layer_sparsity, kernel=True, groups=groups)
 
 
 @ALLOCATIONS.register("er")
-def er(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99) -> Allocation:
-    """Erdos-Renyi: density proportional to (n_in + n_out) / (n_in * n_out) (Mocanu et al. 2018, SET)."""
-    return _erk(shapes, sparsity, max_layer_sparsity, kernel=False)
+def er(shapes: Shapes, sparsity: float, max_layer_sparsity: float = 0.99,
+       groups: Mapping[str, int] | None = None) -> Allocation:
+    """Erdos-Renyi: density proportional to (n_in + n_out) / (n_in * n_out) (Mocanu et al. 2018, SET).
+
+    ``groups``: ``{layer: E}`` of the fused ``(E, out, in)`` expert tensors, each E matrices ``(out, in)``.
+    """
+    return _erk(shapes, sparsity, max_layer_sparsity, kernel=False, groups=groups)
 
 
 @ALLOCATIONS.register("lamp")
@@ -253,10 +268,13 @@ def allocate(model_or_scores: nn.Module | Mapping[str, Tensor], sparsity: float,
     ``result.binding`` (also logged) says when ``max_layer_sparsity`` held layers back.
     """
     fn = ALLOCATIONS.get(rule)
+    groups = kwargs.pop("groups", None)
     if isinstance(model_or_scores, nn.Module):
-        from .masks import prunable_parameters
+        from .layers import classify
 
-        tensors = {k: p.detach() for k, p in prunable_parameters(model_or_scores).items()}
+        ledger = classify(model_or_scores)
+        groups = {k: w.groups for k, w in ledger.prunable.items() if w.experts}
+        tensors = {k: p.detach() for k, p in ledger.parameters(model_or_scores).items()}
         if rule == "global":
             tensors = {k: v.abs() for k, v in tensors.items()}
     else:
@@ -264,7 +282,7 @@ def allocate(model_or_scores: nn.Module | Mapping[str, Tensor], sparsity: float,
     if rule == "uniform":
         return uniform({k: v.numel() for k, v in tensors.items()}, sparsity, max_layer_sparsity)
     if rule in ("erk", "er"):
-        return fn({k: tuple(v.shape) for k, v in tensors.items()}, sparsity, max_layer_sparsity)
+        return fn({k: tuple(v.shape) for k, v in tensors.items()}, sparsity, max_layer_sparsity, groups=groups)
     if rule == "global":
         return global_({k: v.reshape(-1) for k, v in tensors.items()}, sparsity, max_layer_sparsity)
     if rule == "lamp":

@@ -428,3 +428,29 @@ def classify(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE, include
     if include is not None:
         _apply_include(ledger, list(include))
     return ledger
+
+
+def ledger_of(model: nn.Module, names: Iterable[str]) -> Ledger:
+    """The ledger entries of the named tensors (e.g. those a ``MaskSet`` holds), oriented as :func:`classify` does.
+
+    No exclude or keep rule applies: the names were chosen already. A named tensor of no prunable kind
+    (a mask attached by hand to, say, a router or a custom parameter) is seen as one plain ``(out, in[, *k])``
+    matrix, with a warning naming it; an unknown name is an error.
+    """
+    wanted, ledger, plain = list(names), Ledger(), []
+    found = {name: (mod, mod_name, attr, p) for name, mod, mod_name, attr, p in _walk(model) if name in wanted}
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise ValueError(f"names {missing} are not parameters of the model")
+    for name in wanted:
+        mod, mod_name, attr, p = found[name]
+        got = _prunable_kind(mod, mod_name, attr, p)
+        if got is None:
+            is_table = isinstance(mod, (nn.Embedding, nn.EmbeddingBag)) and attr == "weight"
+            got = ("embedding" if is_table else "linear", False, False)
+            if not is_table:
+                plain.append(name)
+        ledger.prunable[name] = WeightInfo(name, mod_name, attr, got[0], tuple(p.shape), got[1], got[2])
+    if plain:
+        log.warning("tensors of no prunable kind are masked as plain (out, in) matrices: %s", plain)
+    return ledger

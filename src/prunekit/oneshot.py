@@ -4,7 +4,8 @@ A one-shot method is a ``Criterion`` config plus a function ``fn(model, config, 
 ``METHODS`` (kind ``"oneshot"``). Magnitude, random and Taylor live here; SNIP, GraSP and SynFlow in
 ``training/pai.py`` reuse :func:`prune_scored_`. Every path scores every prunable weight, allocates per-layer
 sparsities (layer or global scope, or a named allocation rule), takes the exact top-k mask under the pattern
-and attaches the masks.
+and attaches the masks. :func:`weight_mask` is that top-k for one weight, seen through the ledger (N:M and
+Block along the input dimension, each fused expert on its own): the training callbacks use it too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 from . import allocation as alloc
 from . import scores as _scores  # noqa: F401  (registers the criteria)
 from .config import Config
+from .datasets import as_dataset
 from .errors import check_choice
 from .layers import Ledger, classify
 from .masks import DEFAULT_EXCLUDE, LayerReport, Report, attach, attached
@@ -104,14 +106,44 @@ def _oriented(ledger: Ledger, name: str, t: Tensor) -> Tensor:
     return ledger.prunable[name].as_matrices(t, keep_kernel=True).flatten(0, 1)
 
 
-def _topk(ledger: Ledger, name: str, scores: Tensor, target: float, pattern: Pattern) -> Tensor:
-    """Exact top-k of each matrix of ``name`` (each expert on its own), as a mask in the weight's layout."""
+def _topk(ledger: Ledger, name: str, scores: Tensor, target: float, pattern: Pattern,
+          allow_collapse: bool = False) -> Tensor:
+    """Exact top-k of each matrix of ``name`` (each expert on its own), as a mask in the weight's layout.
+
+    A target of 1.0 for the whole tensor (layer collapse) is an error naming it unless ``allow_collapse``."""
+    if target >= 1.0 and not allow_collapse:
+        topk_mask(scores, target, pattern, name=name)  # raises, naming the layer and the way out
     info = ledger.prunable[name]
     mats = scores.unflatten(0, (info.groups, -1))  # (G, out, in, *k)
     targets = _expert_targets(info.groups, unit_scores(mats[0], pattern).numel(), target, pattern)
     per = [topk_mask(s, t, pattern, name=name) if t < 1.0 else torch.zeros_like(s, dtype=torch.bool)
            for s, t in zip(mats, targets)]  # t == 1: the tensor keeps fewer units than it has experts
     return info.from_matrices(torch.stack(per))
+
+
+def weight_mask(ledger: Ledger, name: str, scores: Tensor, sparsity: float | None,
+                pattern: Pattern = Unstructured(), allow_collapse: bool = False) -> Tensor:
+    """Exact top-k keep-mask of weight ``name`` from scores shaped like it, in the weight's own layout.
+
+    Seen through the ledger: N:M groups and Block tiles run along the input dimension (GPT-2 ``Conv1D``,
+    stored ``(in, out)``, is transposed first) and each expert of a fused ``(E, out, in)`` tensor keeps its
+    own share; on a plain Linear / Conv weight this is ``topk_mask`` itself. N:M fixes the sparsity at
+    ``1 - n/m`` (``None`` accepted). Sparsity 1.0 (the layer pruned away) is an error naming the layer,
+    or with ``allow_collapse`` an all-False mask.
+    """
+    target = pattern_sparsity(pattern, sparsity, f"sparsity of {name}") if isinstance(pattern, NM) or sparsity is None \
+        else float(sparsity)
+    return _topk(ledger, name, _oriented(ledger, name, scores.detach()), target, pattern, allow_collapse)
+
+
+def unit_view(ledger: Ledger, name: str, scores: Tensor, pattern: Pattern = Unstructured()) -> Tensor:
+    """Flat unit scores of weight ``name`` under ``pattern``, units taken in the ledger's orientation."""
+    return unit_scores(_oriented(ledger, name, scores.detach()), pattern)
+
+
+def expert_counts(ledger: Ledger) -> dict[str, int]:
+    """``{name: E}`` of the fused ``(E, out, in)`` expert tensors of ``ledger`` (what ERK / ER take as ``groups``)."""
+    return {k: w.groups for k, w in ledger.prunable.items() if w.experts}
 
 
 def _expert_targets(g: int, units: int, target: float, pattern: Pattern) -> list[float]:
@@ -141,8 +173,6 @@ def mean_gradients(model: nn.Module, data: Any, params: dict[str, nn.Parameter],
         raise ValueError("this method needs data=(X, y) or a Dataset to compute gradients; got data=None")
     from torch.utils.data import DataLoader
 
-    from .training.loop import as_dataset
-
     ds = as_dataset(data)
     if len(ds) == 0:
         raise ValueError("data is empty: gradient-based scores need at least one batch")
@@ -165,7 +195,8 @@ def mean_gradients(model: nn.Module, data: Any, params: dict[str, nn.Parameter],
     return {k: v / n for k, v in acc.items()}
 
 
-def _allocate(config: Criterion, scores: dict[str, Tensor], params: dict[str, nn.Parameter]) -> dict[str, float]:
+def _allocate(config: Criterion, scores: dict[str, Tensor], params: dict[str, nn.Parameter],
+              groups: dict[str, int] | None = None) -> dict[str, float]:
     pattern, s = config.pattern, float(config.sparsity)
     if isinstance(pattern, NM):
         return {k: pattern.sparsity for k in params}
@@ -177,7 +208,8 @@ def _allocate(config: Criterion, scores: dict[str, Tensor], params: dict[str, nn
     if rule == "lamp":
         return alloc.lamp({k: p.detach() for k, p in params.items()}, s, config.max_layer_sparsity)
     if rule in ("erk", "er"):
-        return ALLOCATIONS.get(rule)({k: tuple(p.shape) for k, p in params.items()}, s, config.max_layer_sparsity)
+        return ALLOCATIONS.get(rule)({k: tuple(p.shape) for k, p in params.items()}, s, config.max_layer_sparsity,
+                                     groups=groups)
     return alloc.uniform({k: p.numel() for k, p in params.items()}, s, config.max_layer_sparsity)
 
 
@@ -197,7 +229,7 @@ def prune_scored_(model: nn.Module, config: Criterion, score_name: str, data: An
         if old is not None and k in old.masks:
             s = s.masked_fill(~old.masks[k], -math.inf)  # what is pruned stays pruned
         scores[k] = _oriented(ledger, k, s)
-    targets = _allocate(config, scores, params)
+    targets = _allocate(config, scores, params, expert_counts(ledger))
     masks, layers = {}, []
     for k, p in params.items():
         t1 = time.perf_counter()

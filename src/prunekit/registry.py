@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-KINDS = ("oneshot", "calibrated", "training", "structured", "data-score", "data-selector")
+KINDS = ("oneshot", "calibrated", "training", "training-driver", "structured", "data-score", "data-selector")
 LABELS = {"oneshot": "one-shot method", "calibrated": "calibrated solver", "training": "training method",
+          "training-driver": "training driver",
           "structured": "group importance", "data-score": "data score", "data-selector": "data selection rule"}
 STATS = ("gram", "input_norms")  # what a calibrated solver may ask for: X^T X, per-column ||X_j||_2
 # the engine modules whose import registers methods (the only hand-written list)
@@ -62,8 +63,9 @@ class Entry:
     """One nameable method: its unique ``name``, ``kind``, the registered ``obj`` and its ``config`` class.
 
     ``obj`` is ``fn(model, config, data) -> Report`` (one-shot, calibrated), a builder
-    ``fn(sparsity, **options) -> list[Callback]`` (training), a group score (structured), a data score
-    or a selector. ``stats`` names the statistics a calibrated solver needs (``STATS``). ``aliases``
+    ``fn(sparsity, **options) -> list[Callback]`` (training), a driver ``fn(model, config, data, **recipe)``
+    that runs ``fit`` itself, several times (training-driver: IMP), a group score (structured), a data
+    score or a selector. ``stats`` names the statistics a calibrated solver needs (``STATS``). ``aliases``
     are other spellings accepted within the same kind (old names, kept so saved JSON keeps loading).
     """
 

@@ -224,3 +224,22 @@ def test_reinitialize_rebuilds_a_transformers_model_from_its_config():
     fresh = transformers.GPT2LMHeadModel(cfg)
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in net.state_dict().items())
     assert net.lm_head.weight is net.transformer.wte.weight  # ties kept
+
+
+def test_imp_config_ends_exactly_at_its_sparsity_and_validates(tiny_net, tiny_data):
+    from prunekit.registry import METHODS
+    from prunekit.training import IMP, run_imp
+
+    cfg = IMP(0.6, fraction=0.2, rewind_step=2)  # 0.2, 0.36, 0.488, 0.5904, then exactly 0.6 (not 0.67232)
+    assert cfg.levels == 5 and METHODS.get("lottery").obj is run_imp
+    res = run_imp(tiny_net, cfg, tiny_data, **RECIPE)
+    total = sum(m.numel() for m in res.masks().values())
+    kept = [sum(int(m.sum()) for m in lv.masks.values()) for lv in res.levels[1:]]
+    assert kept == [round(f * total) for f in (0.8, 0.64, 0.512, 0.4096, 0.4)]
+    assert res.settings["target_sparsity"] == 0.6 and res.rewind.step == 2
+    with pytest.raises(ValueError, match="optimizer_state='rewind' needs rewind_step"):
+        IMP(0.6, rewind_step=None, optimizer_state="rewind")
+    with pytest.raises(ValueError, match="optimizer_state"):
+        IMP(0.6, optimizer_state="momentum")
+    with pytest.raises(ValueError, match="exact_target=True needs target_sparsity"):
+        iterative_magnitude(tiny_net, tiny_data, rounds=1, exact_target=True, **RECIPE)

@@ -25,8 +25,10 @@ from torch import Tensor
 
 from .. import allocation as alloc
 from ..errors import check_choice, check_sparsity
+from ..layers import Ledger, WeightInfo, ledger_of
 from ..masks import DEFAULT_EXCLUDE, MaskSet, attach, attached
-from ..patterns import topk_mask, topk_units
+from ..oneshot import weight_mask
+from ..patterns import topk_units
 from ..schedules import CosineDecay, Cubic
 from .distributed import all_reduce_mean_, check_masks_synced, is_ddp, unwrap, world_size
 from .loop import Batch, Callback, TrainState
@@ -51,6 +53,22 @@ def drop_grow(mask: Tensor, drop_score: Tensor, grow_score: Tensor, k: int) -> T
     keep = topk_units(torch.where(flat, drop_score.reshape(-1).float(), neg), n_active - k)  # (n,)
     grow = topk_units(torch.where(keep, neg, grow_score.reshape(-1).float()), k)  # (n,)
     return (keep | grow).reshape(mask.shape)
+
+
+def drop_grow_matrices(info: WeightInfo, mask: Tensor, drop_score: Tensor, grow_score: Tensor,
+                       fraction: float) -> Tensor:
+    """``drop_grow`` of ``round(fraction * active)`` units in each matrix of a weight: each expert of a fused
+    ``(E, out, in)`` tensor on its own, so every expert keeps its active count; a plain weight is one matrix."""
+    if info.groups == 1:
+        return drop_grow(mask, drop_score, grow_score, update_count(fraction, int(mask.sum())))
+    views = zip(*(info.as_matrices(t) for t in (mask, drop_score, grow_score)))  # (out, in) each
+    return info.from_matrices(torch.stack([drop_grow(m, d, g, update_count(fraction, int(m.sum())))
+                                           for m, d, g in views]))
+
+
+def masks_ledger(ms: MaskSet) -> Ledger:
+    """The ledger of the tensors a ``MaskSet`` masks (their orientation and expert matrices)."""
+    return ledger_of(ms.model, ms.masks)
 
 
 def update_count(fraction: float, n_active: int) -> int:
@@ -179,11 +197,11 @@ class _DynamicSparse(Callback):
 
     def _drop_grow(self, ms: MaskSet, fraction: float, grads: dict[str, Tensor],
                    optimizers: list[torch.optim.Optimizer]) -> int:
-        new, changed = {}, 0
+        new, changed, ledger = {}, 0, masks_ledger(ms)
         for k, p in ms.params.items():
             old = ms.masks[k]
-            k_upd = update_count(fraction, int(old.sum()))
-            new[k] = drop_grow(old, p.detach().abs(), self.grow_score(k, p, grads), k_upd)
+            new[k] = drop_grow_matrices(ledger.prunable[k], old, p.detach().abs(), self.grow_score(k, p, grads),
+                                        fraction)
             grown = new[k] & ~old
             reset_grown_(p, grown, optimizers)
             changed += int(grown.sum())
@@ -347,7 +365,8 @@ class GraNet(_DynamicSparse):
         if targets.binding is not None and self.cap_binding is None:  # logged once, not at every update
             self.cap_binding = targets.binding
             log.warning("GraNet: %s", alloc.describe_binding(targets.binding))
-        return {k: topk_mask(scores[k], targets[k], name=k) for k in scores}
+        ledger = masks_ledger(ms)
+        return {k: weight_mask(ledger, k, scores[k], targets[k]) for k in scores}
 
     def grow_score(self, name: str, param: Tensor, grads: dict[str, Tensor]) -> Tensor:
         return grads[name].abs()

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from ..datasets import as_dataset  # also importable from here, as before
 from ..masks import attached
 from .distributed import any_rank, unwrap
 
@@ -56,20 +57,6 @@ def _loader(base: Dataset, batch_size: int, sampler: Sampler | None, gen: torch.
                           sampler=sampler, generator=gen, collate_fn=_stacked)
     return DataLoader(IndexedDataset(base), batch_size=batch_size, shuffle=sampler is None, sampler=sampler,
                       generator=gen)
-
-
-def as_dataset(data: Dataset | tuple[Tensor, Tensor] | Any) -> Dataset:
-    """A ``Dataset`` of ``(x, y)`` from a Dataset, an ``(X, y)`` pair, or a zoo ``DataSplit``-like object."""
-    if isinstance(data, Dataset):
-        return data
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = (torch.as_tensor(v) for v in data)
-        if len(x) != len(y):
-            raise ValueError(f"data: X has {len(x)} rows but y has {len(y)}")
-        return TensorDataset(x, y)
-    if hasattr(data, "x") and hasattr(data, "y"):
-        return TensorDataset(torch.as_tensor(data.x), torch.as_tensor(data.y))
-    raise TypeError(f"data must be a torch Dataset or an (X, y) pair of tensors, got {type(data).__name__}")
 
 
 @dataclass

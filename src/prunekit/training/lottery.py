@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..config import Config
 from ..errors import check_choice, check_fraction, check_sparsity
 from ..masks import DEFAULT_EXCLUDE, attach, attached
 from ..oneshot import Magnitude, prune_scored_
@@ -176,15 +177,23 @@ def iterative_magnitude(
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
     callbacks: Sequence[Callback] = (),
     keep_masks: bool = True,
+    exact_target: bool = False,
     **fit_kwargs: Any,
 ) -> IMPResult:
     """IMP: train, prune ``fraction`` of the remaining weights, rewind (or fine-tune), repeat; ``fit_kwargs``
-    (``epochs`` or ``steps``, ``lr``, ``optimizer``...) are the recipe of every level."""
+    (``epochs`` or ``steps``, ``lr``, ``optimizer``...) are the recipe of every level.
+
+    ``exact_target=True`` (with ``target_sparsity``): the last level prunes to exactly ``target_sparsity``
+    instead of 1 - (1 - fraction)^rounds, which overshoots it unless the two line up."""
     rounds = _validate(fraction, rounds, target_sparsity, rewind_step, optimizer_state, fit_kwargs, data)
+    if exact_target and target_sparsity is None:
+        raise ValueError("exact_target=True needs target_sparsity= (the final sparsity)")
     Magnitude(0.5, scope=scope, allocation=allocation, max_layer_sparsity=max_layer_sparsity, exclude=list(exclude))
     schedule = Iterative(fraction, rounds)
     settings = {"fraction": fraction, "rounds": rounds, "rewind_step": rewind_step, "scope": scope,
                 "optimizer_state": optimizer_state, "allocation": allocation}
+    if exact_target:
+        settings["target_sparsity"] = float(target_sparsity)  # type: ignore[arg-type]
     rewind = RewindPoint(rewind_step) if rewind_step is not None else None
     t0 = time.perf_counter()
     res = fit(model, data, callbacks=[*([rewind] if rewind else []), *callbacks], **fit_kwargs)
@@ -192,7 +201,10 @@ def iterative_magnitude(
     log.info("IMP level 0 (dense): %s", res.final)
     for r in range(1, rounds + 1):
         t0 = time.perf_counter()
-        res = _train_level(model, data, schedule.sparsity_at(r), res, rewind, optimizer_state, scope, allocation,
+        s_r = schedule.sparsity_at(r)
+        if exact_target and target_sparsity is not None:
+            s_r = float(target_sparsity) if r == rounds else min(s_r, float(target_sparsity))
+        res = _train_level(model, data, s_r, res, rewind, optimizer_state, scope, allocation,
                            max_layer_sparsity, exclude, callbacks, fit_kwargs)
         ms = attached(unwrap(model))
         assert ms is not None
@@ -229,6 +241,55 @@ def lottery_ticket(model: nn.Module, data: Any, sparsity: float, *, rewind_step:
                          "with rewind_step=None to fine-tune instead)")
     return iterative_magnitude(model, data, target_sparsity=sparsity, fraction=fraction, rewind_step=rewind_step,
                                **kwargs)
+
+
+@dataclass
+class IMP(Config):
+    """Iterative magnitude pruning with rewinding, lottery tickets (Frankle & Carbin 2019; Frankle et al. 2020).
+
+    Each level prunes ``fraction`` of the remaining weights by magnitude (the last one exactly to
+    ``sparsity``), rewinds the survivors to their values at ``rewind_step`` (``None``: fine-tune the trained
+    weights instead) and trains again with the level recipe; ``optimizer_state`` is ``reset``, ``rewind``
+    or ``keep`` (see the module docstring). Levels: the fewest that reach ``sparsity``.
+    """
+
+    sparsity: float = 0.8
+    fraction: float = 0.2
+    rewind_step: int | None = 0
+    optimizer_state: str = "reset"
+    scope: str = "global"
+    allocation: str | None = None
+    max_layer_sparsity: float = 0.99
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+
+    def validate(self) -> None:
+        check_sparsity(self.sparsity, "sparsity")
+        check_fraction(self.fraction, "fraction", high_closed=False)
+        check_choice(self.optimizer_state, "optimizer_state", OPTIMIZER_STATE_POLICIES)
+        if self.rewind_step is None and self.optimizer_state == "rewind":
+            raise ValueError("optimizer_state='rewind' needs rewind_step (an integer); with rewind_step=None "
+                             "(fine-tuning) use 'reset' or 'keep'")
+        if self.rewind_step is not None and (isinstance(self.rewind_step, bool) or
+                                             not isinstance(self.rewind_step, int) or self.rewind_step < 0):
+            raise ValueError(f"rewind_step must be an integer >= 0 or None (fine-tune), got {self.rewind_step!r}")
+        Magnitude(0.5, scope=self.scope, allocation=self.allocation, max_layer_sparsity=self.max_layer_sparsity,
+                  exclude=list(self.exclude))  # validates scope, allocation and the cap
+        self.exclude = list(self.exclude)
+
+    @property
+    def levels(self) -> int:
+        """Pruning levels after the dense one: the fewest whose schedule reaches ``sparsity``."""
+        return Iterative.rounds_for(self.sparsity, self.fraction)
+
+
+def run_imp(model: nn.Module, config: IMP, data: Any, *, callbacks: Sequence[Callback] = (),
+            **fit_kwargs: Any) -> IMPResult:
+    """Run the IMP driver of ``config`` on ``model`` and ``data``; ``fit_kwargs`` is the recipe of every level."""
+    return iterative_magnitude(model, data, target_sparsity=config.sparsity, fraction=config.fraction,
+                               rewind_step=config.rewind_step, optimizer_state=config.optimizer_state,
+                               scope=config.scope, allocation=config.allocation,
+                               max_layer_sparsity=config.max_layer_sparsity, exclude=config.exclude,
+                               callbacks=callbacks, exact_target=True, **fit_kwargs)
 
 
 ModelFactory = Callable[[], nn.Module]

@@ -2,6 +2,8 @@
 
 Each method is one builder ``fn(sparsity, options) -> list[Callback]`` registered in ``METHODS``
 (kind ``"training"``). One factory serves the CLI, the benchmarks and sweeps: ``training_callbacks("rigl", 0.9)``.
+IMP / lottery tickets run ``fit`` once per level, so they are a driver (kind ``"training-driver"``):
+``METHODS.get("imp").obj(model, IMP(0.8), data, epochs=10)``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .distill import Distillation
 from .dynamic import SET, GraNet, RigL
 from .gradual import GradualMagnitude, GradualMovement
 from .loop import Callback
+from .lottery import IMP, run_imp
 from .nm import SRSTE
 from .pai import PruneAtInit
 
@@ -126,5 +129,7 @@ for _name, _score, _old, _summary in (
         ("magnitude-init", "magnitude", "magnitude_init", "Magnitude masks of the initial weights, fixed.")):
     METHODS.register(_name, kind="training", config=PruneAtInit, summary=_summary, aliases=(_old,))(
         _at_init(_name, _score))
+
+METHODS.register("imp", kind="training-driver", config=IMP, aliases=("lottery", "lottery-ticket"))(run_imp)
 
 TRAINING_METHODS = tuple(e.name for e in METHODS.entries("training", load=False))

@@ -21,7 +21,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..masks import DEFAULT_EXCLUDE, attach, attached, prunable_parameters
+from ..layers import Ledger, classify
+from ..masks import DEFAULT_EXCLUDE, attach, attached
+from ..oneshot import weight_mask
 from ..patterns import NM, check_pattern_fits, nm_mask
 from .distributed import check_masks_synced, unwrap
 from .loop import Batch, Callback, TrainState
@@ -34,9 +36,14 @@ def srste_grad(grad: Tensor, weight: Tensor, mask: Tensor, decay: float) -> Tens
     return grad + decay * (~mask) * weight
 
 
-def nm_masks_of(weights: dict[str, Tensor], n: int, m: int) -> dict[str, Tensor]:
-    """Keep the ``n`` largest |W| of every ``m`` along the input dimension, per layer."""
-    return {k: nm_mask(w.detach().abs(), n, m) for k, w in weights.items()}
+def nm_masks_of(weights: dict[str, Tensor], n: int, m: int, ledger: Ledger | None = None) -> dict[str, Tensor]:
+    """Keep the ``n`` largest |W| of every ``m`` along the input dimension, per layer.
+
+    With the model's ``ledger`` the input dimension is each weight's own (GPT-2 ``Conv1D`` stores
+    ``(in, out)``; a fused expert tensor ``(E, out, in)`` is E matrices); without one, dim 1 as stored."""
+    if ledger is None:
+        return {k: nm_mask(w.detach().abs(), n, m) for k, w in weights.items()}
+    return {k: weight_mask(ledger, k, w.detach().abs(), None, NM(n, m)) for k, w in weights.items()}
 
 
 @dataclass
@@ -59,6 +66,7 @@ class SRSTE(Callback):
     masks: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False)
     flips: list[tuple[int, int]] = field(default_factory=list, init=False)
     _params: dict[str, nn.Parameter] = field(default_factory=dict, init=False, repr=False)
+    _ledger: Ledger | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.pattern = NM(self.n, self.m)  # validates 0 < n < m
@@ -70,11 +78,14 @@ class SRSTE(Callback):
 
     def on_fit_start(self, state: TrainState) -> None:
         net = unwrap(state.model)
-        params = prunable_parameters(net, exclude=self.exclude, include=self.include)
+        self._ledger = classify(net, exclude=self.exclude, include=self.include)
+        params = self._ledger.parameters(net)
         if not params:
-            raise ValueError("SRSTE found no prunable layers (Linear / Conv); check exclude / include")
+            raise ValueError("SRSTE found no prunable layers (Linear, Conv, GPT-2 Conv1D, MoE experts...); check "
+                             "exclude / include")
         for k, p in params.items():
-            check_pattern_fits(p.shape, self.pattern, k)
+            check_pattern_fits(self._ledger.prunable[k].as_matrices(p.detach(), keep_kernel=True).shape[1:],
+                               self.pattern, k)
         ms = attached(net)
         if ms is not None:  # the dense weights train; attached masks would zero them after each step
             log.info("SRSTE: baking the masks attached before training (pruned weights stay at zero to start)")
@@ -90,7 +101,7 @@ class SRSTE(Callback):
     @torch.no_grad()
     def _sparsify(self) -> None:
         """Recompute E from the dense weights and load W~ = W * E into the model."""
-        self.masks = nm_masks_of(self.dense, self.n, self.m)
+        self.masks = nm_masks_of(self.dense, self.n, self.m, self._ledger)
         for k, p in self._params.items():
             p.copy_(self.dense[k] * self.masks[k])
 

@@ -23,9 +23,10 @@ from torch.utils.data import DataLoader
 
 from .. import allocation as alloc
 from ..errors import check_choice, check_sparsity
+from ..layers import Ledger, WeightInfo, classify
 from ..masks import DEFAULT_EXCLUDE, Report, attach, attached, prunable_parameters
-from ..oneshot import Criterion, mean_gradients, prune_scored_
-from ..patterns import NM, topk_mask
+from ..oneshot import Criterion, expert_counts, mean_gradients, prune_scored_, unit_view, weight_mask
+from ..patterns import NM, Pattern, Unstructured, check_pattern_fits, parse_pattern, pattern_sparsity, topk_mask
 from ..registry import METHODS, SCORES
 from .distributed import all_reduce_mean_, check_masks_synced, unwrap
 from .loop import Callback, TrainState, as_dataset
@@ -56,28 +57,51 @@ def _check_positive_int(value: Any, name: str) -> int:
 
 
 def layer_targets(shapes: Mapping[str, tuple[int, ...]], sparsity: float, allocation: str = "uniform",
-                  max_layer_sparsity: float = 0.99) -> dict[str, float]:
-    """Per-layer sparsities of a shape-only allocation rule (``uniform``, ``er``, ``erk``)."""
+                  max_layer_sparsity: float = 0.99, groups: Mapping[str, int] | None = None) -> dict[str, float]:
+    """Per-layer sparsities of a shape-only allocation rule (``uniform``, ``er``, ``erk``).
+
+    ``groups``: ``{layer: E}`` of fused expert tensors, which ER / ERK count as E matrices ``(out, in)``."""
     check_choice(allocation, "allocation", LAYER_RULES)
     if allocation == "uniform":
         return alloc.uniform({k: math.prod(s) for k, s in shapes.items()}, sparsity, max_layer_sparsity)
-    return alloc.ALLOCATIONS.get(allocation)(dict(shapes), sparsity, max_layer_sparsity)
+    return alloc.ALLOCATIONS.get(allocation)(dict(shapes), sparsity, max_layer_sparsity, groups=groups)
 
 
-def select_masks(scores: Mapping[str, Tensor], sparsity: float, *, scope: str = "global",
-                 allocation: str | None = None, max_layer_sparsity: float = 0.99,
-                 warn: bool = True) -> dict[str, Tensor]:
+def plain_ledger(scores: Mapping[str, Tensor]) -> Ledger:
+    """A ledger that sees each tensor as stored: one matrix ``(out, in[, *k])`` each (no transposition, no experts)."""
+    return Ledger({k: WeightInfo(k, "", k, "linear" if s.dim() <= 2 else "conv", tuple(s.shape))
+                   for k, s in scores.items()})
+
+
+def select_masks(scores: Mapping[str, Tensor], sparsity: float | None, *, scope: str = "global",
+                 allocation: str | None = None, max_layer_sparsity: float = 0.99, warn: bool = True,
+                 ledger: Ledger | None = None, pattern: Pattern | str = Unstructured()) -> dict[str, Tensor]:
     """Exact keep-masks from per-layer scores: one ranking over all layers, or per-layer targets.
 
-    ``warn=False`` keeps a binding ``max_layer_sparsity`` out of the log (intermediate rounds)."""
+    With the model's ``ledger`` (``layers.classify``) each weight is seen in its orientation: ``pattern``
+    (N:M, Block) runs along the input dimension and each expert of a fused tensor keeps its own share;
+    without one each tensor is one plain matrix as stored. ``warn=False`` keeps a binding
+    ``max_layer_sparsity`` out of the log (intermediate rounds)."""
+    pattern = parse_pattern(pattern)
+    sparsity = pattern_sparsity(pattern, sparsity)
     _check_common(sparsity, scope, allocation, max_layer_sparsity)
-    if scope == "global":
-        flat = {k: s.detach().float().reshape(-1) for k, s in scores.items()}
-        targets = alloc.global_(flat, sparsity, max_layer_sparsity, warn=warn)
+    ledger = ledger if ledger is not None else plain_ledger(scores)
+    unknown = [k for k in scores if k not in ledger.prunable]
+    if unknown:
+        raise ValueError(f"scores name tensors the ledger does not hold: {unknown}; ledger: {sorted(ledger.prunable)}")
+    scores = {k: s.detach().float() for k, s in scores.items()}
+    for k, s in scores.items():
+        check_pattern_fits(ledger.prunable[k].as_matrices(s, keep_kernel=True).shape[1:], pattern, k)
+    if isinstance(pattern, NM):
+        targets: Mapping[str, float] = {k: pattern.sparsity for k in scores}
+    elif scope == "global":
+        units = {k: unit_view(ledger, k, s, pattern) for k, s in scores.items()}
+        sizes = {k: s.numel() // units[k].numel() for k, s in scores.items()}
+        targets = alloc.global_(units, sparsity, max_layer_sparsity, unit_sizes=sizes, warn=warn)
     else:
         targets = layer_targets({k: tuple(s.shape) for k, s in scores.items()}, sparsity, allocation or "uniform",
-                                max_layer_sparsity)
-    return {k: layer_mask(s, targets[k], k) for k, s in scores.items()}
+                                max_layer_sparsity, expert_counts(ledger))
+    return {k: weight_mask(ledger, k, s, targets[k], pattern, allow_collapse=True) for k, s in scores.items()}
 
 
 def layer_mask(scores: Tensor, sparsity: float, name: str = "weight") -> Tensor:
@@ -87,11 +111,16 @@ def layer_mask(scores: Tensor, sparsity: float, name: str = "weight") -> Tensor:
     return topk_mask(scores.detach().float(), sparsity, name=name)
 
 
+def _ledger(model: nn.Module, exclude: Sequence[str]) -> Ledger:
+    ledger = classify(unwrap(model), exclude=exclude)
+    if not ledger.prunable:
+        raise ValueError("the model has no prunable layers (Linear, Conv, GPT-2 Conv1D, MultiheadAttention, RNN, "
+                         f"MoE experts); kept by rule: {ledger.kept_by_reason()}")
+    return ledger
+
+
 def _weights(model: nn.Module, exclude: Sequence[str]) -> dict[str, nn.Parameter]:
-    params = prunable_parameters(unwrap(model), exclude=exclude)
-    if not params:
-        raise ValueError("the model has no prunable layers (Linear / Conv1d / Conv2d / Conv3d)")
-    return params
+    return _ledger(model, exclude).parameters(unwrap(model))
 
 
 def _batches(data: Any, batches: int, batch_size: int) -> list[tuple[Tensor, Tensor]]:
@@ -216,17 +245,19 @@ def synflow_sparsities(sparsity: float, iterations: int) -> list[float]:
 
 def snip_masks(model: nn.Module, data: Any, sparsity: float, *, batches: int = 1, batch_size: int = 128,
                scope: str = "global", allocation: str | None = None, max_layer_sparsity: float = 0.99,
-               exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
+               exclude: Sequence[str] = DEFAULT_EXCLUDE, pattern: Pattern | str = Unstructured()) -> dict[str, Tensor]:
     """SNIP masks: keep the highest connection sensitivities, one global ranking by default (Lee et al. 2019)."""
     _check_common(sparsity, scope, allocation, max_layer_sparsity)
     scores = snip_scores(model, data, batches=batches, batch_size=batch_size, exclude=exclude)
     return _finish(select_masks(scores, sparsity, scope=scope, allocation=allocation,
-                                max_layer_sparsity=max_layer_sparsity), "snip")
+                                max_layer_sparsity=max_layer_sparsity, ledger=_ledger(model, exclude),
+                                pattern=pattern), "snip")
 
 
 def grasp_masks(model: nn.Module, data: Any, sparsity: float, *, temperature: float = 200.0, batches: int = 1,
                 batch_size: int = 128, scope: str = "global", allocation: str | None = None,
-                max_layer_sparsity: float = 0.99, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
+                max_layer_sparsity: float = 0.99, exclude: Sequence[str] = DEFAULT_EXCLUDE,
+                pattern: Pattern | str = Unstructured()) -> dict[str, Tensor]:
     """GraSP masks: keep the highest W * Hg, i.e. remove the highest S(-W) = -W * Hg (Wang et al. 2020, "GraSP").
 
     The removed weights are those whose removal reduces the gradient flow least (or increases it).
@@ -235,7 +266,8 @@ def grasp_masks(model: nn.Module, data: Any, sparsity: float, *, temperature: fl
     scores = grasp_scores(model, data, temperature=temperature, batches=batches, batch_size=batch_size,
                           exclude=exclude)
     return _finish(select_masks(scores, sparsity, scope=scope, allocation=allocation,
-                                max_layer_sparsity=max_layer_sparsity), "grasp")
+                                max_layer_sparsity=max_layer_sparsity, ledger=_ledger(model, exclude),
+                                pattern=pattern), "grasp")
 
 
 def synflow_masks(model: nn.Module, sparsity: float, input_shape: Sequence[int], *, iterations: int = 100,
@@ -247,38 +279,43 @@ def synflow_masks(model: nn.Module, sparsity: float, input_shape: Sequence[int],
     shape = tuple(input_shape)
     if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
         raise ValueError(f"input_shape must be the shape of one example, positive integers, got {input_shape!r}")
-    params = _weights(model, exclude)
-    masks = {k: torch.ones_like(p, dtype=torch.bool) for k, p in params.items()}
+    ledger = _ledger(model, exclude)
+    masks = {k: torch.ones_like(p, dtype=torch.bool) for k, p in ledger.parameters(unwrap(model)).items()}
     rounds = synflow_sparsities(sparsity, iterations)
     for i, s_k in enumerate(rounds):
         scores = synflow_scores(model, shape, masks, exclude)
         scores = {n: s.float().masked_fill(~masks[n], -math.inf) for n, s in scores.items()}
-        masks = select_masks(scores, s_k, scope="global", max_layer_sparsity=max_layer_sparsity,
-                             warn=i == len(rounds) - 1)  # a binding cap is logged once, at the last round
+        last = i == len(rounds) - 1  # a binding cap is logged once, at the last round
+        masks = select_masks(scores, s_k, scope="global", max_layer_sparsity=max_layer_sparsity, warn=last,
+                             ledger=ledger)
     return _finish(masks, "synflow")
 
 
 def magnitude_masks(model: nn.Module, sparsity: float, *, scope: str = "global", allocation: str | None = None,
-                    max_layer_sparsity: float = 0.99, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
+                    max_layer_sparsity: float = 0.99, exclude: Sequence[str] = DEFAULT_EXCLUDE,
+                    pattern: Pattern | str = Unstructured()) -> dict[str, Tensor]:
     """Magnitude masks |W| at the current (e.g. initial) weights (Han et al. 2015)."""
     _check_common(sparsity, scope, allocation, max_layer_sparsity)
-    scores = {k: p.detach().abs() for k, p in _weights(model, exclude).items()}
+    ledger = _ledger(model, exclude)
+    scores = {k: p.detach().abs() for k, p in ledger.parameters(unwrap(model)).items()}
     return _finish(select_masks(scores, sparsity, scope=scope, allocation=allocation,
-                                max_layer_sparsity=max_layer_sparsity), "magnitude")
+                                max_layer_sparsity=max_layer_sparsity, ledger=ledger, pattern=pattern), "magnitude")
 
 
 def random_masks(model: nn.Module, sparsity: float, *, allocation: str = "erk", seed: int = 0,
-                 max_layer_sparsity: float = 0.99, exclude: Sequence[str] = DEFAULT_EXCLUDE) -> dict[str, Tensor]:
+                 max_layer_sparsity: float = 0.99, exclude: Sequence[str] = DEFAULT_EXCLUDE,
+                 pattern: Pattern | str = Unstructured()) -> dict[str, Tensor]:
     """Random masks with per-layer sparsities from ``uniform``, ``er`` (Mocanu et al. 2018) or ``erk``
-    (Evci et al. 2020); exact counts per layer, the same on every rank for one ``seed``."""
+    (Evci et al. 2020); exact counts per layer (per expert matrix of a fused MoE tensor), the same on every
+    rank for one ``seed``; ``pattern`` (N:M, Block) runs along each weight's input dimension."""
     _check_common(sparsity, "layer", allocation, max_layer_sparsity)
-    params = _weights(model, exclude)
-    targets = layer_targets({k: tuple(p.shape) for k, p in params.items()}, sparsity, allocation,
-                            max_layer_sparsity)
+    ledger = _ledger(model, exclude)
     gen = torch.Generator().manual_seed(int(seed))
-    masks = {k: topk_mask(torch.rand(p.shape, generator=gen), targets[k], name=k).to(p.device)
-             for k, p in params.items()}
-    return _finish(masks, "random")
+    scores = {k: torch.rand(p.shape, generator=gen) for k, p in ledger.parameters(unwrap(model)).items()}
+    masks = select_masks(scores, sparsity, scope="layer", allocation=allocation,
+                         max_layer_sparsity=max_layer_sparsity, ledger=ledger, pattern=pattern)
+    params = ledger.parameters(unwrap(model))
+    return _finish({k: m.to(params[k].device) for k, m in masks.items()}, "random")
 
 
 def _finish(masks: dict[str, Tensor], method: str) -> dict[str, Tensor]:
