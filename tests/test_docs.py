@@ -2,9 +2,9 @@
 
 Python blocks of one file run in order in one namespace (a later block may use what an earlier one
 defined), in a fresh working folder. Shell blocks run line by line with bash in that folder, with the
-``prunekit`` of this checkout first on PATH; ``make demo`` / ``make test`` (the set-up commands) are
-checked with ``make -n`` so the suite does not call itself. Fences without a language (or ``text``) are
-printed output, not code.
+``prunekit`` of this checkout first on PATH and ``benchmarks/`` linked in; ``make demo`` / ``make test``
+(the set-up commands) are checked with ``make -n`` so the suite does not call itself. Fences without a
+language (or ``text``) are printed output, not code.
 """
 
 from __future__ import annotations
@@ -69,6 +69,7 @@ def _lines(code: str) -> list[str]:
 @pytest.mark.parametrize("doc", DOCS)
 def test_doc_blocks_run(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")  # the docs name configs by their repository path
     namespace: dict[str, object] = {"__name__": f"doc_{Path(doc).stem}"}
     for lineno, lang, code in blocks(doc):
         if lang == "python":
