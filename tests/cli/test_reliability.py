@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ TABLE = ROOT / "docs" / "results" / "reliability.md"
 BEGIN, END = "<!-- cli-table:begin -->", "<!-- cli-table:end -->"
 ROWS: dict[str, tuple[str, str, int, str, bool]] = {}
 EXCHANGE_STEPS = ("file-written", "after-write", "after-new-moved", "mid-cleanup")
+WORKERS = min(8, os.cpu_count() or 2)  # cases are independent processes in their own folders: run them side by side
 RENAME_STEPS = ("file-written", "after-write", "after-journal", "after-old-moved", "after-new-moved", "mid-cleanup",
                 "after-cleanup")
 
@@ -102,19 +104,33 @@ def base(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     np.savez(d / "sig.npz", X=rng.normal(size=(120, 40)).astype(np.float32), y=np.arange(120) % 10)
     np.save(d / "scores.npy", rng.normal(size=120))
-    for name, extra in (("ck", ["--sparsity", "0.5"]), ("new", ["--sparsity", "0.8"]),
-                        ("st", ["--structured", "--target-params", "0.5"])):
-        r = cli("prune", "mlp", *extra, "--dataset", "sig.npz", "--out", name, cwd=d)
+    jobs = {"ck": ["--sparsity", "0.5"], "new": ["--sparsity", "0.8"], "st": ["--structured", "--target-params", "0.5"]}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        runs = pool.map(lambda kv: cli("prune", "mlp", *kv[1], "--dataset", "sig.npz", "--out", kv[0], cwd=d),
+                        jobs.items())
+    for r in runs:
         assert r.rc == 0, r.text
     return d
 
 
+def copy_base(base: Path, dest: Path) -> Path:
+    """``dest`` (created) holding copies of the base files (a case may damage its copies)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in base.iterdir():
+        (shutil.copytree if p.is_dir() else shutil.copy)(p, dest / p.name)
+    return dest
+
+
 @pytest.fixture
 def work(base, tmp_path) -> Path:
-    """A case folder holding copies of the base files (a case may damage its copies)."""
-    for p in base.iterdir():
-        (shutil.copytree if p.is_dir() else shutil.copy)(p, tmp_path / p.name)
-    return tmp_path
+    """A case folder holding copies of the base files."""
+    return copy_base(base, tmp_path)
+
+
+def side_by_side(fn, cases: list) -> dict:
+    """{case: fn(*case)} computed in a thread pool (each case runs its own subprocesses)."""
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return dict(zip(cases, pool.map(lambda c: fn(*c), cases), strict=True))
 
 
 # ---------------------------------------------------------------- non-empty --out
@@ -194,30 +210,52 @@ def _weights(folder: Path) -> tuple[str, str]:
     return _digest(folder / "model.safetensors"), _digest(folder / "masks.safetensors")
 
 
-@pytest.mark.parametrize("swap,step", [("exchange", s) for s in EXCHANGE_STEPS] + [("rename", s) for s in RENAME_STEPS])
-def test_kill_at_each_save_step_leaves_the_old_or_the_new_checkpoint(work, base, swap, step):
+FAULTS = [("exchange", s) for s in EXCHANGE_STEPS] + [("rename", s) for s in RENAME_STEPS]
+REPLACE = ["prune", "mlp", "--sparsity", "0.8", "--dataset", "sig.npz", "--out", "ck", "--overwrite"]
+
+
+def _crash(work: Path, swap: str, step: str) -> dict:
+    """Kill a replace of ``work/ck`` at ``step``, inspect it, run the next command; what each saw."""
     env = {"PRUNEKIT_FAULT": step, **({"PRUNEKIT_SWAP": "rename"} if swap == "rename" else {})}
+    got = {"crash": cli(*REPLACE, cwd=work, env=env), "look": cli("inspect", "ck", cwd=work)}
+    ck = work / "ck"
+    got["files"] = set(tree(ck))
+    if got["files"] >= {"model.safetensors", "masks.safetensors", "manifest.json"}:
+        got["weights"] = _weights(ck)
+        got["sparsity"] = json.loads((ck / "manifest.json").read_text())["method"]["sparsity"]
+    got["next"] = cli("prune", "mlp", "--sparsity", "0.5", "--out", "ck", cwd=work)  # refused, but recovers first
+    got["leftovers"] = [p.name for p in work.iterdir() if ".prunekit-" in p.name]
+    got["after"] = _weights(ck) if (ck / "masks.safetensors").is_file() else None
+    return got
+
+
+@pytest.fixture(scope="module")
+def crashes(base, tmp_path_factory) -> dict:
+    """Every fault case, run side by side, each in its own copy of the base folder."""
+    root = tmp_path_factory.mktemp("crash")
+    return side_by_side(lambda swap, step: _crash(copy_base(base, root / f"{swap}-{step}"), swap, step), FAULTS)
+
+
+@pytest.mark.parametrize("swap,step", FAULTS)
+def test_kill_at_each_save_step_leaves_the_old_or_the_new_checkpoint(crashes, base, swap, step):
     old, new = _weights(base / "ck"), _weights(base / "new")
     assert old != new
-    args = ["prune", "mlp", "--sparsity", "0.8", "--dataset", "sig.npz", "--out", "ck", "--overwrite"]
-    crash = cli(*args, cwd=work, env=env)
+    c = crashes[swap, step]
+    crash, look = c["crash"], c["look"]
     assert crash.rc == -9, crash.text  # SIGKILL at that step
-    look = cli("inspect", "ck", cwd=work)
     assert look.rc == 0 and "Traceback" not in look.text, look.text
-    got = _weights(work / "ck")
+    assert c["files"] == {"manifest.json", "model.safetensors", "masks.safetensors"}
+    got = c["weights"]
     assert got in (old, new)  # never neither, never half of each
-    assert set(tree(work / "ck")) == {"manifest.json", "model.safetensors", "masks.safetensors"}
     which = "old" if got == old else "new"
-    sparsity = json.loads((work / "ck" / "manifest.json").read_text())["method"]["sparsity"]
+    sparsity = c["sparsity"]
     assert sparsity == (0.5 if which == "old" else 0.8)  # the manifest belongs to the weights beside it
-    nxt = cli("prune", "mlp", "--sparsity", "0.5", "--out", "ck", cwd=work)  # refused, but recovers first
-    assert_refused(nxt, "--out ck")
-    leftovers = [p.name for p in work.iterdir() if ".prunekit-" in p.name]
-    after = _weights(work / "ck")
+    assert_refused(c["next"], "--out ck")
+    leftovers, after = c["leftovers"], c["after"]
     assert leftovers == [] and after in (old, new)  # a journaled swap may be finished by the next run
     then = "old" if after == old else "new"
     record(f"kill -9 at {step} ({swap} swap)", f"PRUNEKIT_FAULT={step}"
-           f"{' PRUNEKIT_SWAP=rename' if swap == 'rename' else ''} prunekit {' '.join(args)}", crash,
+           f"{' PRUNEKIT_SWAP=rename' if swap == 'rename' else ''} prunekit {' '.join(REPLACE)}", crash,
            f"killed; then inspect rc {look.rc}: the {which} checkpoint (sparsity {sparsity}); after the next "
            f"run: the {then} one, {len(leftovers)} leftovers", True)
 
@@ -270,18 +308,33 @@ READERS = {"inspect": lambda src: ["inspect", src],
            "prune": lambda src: ["prune", src, "--sparsity", "0.8", "--dataset", "sig.npz", "--out", "o"]}
 
 
-@pytest.mark.parametrize("damage,reader", [(d, r) for d, (src, _, _) in DAMAGE.items() for r in READERS
-                                           if src == "ck" or r == "inspect"])  # prune reads zoo checkpoints
-def test_damaged_checkpoint_is_refused_naming_the_file(work, damage, reader):
-    src, bad_file, spoil = DAMAGE[damage]
+DAMAGED = [(d, r) for d, (src, _, _) in DAMAGE.items() for r in READERS
+           if src == "ck" or r == "inspect"]  # prune reads zoo checkpoints (a slim one is refused by its kind)
+
+
+def _read_damaged(work: Path, damage: str, reader: str) -> tuple[Run, bool]:
+    """Spoil a copy, run the reader on it; (its run, whether the folder tree stayed the same)."""
+    src, _, spoil = DAMAGE[damage]
     spoil(work / src)
     before = tree(work)
-    args = READERS[reader](src)
-    r = cli(*args, cwd=work)
+    r = cli(*READERS[reader](src), cwd=work)
+    return r, tree(work) == before
+
+
+@pytest.fixture(scope="module")
+def damaged(base, tmp_path_factory) -> dict:
+    """Every damaged-file case, run side by side, each in its own copy of the base folder."""
+    root = tmp_path_factory.mktemp("damaged")
+    return side_by_side(lambda d, r: _read_damaged(copy_base(base, root / f"{len(d)}-{d[:8]}-{r}"), d, r), DAMAGED)
+
+
+@pytest.mark.parametrize("damage,reader", DAMAGED)
+def test_damaged_checkpoint_is_refused_naming_the_file(damaged, damage, reader):
+    src, bad_file, _ = DAMAGE[damage]
+    r, intact = damaged[damage, reader]
     assert_refused(r, f"{src}/{bad_file}")
-    intact = tree(work) == before
-    record(f"{damage} ({reader})", f"prunekit {' '.join(args)}", r, None, intact)
-    assert intact and not (work / "o").exists()
+    record(f"{damage} ({reader})", f"prunekit {' '.join(READERS[reader](src))}", r, None, intact)
+    assert intact  # nothing written: no output folder, the damaged source unchanged
 
 
 # ---------------------------------------------------------------- bad flag values

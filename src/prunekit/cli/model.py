@@ -90,6 +90,7 @@ def train(
     overwrite: c.Overwrite = False,
 ) -> None:
     """Train a zoo model, dense or sparse (RigL, SET, GraNet, SR-STE N:M, gradual, pruning at init); save it."""
+    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir])  # before the registry imports torch
     c.method_kind(method, kinds=("training",))
     c.check_sparsity_pattern(sparsity, pattern, required=method not in ("dense", "srste"))
     if method in ("dense", "srste") and sparsity is not None:
@@ -98,7 +99,6 @@ def train(
     n, m = _nm(method, pattern)
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir")
-    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir])
     c.set_threads(threads)
     from ..training.methods import training_callbacks
     from ..zoo import get_model, input_shape
