@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class Run:
     rc: int
     out: str
     err: str
+    seconds: float = 0.0
 
     @property
     def text(self) -> str:
@@ -54,9 +56,10 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Run:
     """Run ``prunekit ARGS`` through ``python -m prunekit.cli`` in a fresh process."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PRUNEKIT_")}
     base.update(PYTHONPATH=str(ROOT / "src"), **(env or {}))
+    t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "prunekit.cli", *args], capture_output=True, text=True, cwd=cwd,
                        env=base, timeout=300)
-    return Run(r.returncode, r.stdout, r.stderr)
+    return Run(r.returncode, r.stdout, r.stderr, time.perf_counter() - t0)
 
 
 def tree(path: Path) -> dict[str, str]:
@@ -187,7 +190,7 @@ def test_read_only_out_parent_is_refused_before_any_work(work, label, args):
         assert "epoch" not in r.out.lower() and "sparsity" not in r.out  # no training, no pruning happened
         intact = tree(work) == before
         record(f"read-only --out parent (chmod 555, as root) ({label})", f"prunekit {' '.join(args)} --out ro/out",
-               r, None, intact)
+               r, f"{r.first_line()} [returned in {r.seconds:.1f} s, nothing computed]", intact)
         assert intact
     finally:
         ro.chmod(0o755)
