@@ -348,7 +348,7 @@ def test_damaged_checkpoint_is_refused_naming_the_file(damaged, damage, reader):
      ["--sparsity", "--pattern 2:4"]),
     ("--keep 0", ["data", "select", "--scores", "scores.npy", "--keep", "0"], ["--keep", "(0, 1]"]),
     ("--scope diagonal", ["prune", "mlp", "--sparsity", "0.5", "--scope", "diagonal"], ["--scope", "layer, global"]),
-    ("--pattern 3:2", ["prune", "mlp", "--pattern", "3:2"], ["--pattern", "0 < N < M", "unstructured"]),
+    ("--pattern 3:2", ["prune", "mlp", "--pattern", "3:2"], ["--pattern", "0 < n < m", "unstructured"]),
     ("unknown --method (prune)", ["prune", "mlp", "--method", "obs", "--sparsity", "0.5"],
      ["--method", "magnitude", "sparsegpt"]),
     ("unknown --method (train)", ["train", "mlp", "--method", "obs", "--sparsity", "0.5"], ["--method", "rigl"]),

@@ -71,7 +71,8 @@ def _pattern(value: str) -> str:
         raise typer.BadParameter(f"--pattern must be {PATTERN_HELP}; got {value!r}")
     nm = re.fullmatch(r"(\d+):(\d+)", v)
     if nm and not 0 < int(nm.group(1)) < int(nm.group(2)):
-        raise typer.BadParameter(f"--pattern N:M needs 0 < N < M (e.g. 2:4); got {value!r}; accepted: {PATTERN_HELP}")
+        raise typer.BadParameter(f"--pattern N:M needs integers with 0 < n < m (e.g. 2:4); got {value!r}; "
+                                 f"accepted: {PATTERN_HELP}")
     if v.startswith("block:") and 0 in map(int, re.findall(r"\d+", v)):
         raise typer.BadParameter(f"--pattern block:HxW needs H, W >= 1 (e.g. block:4x4); got {value!r}")
     return v
