@@ -6,7 +6,7 @@ the zeros in the live tensors independently of the report: over the tensors the 
 and over every floating tensor of rank >= 2. "Before" is the figure on main before the layers change
 (issue 11: MultiheadAttention 58.5% zeros over the weight matrices at a reported 0.90; LSTM 5.3%).
 
-Run:  .venv/bin/python benchmarks/reliability_weights.py --out docs/results/reliability_weights.md
+Run:  .venv/bin/python benchmarks/reliability_weights.py   (its table is section (b) of docs/results/reliability.md)
 """
 
 from __future__ import annotations

@@ -188,6 +188,17 @@ def test_kill_9_at_every_step_leaves_old_or_new_and_the_next_run_cleans_up(tmp_p
     assert (tmp_path / ".out.mine").read_text() == "user file with a similar name"
 
 
+def test_a_reader_finishes_a_swap_killed_while_out_was_absent(tmp_path):
+    out = _folder(tmp_path / "out", "old")
+    assert _save_in_child(out, "after-old-moved", "rename") == -9
+    assert not out.exists()  # between the two renames: only the journal knows where the folders are
+    pio.settle(tmp_path / "elsewhere")  # no journal for that path: nothing happens
+    assert not out.exists() and (tmp_path / ".out.prunekit-swap.json").is_file()
+    with pytest.raises(FileNotFoundError, match="has no manifest.json"):  # settled first, then read
+        read_manifest(out)
+    assert _state(out) == "new" and _leftovers(tmp_path) == []
+
+
 def test_recover_keeps_live_runs_foreign_names_and_legacy_leftovers(tmp_path, caplog):
     out = _folder(tmp_path / "out", "old")
     live = tmp_path / f".out.prunekit-new-{os.getppid()}-0123abcd"  # a running process's folder

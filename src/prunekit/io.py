@@ -528,6 +528,20 @@ def recover(out: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def settle(path: str | os.PathLike) -> None:
+    """Before reading ``path``: finish or roll back an interrupted replace of it (a no-op without a swap journal).
+
+    A reader that cannot write beside ``path`` (read-only medium) logs why and reads what is there.
+    """
+    path = Path(path).expanduser()
+    if not _journal(path).exists():
+        return
+    try:
+        recover(path)
+    except OSError as e:
+        log.warning("cannot finish the interrupted replace of %s (%s); reading what is there", path, e)
+
+
 def _warn_legacy(out: Path) -> None:
     legacy = re.compile(rf"^\.{re.escape(out.name)}\.(old|old-.*|tmp-.*|[a-z0-9_]{{8}})$")
     found = [p.name for p in out.parent.iterdir() if legacy.match(p.name) and p.is_dir()]
@@ -558,6 +572,7 @@ def read_manifest(folder: str | os.PathLike, kinds: Sequence[str] | None = None,
     too and returned in the version-2 shape with ``"legacy": 1``.
     """
     folder = Path(folder)
+    settle(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{what} not found: {folder} (expected a folder written by prunekit, "
                                 f"holding {MANIFEST})")

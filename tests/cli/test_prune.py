@@ -106,6 +106,9 @@ def test_structured_prune_writes_plan_and_weights_and_reports_before_after(tmp_p
 def test_prune_structured_function(tmp_path):
     rep = prune_structured("mlp", out=tmp_path / "o", target_params=0.5, importance="bn", latency=False)
     assert rep["params_after"] <= 0.5 * rep["params_before"]
+    res = runner.invoke(app, ["inspect", str(tmp_path / "o")])  # inspect reads a slim model folder too
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.splitlines()[-1])["params"] == rep["params_after"]
 
 
 def test_groups_and_errors(tmp_path):

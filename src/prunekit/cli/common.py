@@ -66,9 +66,16 @@ def _keep(value: float | None) -> float | None:
 
 
 def _pattern(value: str) -> str:
-    if not _PATTERN_RE.match(value.strip().lower()):
+    v = value.strip().lower()
+    if not _PATTERN_RE.match(v):
         raise typer.BadParameter(f"--pattern must be {PATTERN_HELP}; got {value!r}")
-    return value.strip().lower()
+    nm = re.fullmatch(r"(\d+):(\d+)", v)
+    if nm and not 0 < int(nm.group(1)) < int(nm.group(2)):
+        raise typer.BadParameter(f"--pattern N:M needs integers with 0 < n < m (e.g. 2:4); got {value!r}; "
+                                 f"accepted: {PATTERN_HELP}")
+    if v.startswith("block:") and 0 in map(int, re.findall(r"\d+", v)):
+        raise typer.BadParameter(f"--pattern block:HxW needs H, W >= 1 (e.g. block:4x4); got {value!r}")
+    return v
 
 
 def _threads(value: int | None) -> int | None:

@@ -26,8 +26,10 @@ def register(app: typer.Typer) -> None:
 def source_model(source: str, kwargs: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any], Any]:
     """A zoo model name (fresh weights, seed 0) or a checkpoint folder -> (model, manifest, masks)."""
     from ..checkpoint import load_checkpoint
+    from ..io import settle
     from ..zoo import MODELS, get_model
 
+    settle(source)  # a replace of this folder interrupted by a crash is finished (or rolled back) first
     if Path(source).exists() or "/" in source or source.startswith("."):
         if kwargs:
             raise ValueError("--model-arg applies to a zoo model name, not to a checkpoint folder")
@@ -88,6 +90,7 @@ def train(
     overwrite: c.Overwrite = False,
 ) -> None:
     """Train a zoo model, dense or sparse (RigL, SET, GraNet, SR-STE N:M, gradual, pruning at init); save it."""
+    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir])  # before the registry imports torch
     c.method_kind(method, kinds=("training",))
     c.check_sparsity_pattern(sparsity, pattern, required=method not in ("dense", "srste"))
     if method in ("dense", "srste") and sparsity is not None:
@@ -96,7 +99,6 @@ def train(
     n, m = _nm(method, pattern)
     if resume and checkpoint_dir is None:
         raise ValueError("--resume needs --checkpoint-dir")
-    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir])
     c.set_threads(threads)
     from ..training.methods import training_callbacks
     from ..zoo import get_model, input_shape
@@ -240,10 +242,31 @@ def inspect(
     from ..accounting import format_table, layer_table, totals
     from ..zoo import example_inputs
 
-    model, manifest, _ = source_model(source, c.model_args(model_arg))
+    model, manifest, _ = structured_source(source) or source_model(source, c.model_args(model_arg))
     x = example_inputs(manifest["model"]["name"], batch=batch, **manifest["model"].get("kwargs", {}))
     typer.echo(format_table(layer_table(model, x), fmt="text"))
     typer.echo(json.dumps(totals(model, x)))
+
+
+def structured_source(source: str) -> tuple[Any, dict[str, Any], None] | None:
+    """A slim model folder (kind structured) of a zoo source -> (model, manifest with its model spec, None)."""
+    from ..io import read_json, read_manifest, settle
+
+    settle(source)
+    folder = Path(source)
+    if not (folder / "manifest.json").is_file():
+        return None
+    man = read_manifest(folder)
+    if man["kind"] != "structured":
+        return None
+    from ..structured.save import load_structured
+
+    model = load_structured(folder)
+    plan = folder / str(man.get("plan", "plan.json"))
+    src = read_json(plan, "structured plan").get("source") or {}
+    if "zoo" not in src:
+        raise ValueError(f"{plan}: inspect reads slim models of zoo models; this one's source is {src!r:.100}")
+    return model, {**man, "model": {"name": src["zoo"], "kwargs": src.get("kwargs", {})}}, None
 
 
 def methods(
