@@ -11,15 +11,15 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import click
 import typer
+
+from prunekit.registry import KINDS  # registry.py imports no torch
 
 log = logging.getLogger("prunekit.cli")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -162,49 +162,18 @@ def set_threads(threads: int | None) -> None:
 
 # ---- method names: one question asked of the registries ----
 
-KINDS = ("oneshot", "calibrated", "training", "structured", "data-score", "data-selector")
-
-
-def _unified() -> Any:
-    """``prunekit.registry.METHODS`` if it is the one registry of every kind (``METHODS.kind(name)``), else None."""
-    from prunekit.registry import METHODS
-
-    return METHODS if callable(getattr(METHODS, "kind", None)) else None
-
-
 def method_table(spellings: bool = False) -> dict[str, list[str]]:
     """Every registered method name by kind (with ``spellings``: their aliases too)."""
-    reg = _unified()
-    if reg is None:
-        return _legacy_method_table()
-    return {k: list(reg.spellings(k) if spellings else reg.names(kind=k)) for k in KINDS}
+    from prunekit.registry import METHODS
 
-
-def _legacy_method_table() -> dict[str, list[str]]:
-    import prunekit.api  # noqa: F401  (registers the one-shot configs)
-    import prunekit.calibrate.config  # noqa: F401
-    import prunekit.structured.api  # noqa: F401
-    import prunekit.training.pai  # noqa: F401
-    from prunekit.config import CONFIGS
-    from prunekit.data.scores import DATA_SCORES
-    from prunekit.data.select import SELECTORS
-    from prunekit.structured.importance import GROUP_SCORES
-    from prunekit.training.methods import TRAINING_METHODS
-
-    calibrated = ["sparsegpt", "wanda", "calibrated_magnitude"]
-    oneshot = [n for n in CONFIGS.names() if n not in calibrated and n != "structured"]
-    return {"oneshot": oneshot, "calibrated": calibrated, "training": list(TRAINING_METHODS),
-            "structured": GROUP_SCORES.names(), "data-score": DATA_SCORES.names(),
-            "data-selector": SELECTORS.names()}
+    return {k: list(METHODS.spellings(k) if spellings else METHODS.names(kind=k)) for k in KINDS}
 
 
 def canonical_method(name: str, kind: str) -> str:
     """The registered name of ``name`` (an alias, or ``calibrated-magnitude`` for ``calibrated_magnitude``)."""
-    reg = _unified()
-    if reg is not None:
-        return reg.get(name, kind).name
-    names = method_table()[kind]
-    return name if name in names or name.replace("-", "_") not in names else name.replace("-", "_")
+    from prunekit.registry import METHODS
+
+    return METHODS.get(name, kind).name
 
 
 def method_kind(name: str, *, kinds: Sequence[str] = ("oneshot", "calibrated", "structured", "training")) -> str:
@@ -220,68 +189,20 @@ def method_kind(name: str, *, kinds: Sequence[str] = ("oneshot", "calibrated", "
 
 # ---- outputs: refuse before any work ----
 
-class _OutputError(ValueError):
-    """A refused ``--out`` (stand-in for ``prunekit.io.OutputError``)."""
-
-
 def check_out(out: str | os.PathLike, *, overwrite: bool, inputs: Sequence[str | os.PathLike | None] = (),
               expected_bytes: int = 0, what: str = "--out") -> Path:
-    """Refuse a bad ``--out`` before any work (``prunekit.io.check_out``, or a minimal stand-in until it exists)."""
-    try:
-        from prunekit.io import check_out as io_check_out
-    except ImportError:
-        io_check_out = None
+    """Refuse a bad ``--out`` before any work (``prunekit.io.check_out``; inputs that do not exist are skipped)."""
+    from prunekit.io import check_out as io_check_out
+
     ins = [Path(p) for p in inputs if p is not None and Path(p).exists()]
-    if io_check_out is not None:
-        return io_check_out(out, overwrite=overwrite, inputs=ins, expected_bytes=expected_bytes, what=what)
-    return _check_out_fallback(Path(out), overwrite, ins, expected_bytes, what)
-
-
-def _check_out_fallback(out: Path, overwrite: bool, inputs: Sequence[Path], expected_bytes: int, what: str) -> Path:
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise _OutputError(f"{what} {out} exists and is not empty; pass --overwrite to replace it, or choose "
-                           f"another {what}")
-    o = out.resolve()
-    for inp in inputs:
-        i = inp.resolve()
-        if o == i or i in o.parents or o in i.parents:
-            raise _OutputError(f"{what} {out} is, is inside, or holds the input {inp}; choose another {what}")
-    parent = next(p for p in [o, *o.parents] if p.is_dir())
-    if not _writable(parent):
-        raise _OutputError(f"{what} {out}: {parent} is not writable (read-only?); choose another {what}")
-    free = shutil.disk_usage(parent).free
-    if free < expected_bytes * 1.1 + 2**20:
-        raise _OutputError(f"{what} {out}: {free} bytes free in {parent}, about {expected_bytes} needed")
-    return out
-
-
-def _writable(folder: Path) -> bool:
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        return False
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".prunekit-probe-"):
-            return True
-    except OSError:
-        return False
-
-
-def with_overwrite(fn: Callable[..., Any], *args: Any, overwrite: bool, **kwargs: Any) -> Any:
-    """Call a save function, passing ``overwrite=`` where it accepts it (the persistence layer adds it)."""
-    import inspect
-
-    if "overwrite" in inspect.signature(fn).parameters:
-        kwargs["overwrite"] = overwrite
-    return fn(*args, **kwargs)
+    return io_check_out(out, overwrite=overwrite, inputs=ins, expected_bytes=expected_bytes, what=what)
 
 
 def folder_bytes(path: str | os.PathLike | None) -> int:
-    """Total size of the files under ``path`` (0 if it is not a folder): the expected size of a copy."""
-    p = Path(path) if path is not None else None
-    if p is None or not p.exists():
-        return 0
-    if p.is_file():
-        return p.stat().st_size
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    """Total size of the files under ``path`` (0 if it does not exist): the expected size of a copy."""
+    from prunekit.io import folder_bytes as io_folder_bytes
+
+    return io_folder_bytes(path) if path is not None and Path(path).exists() else 0
 
 
 def results_db(db: Path | None, out: Path | None) -> Path | None:

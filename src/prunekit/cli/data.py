@@ -198,7 +198,7 @@ def select(
         params.update(_dbp_params(embeddings, clusters, seed, len(s)), temperature=temperature, within=within)
     kept = run_select(s, keep, rule, **params)
     shown = {k: v for k, v in params.items() if k not in ("labels", "cutoff_scores", "clusters", "complexity")}
-    c.with_overwrite(save_selection, out, kept, num_examples=len(s), method=rule,
+    save_selection(out, kept, num_examples=len(s), method=rule,
                      params={**shown, "keep_fraction": keep}, seed=seed, scores=s,
                      extra={"scores_file": str(scores)}, overwrite=overwrite)
     typer.echo(f"kept {len(kept)} of {len(s)} examples -> {out}")
@@ -238,7 +238,7 @@ def dedup(
     from ..data.io import save_selection
 
     res = semdedup(str(emb_file), eps=eps, n_clusters=clusters, seed=seed, keep=rule, dim=dim)
-    c.with_overwrite(save_selection, out, res.kept, num_examples=res.stats["num_examples"], method="semdedup",
+    save_selection(out, res.kept, num_examples=res.stats["num_examples"], method="semdedup",
                      params={"eps": eps, "n_clusters": clusters, "rule": rule}, seed=seed,
                      extra={"embeddings_file": str(emb_file), "stats": res.stats}, overwrite=overwrite)
     typer.echo(f"kept {res.stats['num_kept']} of {res.stats['num_examples']} examples -> {out}")
@@ -275,7 +275,7 @@ def _dsir(out: Path, raw: Any, target: Any, num: Any, text_field: str, seed: int
 
     pool = read_texts(raw, text_field)
     res = run_dsir(pool, read_texts(target, text_field), num, seed=seed)
-    c.with_overwrite(save_selection, out, res.kept, num_examples=len(pool), method="dsir", params=res.params,
+    save_selection(out, res.kept, num_examples=len(pool), method="dsir", params=res.params,
                      seed=seed, scores=res.log_weights, extra={"raw_file": str(raw), "target_file": str(target)},
                      overwrite=overwrite)
     return f"selected {len(res.kept)} of {len(pool)} documents -> {out}"

@@ -82,32 +82,10 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
 
 
 def _run(model_dir: Path, out: Path, solver: str, cfg: Any, **kw: Any) -> Any:
-    """``calibrate.pipeline.prune_model_dir`` (load, calibrate, save, check) where it exists, else the same steps."""
-    try:
-        from ..calibrate.pipeline import prune_model_dir
-    except ImportError:
-        return _prune_model_dir(model_dir, out, solver, cfg, **kw)
+    """``calibrate.pipeline.prune_model_dir``: load, calibrate, save, check every tensor against the source."""
+    from ..calibrate.pipeline import prune_model_dir
+
     return prune_model_dir(model_dir, out, solver, cfg, **kw)[0]
-
-
-def _prune_model_dir(model_dir: Path, out: Path, solver: str, cfg: Any, *, calib: Path | None, nsamples: int,
-                     seq_len: int, seed: int, device: str | None, state_dir: Path | None, overwrite: bool,
-                     progress: Any) -> Any:
-    from ..calibrate import io
-    from ..calibrate.data import calibration_data
-    from ..calibrate.engine import clear_state, prune_blocks
-    from ..calibrate.workflow import load_tokenizer, run_manifest
-
-    model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
-    data = calibration_data(tok, calib, nsamples, seq_len, seed)
-    state = state_dir or out.parent / f".{out.name}.state"
-    report = prune_blocks(model, solver, cfg, data, device=device, state_dir=state, progress=progress,
-                          attach_masks=False)  # plain weights, pruned ones exactly zero; masks bit-packed
-    masks = report.extra.pop("packed_masks")
-    save = getattr(io, "save_hf_pruned", None) or io.save_pruned
-    save(model, out, masks, run_manifest(report, model_dir), tokenizer=tok, overwrite=overwrite)
-    clear_state(state)
-    return report
 
 
 def llm_prune(

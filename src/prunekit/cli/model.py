@@ -177,7 +177,7 @@ def save(out: Path, net: Any, spec: dict[str, Any], masks: Any, extra: dict[str,
     """``save_checkpoint`` with ``overwrite=`` where the library accepts it."""
     from ..checkpoint import save_checkpoint
 
-    c.with_overwrite(save_checkpoint, out, net, spec, masks, extra=extra, overwrite=overwrite)
+    save_checkpoint(out, net, spec, masks, extra=extra, overwrite=overwrite)
 
 
 def lottery(
@@ -270,8 +270,8 @@ def structured_source(source: str) -> tuple[Any, dict[str, Any], None] | None:
 
 
 def methods(
-    kind: Annotated[str | None, typer.Option(help="only this kind (oneshot, calibrated, training, structured, "
-                                             "data-score, data-selector)")] = None,
+    kind: Annotated[str | None, typer.Option(help="only this kind (oneshot, calibrated, training, "
+                                             "training-driver, structured, data-score, data-selector)")] = None,
 ) -> None:
     """List every registered method by kind."""
     table = c.method_table()

@@ -275,7 +275,7 @@ def prune_structured(source: str, *, out: Path, target_macs: float | None = None
 def _save_structured(model: Any, plan: Any, out: Path, source: Any, overwrite: bool) -> None:
     from .. import structured as st
 
-    c.with_overwrite(getattr(st, "save_structured", None) or st.save_pruned, model, plan, out, source=source,
+    st.save_structured(model, plan, out, source=source,
                      overwrite=overwrite)
 
 
