@@ -111,7 +111,7 @@ def test_nan_scores_and_wrong_width_embeddings_rejected(tmp_path):
     r = _run("dedup", "--embeddings", str(tmp_path / "e.npy"), "--dim", "384", "--out", str(tmp_path / "d"))
     assert r.exit_code == 2 and "width 384" in r.output and not (tmp_path / "d").exists()
     r = _run("score", "--method", "el2m", "--out", str(tmp_path / "x"))
-    assert r.exit_code == 2 and "--method must be one of el2n" in r.output
+    assert r.exit_code == 2 and "--method must be one of aum, el2n" in r.output
 
 
 def test_score_grand_on_a_zoo_data_set(tmp_path):

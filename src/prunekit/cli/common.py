@@ -53,6 +53,19 @@ def choice(flag: str, choices: Sequence[str]) -> Callable[[Any], Any]:
     return check
 
 
+def registered(flag: str, kind: str) -> Callable[[Any], Any]:
+    """A typer callback accepting the names (and aliases) registered for ``kind`` (checked at parse time)."""
+
+    def check(value: Any) -> Any:
+        from prunekit.registry import METHODS
+
+        if value is not None and value not in METHODS.spellings(kind):
+            raise typer.BadParameter(f"{flag} must be one of {', '.join(METHODS.spellings(kind))}; got {value!r}")
+        return value
+
+    return check
+
+
 def _sparsity(value: float | None) -> float | None:
     if value is not None and not 0.0 <= value < 1.0:
         raise typer.BadParameter(f"--sparsity must be in [0, 1); got {value!r}")

@@ -16,7 +16,6 @@ import typer
 from . import common as c
 
 app = c.app_group("Prune training data: score examples, select, deduplicate, resample, embed.")
-SCORE_METHODS = ("el2n", "forgetting", "aum", "prob-aum", "entropy", "loss", "grand", "prototype", "random")
 TextField = Annotated[str, typer.Option(help="JSON field holding the text (.jsonl)")]
 
 
@@ -110,8 +109,9 @@ def _epoch_arg(text: str) -> int | str:
 
 
 def score(
-    method: Annotated[str, typer.Option(help=f"one of {', '.join(SCORE_METHODS)}",
-                                        callback=c.choice("--method", SCORE_METHODS))],
+    method: Annotated[str, typer.Option(help="a registered data score: el2n, forgetting, aum, prob-aum, entropy, "
+                                        "loss, grand, prototype, random (`prunekit methods --kind data-score`)",
+                                        callback=c.registered("--method", "data-score"))],
     out: Annotated[Path, typer.Option("--out", help="output path; writes OUT.npy and OUT.json (refused if they "
                                       "exist, unless --overwrite)")],
     dynamics: Annotated[list[Path] | None, typer.Option(help="a recorded run folder (repeat for several "

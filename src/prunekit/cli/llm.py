@@ -13,8 +13,6 @@ import typer
 from . import common as c
 
 llm_app = c.app_group("Post-training pruning of transformers / LLMs: evaluation (prune: `prunekit prune`).")
-SOLVER = {"sparsegpt": "sparsegpt", "wanda": "wanda", "calibrated_magnitude": "magnitude"}  # engine solver names
-LLM_METHODS = {"magnitude": "calibrated_magnitude", "calibrated-magnitude": "calibrated_magnitude"}
 
 
 def register(app: typer.Typer) -> None:
@@ -27,18 +25,18 @@ def register(app: typer.Typer) -> None:
 def make_config(method: str, sparsity: float | None, pattern: str, owl: bool, owl_m: float | None,
                 owl_lambda: float | None, dsnot: bool, batch_size: int | None, exclude: list[str] | None) -> Any:
     """The calibrated method's config from CLI flags (every check happens here, before any work)."""
-    from ..config import CONFIGS
+    from ..registry import METHODS
 
-    method = LLM_METHODS.get(method, method)
-    if method not in SOLVER:
-        raise ValueError(f"--method must be one of sparsegpt, wanda, calibrated-magnitude for a Hugging Face model, "
-                         f"got {method!r}")
+    if method not in METHODS.spellings("calibrated"):
+        raise ValueError(f"--method must be a calibrated method for a Hugging Face model "
+                         f"({', '.join(METHODS.names('calibrated'))}), got {method!r}")
+    entry = METHODS.get(method, kind="calibrated")
     c.check_sparsity_pattern(sparsity, pattern)
     if not owl and (owl_m is not None or owl_lambda is not None):
         raise ValueError("--owl-m / --owl-lambda need --owl")
     owl_cfg = {"m": 5.0 if owl_m is None else owl_m, "lam": 0.08 if owl_lambda is None else owl_lambda} if owl \
         else None
-    return CONFIGS.get(method)(sparsity=sparsity, pattern=pattern, owl=owl_cfg, dsnot=dsnot or None,
+    return entry.config(sparsity=sparsity, pattern=pattern, owl=owl_cfg, dsnot=dsnot or None,
                                batch_size=8 if batch_size is None else batch_size, exclude=c.excluded(exclude))
 
 
@@ -62,9 +60,8 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
 
     model_dir = io.check_model_dir(model_dir)
     check_seq_len(model_dir, seq_len)
-    solver = SOLVER[LLM_METHODS.get(method, method)]
     with c.block_progress() as progress:
-        report = _run(model_dir, out, solver, cfg, calib=calib, nsamples=nsamples, seq_len=seq_len, seed=seed,
+        report = _run(model_dir, out, None, cfg, calib=calib, nsamples=nsamples, seq_len=seq_len, seed=seed,
                       device=device, state_dir=state_dir, overwrite=overwrite, progress=progress)
     if show_layers:
         typer.echo(layers_markdown(out))
@@ -81,7 +78,7 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
            {r.name: r.sparsity for r in report.layers}, {"prune_s": report.seconds})
 
 
-def _run(model_dir: Path, out: Path, solver: str, cfg: Any, **kw: Any) -> Any:
+def _run(model_dir: Path, out: Path, solver: str | None, cfg: Any, **kw: Any) -> Any:
     """``calibrate.pipeline.prune_model_dir``: load, calibrate, save, check every tensor against the source."""
     from ..calibrate.pipeline import prune_model_dir
 
