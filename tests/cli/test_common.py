@@ -121,7 +121,7 @@ def test_nm_on_cnn1d_from_the_shell(tmp_path, signals_npz):
            "--model-arg", "channels=32", "--dataset", str(signals_npz), "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert r.returncode == 0, r.stderr
-    assert "sparsity 0.5000" in r.stdout
+    assert "sparsity (pruned weights) 0.5000" in r.stdout
     from prunekit.checkpoint import load_checkpoint
 
     model, manifest, masks = load_checkpoint(out)

@@ -27,7 +27,7 @@ def test_train_rigl_and_resume(tmp_path):
             "--update-every", "3", "--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "5"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "sparsity 0.8" in res.output
+    assert "sparsity (pruned weights) 0.8" in res.output
     model, manifest, masks = load_checkpoint(tmp_path / "m")
     kept = sum(int(m.sum()) for m in masks.values())
     total = sum(m.numel() for m in masks.values())
@@ -43,7 +43,7 @@ def test_sparse_train_alias_srste_and_lottery(tmp_path):
                               "--pattern", "1:4", "--epochs", "1", "--model-arg", "channels=32",
                               "--exclude", "convs.0"])
     assert res.exit_code == 0, res.output
-    assert "sparsity 0.7500" in res.output and res.stderr.count("deprecated") == 1
+    assert "sparsity (pruned weights) 0.7500" in res.output and res.stderr.count("deprecated") == 1
     res = runner.invoke(app, ["sparse", "lottery", "cnn1d", "--out", str(tmp_path / "t"), "--sparsity", "0.36",
                               "--epochs", "1", "--control-seed", "7", "--scope", "global"])
     assert res.exit_code == 0, res.output

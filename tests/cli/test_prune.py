@@ -50,7 +50,7 @@ def test_prune_finetune_uses_the_recipe_lr_or_finetune_lr(dense_ckpt, tmp_path, 
 def test_prune_nm_from_zoo_name(tmp_path):
     res = runner.invoke(app, ["prune", "mlp", "--out", str(tmp_path / "nm"), "--pattern", "2:4"])
     assert res.exit_code == 0, res.output
-    assert "sparsity 0.5000" in res.output
+    assert "sparsity (pruned weights) 0.5000" in res.output
 
 
 @pytest.mark.parametrize("args,message", [

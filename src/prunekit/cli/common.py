@@ -218,6 +218,14 @@ def folder_bytes(path: str | os.PathLike | None) -> int:
     return io_folder_bytes(path) if path is not None and Path(path).exists() else 0
 
 
+def sparsity_line(report: Any) -> str:
+    """The report's labelled figures (pruned weights, all weight matrices, all parameters) when measured."""
+    ledger = getattr(report, "ledger", None)
+    if ledger is not None and getattr(ledger, "measured", None) is not None:
+        return ledger.measured.line()
+    return f"sparsity (pruned weights) {report.sparsity:.4f}"
+
+
 def results_db(db: Path | None, out: Path | None) -> Path | None:
     """``--db`` if given, else ``OUT/prunekit-results.sqlite`` (never the current folder), else None."""
     if db is not None:

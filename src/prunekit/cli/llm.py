@@ -65,10 +65,7 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
                       device=device, state_dir=state_dir, overwrite=overwrite, progress=progress)
     if show_layers:
         typer.echo(layers_markdown(out))
-    ledger = getattr(report, "ledger", None)
-    measured = ledger.measured.line() if ledger is not None and getattr(ledger, "measured", None) else \
-        f"sparsity {report.sparsity:.4f}"
-    typer.echo(f"pruned {len(report.layers)} layers in {report.seconds:.1f}s -> {out}: {measured}")
+    typer.echo(f"pruned {len(report.layers)} layers in {report.seconds:.1f}s -> {out}: {c.sparsity_line(report)}")
     for name, experts in report.extra.get("expert_fallbacks", {}).items():
         c.say(f"warning: {name}: experts {experts} got no calibration token; pruned by magnitude")
     from .prune import record

@@ -106,9 +106,12 @@ def train(
     kwargs = c.model_args(model_arg)
     net = get_model(model, seed=seed, **kwargs)
     recipe = recipe_of(model, epochs)
-    needs_data_now = method in ("snip", "grasp")
+    from ..registry import METHODS
+
+    canonical = METHODS.get(method, kind="training").name
+    needs_data_now = canonical in ("snip-init", "grasp-init")
     data = dataset_of(dataset, model) if needs_data_now else None
-    pai = {"input_shape": list(input_shape(model, **kwargs))} if method == "synflow" else None
+    pai = {"input_shape": list(input_shape(model, **kwargs))} if canonical == "synflow-init" else None
     cbs = training_callbacks(method, sparsity, data=data.train if data is not None else None, n=n, m=m,
                              update_every=update_every, update_fraction=update_fraction, allocation=allocation,
                              scope=scope, exclude=c.excluded(exclude), seed=seed, teacher=_teacher(teacher),
@@ -118,7 +121,7 @@ def train(
         raise ValueError(f"no default data set for model {model!r}: pass --dataset")
     _fit(net, data, cbs, recipe, seed, checkpoint_dir, checkpoint_every, resume)
     finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite,
-           {"method": method, "sparsity": sparsity, "recipe": recipe, "seed": seed})
+           {"method": method, "sparsity": sparsity, "recipe": recipe, "seed": seed}, c.excluded(exclude))
 
 
 def _nm(method: str, pattern: str) -> tuple[int, int]:
@@ -159,18 +162,21 @@ def _teacher(path: Path | None) -> Any:
     return teacher
 
 
-def finish(net: Any, spec: dict[str, Any], data: Any, out: Path, overwrite: bool, extra: dict[str, Any]) -> None:
-    """Evaluate, save the checkpoint folder (weights, masks, manifest) and print one summary line."""
+def finish(net: Any, spec: dict[str, Any], data: Any, out: Path, overwrite: bool, extra: dict[str, Any],
+           exclude: list[str]) -> None:
+    """Evaluate, save the checkpoint folder (weights, masks, manifest) and print one labelled summary line."""
+    from ..api import sparsity_report
     from ..masks import attached
     from ..training.loop import evaluate
 
     metrics = evaluate(net, data.test)
     ms = attached(net)
     masks = ms.bake() if ms is not None else None
-    measured = ms.sparsity() if ms is not None else 0.0
-    save(out, net, spec, masks, {**extra, "dataset": data.name, "metrics": metrics, "measured_sparsity": measured},
-         overwrite)
-    typer.echo(f"test accuracy {metrics['accuracy']:.4f}; sparsity {measured:.4f}; checkpoint written to {out}")
+    ledger = sparsity_report(net, exclude=exclude).ledger  # zeros counted now, labelled, with what was kept and why
+    save(out, net, spec, masks, {**extra, "dataset": data.name, "metrics": metrics,
+                                 "measured_sparsity": ledger.measured.sparsities()["pruned_weights"],
+                                 "ledger": ledger.to_dict()}, overwrite)
+    typer.echo(f"test accuracy {metrics['accuracy']:.4f}; {ledger.measured.line()}; checkpoint written to {out}")
 
 
 def save(out: Path, net: Any, spec: dict[str, Any], masks: Any, extra: dict[str, Any], overwrite: bool) -> None:
@@ -225,10 +231,11 @@ def lottery(
                                         for lv in res.levels]}
     if control_seed is not None:
         ctrl = get_model(model, seed=seed, **kwargs)
-        random_reinit_control(ctrl, res.masks(), data.train, seed=control_seed, **recipe)
+        random_reinit_control(ctrl, res.masks(), data.train, seed=control_seed,
+                              factory={"name": model, "kwargs": kwargs}, **recipe)
         extra["reinit_control_accuracy"] = evaluate(ctrl, data.test)["accuracy"]
         typer.echo(f"random reinit, same masks: test accuracy {extra['reinit_control_accuracy']:.4f}")
-    finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite, extra)
+    finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite, extra, c.excluded(exclude))
 
 
 def inspect(
@@ -245,7 +252,7 @@ def inspect(
     model, manifest, _ = structured_source(source) or source_model(source, c.model_args(model_arg))
     x = example_inputs(manifest["model"]["name"], batch=batch, **manifest["model"].get("kwargs", {}))
     typer.echo(format_table(layer_table(model, x), fmt="text"))
-    typer.echo(json.dumps(totals(model, x)))
+    typer.echo(json.dumps(totals(model, x), ensure_ascii=False))
 
 
 def structured_source(source: str) -> tuple[Any, dict[str, Any], None] | None:

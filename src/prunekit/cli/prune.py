@@ -196,7 +196,7 @@ def prune_masks(source: str, out: Path, method: str, *, sparsity: float | None, 
     typer.echo(report.to_markdown())
     if metrics:
         typer.echo(json.dumps(metrics))
-    typer.echo(f"sparsity {report.sparsity:.4f}; written to {out}")
+    typer.echo(f"{c.sparsity_line(report)}; written to {out}")
     record(db, None, "prune", {"source": source, "method": cfg.to_dict()}, "model",
            {"sparsity": report.sparsity, **metrics})
 
