@@ -305,7 +305,7 @@ def show_report(rep: dict[str, Any], out: Path) -> None:
     for k in ("accuracy_before", "accuracy_removed", "accuracy_finetuned"):
         if k in rep:
             typer.echo(f"{k.replace('_', ' ')}: {rep[k]:.4f}")
-    typer.echo(f"slim model written to {out} (load with prunekit.structured.load_pruned)")
+    typer.echo(f"slim model written to {out} (load with prunekit.structured.load_structured)")
 
 
 def structured_prune(
