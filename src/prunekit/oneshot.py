@@ -95,10 +95,21 @@ def _check_weights(ledger: Ledger, params: dict[str, nn.Parameter], pattern: Pat
     if not params:
         raise ValueError("the model has no prunable weights (Linear, Conv, GPT-2 Conv1D, MultiheadAttention, "
                          f"RNN, MoE experts); kept by rule: {ledger.kept_by_reason()}")
+    misfits = []
     for name, p in params.items():
         if not torch.isfinite(p.detach()).all():
             raise ValueError(f"weight {name} contains NaN or Inf values; fix the model before pruning")
-        check_pattern_fits(ledger.prunable[name].as_matrices(p.detach(), keep_kernel=True).shape[1:], pattern, name)
+        try:
+            check_pattern_fits(ledger.prunable[name].as_matrices(p.detach(), keep_kernel=True).shape[1:], pattern,
+                               name)
+        except ValueError as e:
+            misfits.append((name.rpartition(".")[0] or name, str(e)))
+    if len(misfits) == 1:
+        raise ValueError(misfits[0][1])
+    if misfits:  # every layer the pattern cannot tile, in one message
+        mods = [m for m, _ in misfits]
+        raise ValueError(f"{misfits[0][1]}; {len(misfits)} layers do not fit pattern {pattern}: {', '.join(mods)}; "
+                         f"leave them dense with exclude={mods!r} (CLI: {' '.join('--exclude ' + m for m in mods)})")
 
 
 def _oriented(ledger: Ledger, name: str, t: Tensor) -> Tensor:

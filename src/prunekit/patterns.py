@@ -153,7 +153,8 @@ def check_pattern_fits(shape: tuple[int, ...] | torch.Size, pattern: Pattern, na
         if cols % pattern.m:
             raise ValueError(
                 f"pattern {pattern} needs the input dimension of {name} to be a multiple of m={pattern.m}, "
-                f"but it is {cols} (shape {list(shape)})"
+                f"but it is {cols} (shape {list(shape)}); leave it dense with exclude=[{_module(name)!r}] "
+                f"(CLI: --exclude {_module(name)}) or give the layer before it a width divisible by {pattern.m}"
             )
     elif isinstance(pattern, Block):
         rows = shape[0] if len(shape) >= 2 else 1
@@ -161,8 +162,14 @@ def check_pattern_fits(shape: tuple[int, ...] | torch.Size, pattern: Pattern, na
         if rows % pattern.h or cols % pattern.w:
             raise ValueError(
                 f"pattern {pattern} needs the 2-D view of {name} ({rows} x {cols}) to be divisible by "
-                f"{pattern.h} x {pattern.w}"
+                f"{pattern.h} x {pattern.w}; leave it dense with exclude=[{_module(name)!r}] "
+                f"(CLI: --exclude {_module(name)})"
             )
+
+
+def _module(name: str) -> str:
+    """The module path of parameter ``name`` (``convs.1.weight`` -> ``convs.1``), as ``exclude`` matches it."""
+    return name.rpartition(".")[0] or name
 
 
 def unit_scores(scores: Tensor, pattern: Pattern) -> Tensor:
