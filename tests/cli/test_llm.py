@@ -50,6 +50,7 @@ def test_prune_then_eval(model_dir, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "model.layers.1.mlp.down_proj.weight | 32x64 | 0.5000 | 0.5000 |" in r.stdout
     assert json.loads(r.stdout[r.stdout.index("{"):])["protocol"]["n_windows"] == 4
+    assert "perplexity: batch 1/1" in r.stderr  # progress lines without a TTY (4 windows = one batch of 8)
     rows = sqlite3.connect(db).execute("SELECT experiment, kind FROM runs").fetchall()
     assert sorted(rows) == [("llm-eval", "llm"), ("llm-prune", "llm")]
     assert not (tmp_path / "prunekit-results.sqlite").exists()  # never the current folder

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,9 +59,15 @@ def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
+
+
 def perplexity(model: nn.Module, stream: Tensor, seq_len: int, batch_size: int = 8, max_windows: int | None = None,
-               dataset: str = "custom", split: str = "validation", tokenizer: str = "") -> dict[str, Any]:
-    """Perplexity of a causal LM on non-overlapping windows of ``stream``; returns ppl, nll, tokens, protocol."""
+               dataset: str = "custom", split: str = "validation", tokenizer: str = "",
+               progress: Progress | None = None) -> dict[str, Any]:
+    """Perplexity of a causal LM on non-overlapping windows of ``stream``; returns ppl, nll, tokens, protocol.
+
+    ``progress("perplexity", done, total)`` is called after every batch of windows."""
     limit = max_positions(model)
     if limit is not None and seq_len > limit:
         raise ValueError(f"seq_len={seq_len} is beyond the model's maximum sequence length {limit}")
@@ -69,14 +76,17 @@ def perplexity(model: nn.Module, stream: Tensor, seq_len: int, batch_size: int =
     was = model.training
     model.eval()
     nll, count = 0.0, 0
+    batches = win.split(batch_size)
     with torch.no_grad():
-        for ids in win.split(batch_size):
+        for i, ids in enumerate(batches):
             ids = ids.to(dev)
             logits = model(input_ids=ids, **extra).logits.float()  # (B, L, V)
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
                                    reduction="sum")
             nll += float(loss)
             count += ids[:, 1:].numel()
+            if progress is not None:
+                progress("perplexity", i + 1, len(batches))
     model.train(was)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     proto = Protocol(dataset, split, seq_len, int(win.shape[0]), tokenizer=tokenizer, dtype=dtype)
@@ -84,19 +94,25 @@ def perplexity(model: nn.Module, stream: Tensor, seq_len: int, batch_size: int =
     return {"ppl": math.exp(mean), "nll": mean, "tokens": count, "protocol": proto.to_dict()}
 
 
-def pooled_embeddings(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, batch_size: int = 32) -> Tensor:
-    """Mean-pooled last hidden states over the attended tokens (sentence-transformers pooling); ``(N, d)``."""
+def pooled_embeddings(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, batch_size: int = 32,
+                      progress: Progress | None = None, stage: str = "embeddings") -> Tensor:
+    """Mean-pooled last hidden states over the attended tokens (sentence-transformers pooling); ``(N, d)``.
+
+    ``progress(stage, done, total)`` is called after every batch."""
     dev = _device_of(model)
     outs = []
     was = model.training
     model.eval()
+    pairs = list(zip(input_ids.split(batch_size), attention_mask.split(batch_size)))
     with torch.no_grad():
-        for ids, am in zip(input_ids.split(batch_size), attention_mask.split(batch_size)):
+        for i, (ids, am) in enumerate(pairs):
             out = model(input_ids=ids.to(dev), attention_mask=am.to(dev), output_hidden_states=True)
             h = getattr(out, "last_hidden_state", None)
             h = out.hidden_states[-1] if h is None else h  # (B, L, d)
             m = am.to(dev)[..., None].to(h.dtype)
             outs.append(((h * m).sum(1) / m.sum(1).clamp_min(1)).float().cpu())
+            if progress is not None:
+                progress(stage, i + 1, len(pairs))
     model.train(was)
     return torch.cat(outs)
 

@@ -51,20 +51,21 @@ def layers_markdown(model_dir: Path) -> str:
 
 
 def evaluate_model(model: Any, tok: Any, texts: list[str], name: str, dense: Path | None, seq_len: int,
-                   max_windows: int | None, batch_size: int) -> dict[str, Any]:
-    """Perplexity of a causal LM, or mean cosine fidelity of an encoder's pooled embeddings to ``dense``."""
+                   max_windows: int | None, batch_size: int, progress: Any = None) -> dict[str, Any]:
+    """Perplexity of a causal LM, or mean cosine fidelity of an encoder's pooled embeddings to ``dense``
+    (``progress(stage, done, total)`` after every batch)."""
     from . import evaluate as ev
     from . import io
     from .data import tokenize_stream
 
     if hasattr(model, "lm_head") or type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")):
         return ev.perplexity(model, tokenize_stream(texts, tok), seq_len, batch_size, max_windows, dataset=name,
-                             tokenizer=type(tok).__name__)
+                             tokenizer=type(tok).__name__, progress=progress)
     if dense is None:
         raise ValueError("an encoder is evaluated by fidelity to its dense model: pass --dense DIR")
     texts = texts[: max_windows or len(texts)]
     ids, am = ev.encode_texts(tok, texts, seq_len)
-    ref = ev.pooled_embeddings(io.load_model(io.check_model_dir(dense)), ids, am, batch_size)
-    fid = ev.embedding_fidelity(ref, ev.pooled_embeddings(model, ids, am, batch_size))
+    ref = ev.pooled_embeddings(io.load_model(io.check_model_dir(dense)), ids, am, batch_size, progress, "dense")
+    fid = ev.embedding_fidelity(ref, ev.pooled_embeddings(model, ids, am, batch_size, progress, "pruned"))
     return {"fidelity": fid, "texts": len(texts), "protocol": {"dataset": name, "max_len": seq_len,
             "pooling": "mean", "metric": "mean cosine to dense"}}

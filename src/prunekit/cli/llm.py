@@ -141,7 +141,8 @@ def eval_(
     model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
     texts = builtin_texts("validation") if data is None else load_texts(data)
     name = "builtin:stdlib-docstrings" if data is None else str(data)
-    metrics = evaluate_model(model, tok, texts, name, dense, seq_len, max_windows, batch_size)
+    with c.block_progress("batch", lines=20) as progress:  # about 20 lines without a TTY
+        metrics = evaluate_model(model, tok, texts, name, dense, seq_len, max_windows, batch_size, progress)
     if show_layers:
         typer.echo(layers_markdown(model_dir))
     import json
