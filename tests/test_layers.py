@@ -310,3 +310,16 @@ def test_ledger_figures_are_labelled_and_agree_with_totals(caplog):
     assert t["sparsity"] == pytest.approx(0.35) and t["sparsity_label"] == "all parameters incl. biases"
     assert t["sparsity_pruned_weights"] == 0.5 and t["sparsity_line"] == line
     assert pk.sparsity_report(copy.deepcopy(net)).ledger.measured.line() == line
+
+
+def test_an_exclude_that_matches_nothing_is_reported(caplog) -> None:
+    """A typo in exclude would prune what the user meant to keep: the ledger and the log say it matched nothing."""
+    import logging
+
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    with caplog.at_level(logging.WARNING):
+        ledger = classify(net, exclude=["lm_head", "1", "fc9"])
+    assert ledger.unmatched == ["fc9"]  # the default lm_head is not reported; "1" kept layer 1
+    assert ledger.kept["1.weight"] == "excluded" and ledger.to_dict()["unmatched_exclude"] == ["fc9"]
+    assert any("fc9" in r.getMessage() for r in caplog.records)
+    assert classify(net, exclude=["1"]).unmatched == []

@@ -188,6 +188,7 @@ class Ledger:
     prunable: dict[str, WeightInfo] = field(default_factory=dict)
     kept: dict[str, str] = field(default_factory=dict)  # name -> reason (one of KEEP_REASONS)
     measured: LedgerSummary | None = None  # set by measure(): the figures at that moment
+    unmatched: list[str] = field(default_factory=list)  # exclude / heads patterns that matched no tensor
 
     def parameters(self, model: nn.Module) -> dict[str, nn.Parameter]:
         """``{name: Parameter}`` of the prunable tensors, in module order."""
@@ -228,6 +229,8 @@ class Ledger:
         """JSON-able ledger: pruned tensors with kind and layout, kept tensors by reason, and the figures."""
         out: dict[str, Any] = {"pruned": {k: w.to_dict() for k, w in self.prunable.items()},
                                "kept": self.kept_by_reason()}
+        if self.unmatched:
+            out["unmatched_exclude"] = list(self.unmatched)
         if self.measured is not None:
             out["summary"] = self.measured.to_dict()
         return out
@@ -405,7 +408,10 @@ def classify(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE, include
     exclude, heads = tuple(exclude), tuple(heads)
     ledger, seen, uncovered = Ledger(), {}, []
     routers = _router_modules(model)
+    asked = [q for q in (*exclude, *heads) if q not in DEFAULT_EXCLUDE]
+    hit: set[str] = set()
     for name, mod, mod_name, attr, p in _walk(model):
+        hit.update(q for q in asked if q not in hit and _matches([q], mod_name, name))
         if id(p) in seen:
             ledger.kept[name] = "tied"  # counted once, under its first name
             continue
@@ -425,6 +431,10 @@ def classify(model: nn.Module, exclude: Iterable[str] = DEFAULT_EXCLUDE, include
         raise UncoveredWeightError(_uncovered_message(uncovered))
     if uncovered:
         log.warning(_uncovered_message(uncovered))
+    ledger.unmatched = [q for q in asked if q not in hit]
+    if ledger.unmatched:  # a typo would silently prune what the user meant to keep
+        log.warning("exclude pattern(s) %s matched no tensor of %s; nothing was kept for them",
+                    ledger.unmatched, type(model).__name__)
     if include is not None:
         _apply_include(ledger, list(include))
     return ledger

@@ -143,3 +143,17 @@ def test_remove_blocks_auto_and_the_old_spelling(tmp_path):
                               "--target-macs", "0.5", "--remove-blocks", "deep"])
     assert res.exit_code == 2 and "--remove-blocks must be a fraction in [0, 1) or 'auto'" in res.output
     assert not (tmp_path / "c").exists()
+
+
+def test_unwritable_db_is_refused_before_any_work(tmp_path):
+    """--db in a read-only folder: rc 2 naming --db, and no pruned checkpoint is written first."""
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        res = runner.invoke(app, ["prune", "mlp", "--sparsity", "0.5", "--db", str(ro / "r.sqlite"),
+                                  "--out", str(tmp_path / "o")])
+    finally:
+        ro.chmod(0o755)
+    assert res.exit_code == 2 and "--db" in res.output and "read-only" in res.output
+    assert not (tmp_path / "o").exists()

@@ -103,9 +103,21 @@ Out = Annotated[Path, typer.Option("--out", help="output folder; an existing non
                                    "--overwrite")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace the existing output (never an input, never "
                                          "a folder holding an input)")]
+def _db(value: Path | None) -> Path | None:
+    """``--db`` must be a writable SQLite file (or creatable), checked before any work."""
+    if value is not None:
+        from prunekit.bench.store import check_writable
+
+        try:
+            check_writable(value)
+        except (ValueError, OSError) as e:
+            raise typer.BadParameter(str(e)) from e
+    return value
+
+
 Db = Annotated[Path | None, typer.Option("--db", help=f"SQLite results store to record the run in (default: "
                                          f"OUT/{RESULTS_FILE} where the command keeps results; never the current "
-                                         f"folder)")]
+                                         f"folder)", callback=_db)]
 PatternOpt = Annotated[str, typer.Option("--pattern", help=PATTERN_HELP, callback=_pattern)]
 Sparsity = Annotated[float | None, typer.Option("--sparsity", help="fraction of zeros in [0, 1); not with an N:M "
                                                 "--pattern (N:M fixes it)", callback=_sparsity)]
