@@ -28,14 +28,9 @@ def register(main: typer.Typer) -> None:
 
 
 def _load_vector(path: Path, name: str) -> Any:
-    import numpy as np
+    from ..data.checks import open_npy
 
-    if not path.exists():
-        raise FileNotFoundError(f"{name} file {str(path)!r} does not exist")
-    arr = np.load(path, allow_pickle=False)
-    if arr.ndim != 1:
-        raise ValueError(f"{name} file {str(path)!r} must hold a 1-D array, got shape {arr.shape}")
-    return arr
+    return open_npy(path, name, ndim=1)
 
 
 def _train_split(dataset: str) -> Any:
@@ -188,6 +183,9 @@ def select(
             raise ValueError(f"scores has {len(s)} entries but data set {dataset!r} has {len(y)} training examples")
     if labels is not None:
         y = _load_vector(labels, "labels")
+        if len(y) != len(s):  # checked for every rule, not only the ones that use labels
+            raise ValueError(f"labels file {str(labels)!r} has {len(y)} entries but scores file {str(scores)!r} has "
+                             f"{len(s)}; they must match")
     if rule == "class-balanced":
         params.update(labels=y, within=within, num_classes=num_classes)
     elif rule == "ccs":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from numpy.lib import format as npy_format
 from torch import Tensor
 
 from ..errors import check_fraction
@@ -94,3 +97,46 @@ def check_nonneg_float(value: Any, name: str, upper: float | None = None, upper_
         rng = f"[0, {upper}{')' if upper_open else ']'}" if upper is not None else "[0, inf)"
         raise ValueError(f"{name} must be a number in {rng}, got {value!r}")
     return v
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def open_npy(path: str | os.PathLike, name: str = "array", ndim: int | None = None, mmap: bool = False) -> np.ndarray:
+    """A ``.npy`` file as an array (memory-mapped with ``mmap``), its header checked before any data is read.
+
+    Missing, empty, non-``.npy`` (e.g. a text file named ``.npy``), pickled-object or wrong-rank files raise
+    a ``FileNotFoundError`` / ``ValueError`` naming ``name`` and the file; nothing is ever unpickled.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} file {str(path)!r} does not exist (expected a .npy array)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{name} file {str(path)!r} is empty (0 bytes); expected a .npy array (numpy.save)")
+    with open(path, "rb") as f:
+        if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+            raise ValueError(f"{name} file {str(path)!r} is not a NumPy .npy file (no .npy header); write it with "
+                             "numpy.save")
+        f.seek(0)
+        try:
+            version = npy_format.read_magic(f)
+            read = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            shape, _, dtype = read(f)  # the header only: no data is read
+        except ValueError as e:
+            raise ValueError(f"{name} file {str(path)!r} has a damaged .npy header ({e})") from e
+    if dtype.hasobject:
+        raise ValueError(f"{name} file {str(path)!r} holds Python objects (dtype {dtype}); prunekit never unpickles: "
+                         "save a numeric array")
+    if ndim is not None and len(shape) != ndim:
+        raise ValueError(f"{name} file {str(path)!r} must hold a {ndim}-D array, got shape {shape}")
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def check_finite_rows(chunks: Any, name: str = "embeddings") -> None:
+    """Raise naming ``name`` and the first bad rows if any ``(start, rows)`` chunk holds NaN or Inf."""
+    for start, rows in chunks:
+        bad = ~np.isfinite(rows).all(axis=1)
+        if bad.any():
+            where = (np.flatnonzero(bad)[:5] + start).tolist()
+            raise ValueError(f"{name}: NaN or infinite values in {int(bad.sum())} row(s) of a chunk (e.g. rows "
+                             f"{where}); clean or drop those rows first")

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import check_choice
-from .checks import check_embeddings, check_positive_int
+from .checks import check_embeddings, check_finite_rows, check_positive_int, open_npy
 from .scores import DATA_SCORES
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ class Embeddings:
             self.path, self.array, self._offset = source.path, source.array, source._offset
             self.shape, self.dtype = source.shape, source.dtype
         elif isinstance(source, (str, os.PathLike)):
-            mm = np.load(source, mmap_mode="r", allow_pickle=False)
-            self._from_memmap(mm)
+            self._from_memmap(open_npy(source, name, ndim=2, mmap=True))
         elif isinstance(source, np.memmap) and source.filename is not None and source.flags.c_contiguous:
             self._from_memmap(source)
         else:
@@ -45,6 +44,8 @@ class Embeddings:
             self.array, self.shape, self.dtype = arr, tuple(arr.shape), arr.dtype
         check_embeddings(self, dim, name)
         self.n, self.d = int(self.shape[0]), int(self.shape[1])
+        if not isinstance(source, Embeddings):  # checked once, when first read (faiss fails in C++ on NaN)
+            check_finite_rows(self.chunks(), f"{name} file {str(self.path)!r}" if self.path is not None else name)
 
     def _from_memmap(self, mm: np.memmap) -> None:
         if not mm.flags.c_contiguous or mm.ndim != 2:
