@@ -1,4 +1,6 @@
-"""Training dynamics: one callback records per example and epoch the statistics every dynamics score needs.
+"""Training dynamics: one recorder (a ``fit`` callback or ``update`` calls in any loop) keeps per-example stats.
+
+Per example and epoch it records the statistics every dynamics score needs.
 
 Layout on disk (a folder): ``dynamics.f32``, a raw float32 memmap shaped ``(epochs, N, F)`` that grows
 one epoch at a time, and ``dynamics.json`` (version, N, field names, epochs done, the epoch being
