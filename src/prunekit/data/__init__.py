@@ -1,6 +1,7 @@
 """Data pruning: score every example, select what to keep, train on it.
 
-- ``DynamicsRecorder`` (a ``fit`` callback) records per-example training dynamics into a memmap;
+- ``DynamicsRecorder`` (a ``fit`` callback, or ``update``/``epoch()`` in your own loop) records per-example
+  training dynamics into a memmap;
   ``el2n``, ``forgetting``, ``aum``, ``prob_aum``, ``entropy``, ``loss`` come from the recorded runs;
   ``el2n(runs, epoch="auto")`` reads EL2N at ``learned_epoch(runs)`` (training accuracy at 90% of its final).
 - ``grand`` (per-example gradient norms with ``torch.func``), ``prototype`` (distance to the nearest

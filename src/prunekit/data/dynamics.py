@@ -1,4 +1,6 @@
-"""Training dynamics: one callback records per example and epoch the statistics every dynamics score needs.
+"""Training dynamics: one recorder (a ``fit`` callback or ``update`` calls in any loop) keeps per-example stats.
+
+Per example and epoch it records the statistics every dynamics score needs.
 
 Layout on disk (a folder): ``dynamics.f32``, a raw float32 memmap shaped ``(epochs, N, F)`` that grows
 one epoch at a time, and ``dynamics.json`` (version, N, field names, epochs done, the epoch being
@@ -22,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -106,13 +109,25 @@ class Dynamics:
 
 
 class DynamicsRecorder(Callback):
-    """Callback on ``prunekit.training.fit`` recording ``FIELDS`` per example and epoch into a memmap.
+    """Records ``FIELDS`` per example and epoch into a memmap, from ``fit`` (a callback) or any loop.
 
-    Memory is bounded by one epoch slice (``N * F`` floats, mapped, not held). The folder resumes:
-    a fresh ``fit`` appends after the epochs already recorded; a ``fit`` resumed from a checkpoint
-    (``state.step > 0``) continues its epochs, and an epoch resumed mid-way keeps the rows recorded
-    before the interruption. An epoch counts once all its batches ran. Needs a classifier (logits
-    ``(B, C)``) and ``Batch.index`` (given by ``fit``).
+    Semantics (both ways): one row per training batch, from the logits of the training forward pass
+    before the optimizer step (no extra eval pass); an example's row for an epoch is its last batch
+    in that epoch. Your own loop::
+
+        rec = DynamicsRecorder("dyn/", num_examples=len(train))
+        for e in range(epochs):
+            with rec.epoch():                      # or rec.start_epoch() ... rec.end_epoch()
+                for x, y, idx in loader:           # idx: the rows' positions in the training set
+                    logits = model(x)
+                    rec.update(idx, logits, y)     # loss defaults to per-example cross-entropy
+                    ...backward, step...
+
+    As a ``fit`` callback it calls the same ``start_epoch`` / ``update`` / ``end_epoch``. Memory is
+    bounded by one epoch slice (``N * F`` floats, mapped, not held). The folder resumes: a fresh ``fit``
+    appends after the epochs already recorded; a ``fit`` resumed from a checkpoint (``state.step > 0``)
+    continues its epochs, and an epoch resumed mid-way keeps the rows recorded before the
+    interruption. An epoch counts once all its batches ran (``end_epoch(complete=True)``).
     """
 
     def __init__(self, path: str | os.PathLike, num_examples: int, resume: bool = True) -> None:
@@ -121,6 +136,7 @@ class DynamicsRecorder(Callback):
         self.epochs_done = 0
         self.open_epoch: int | None = None  # slot written to but not finished
         self._offset: int | None = None  # slot = offset + state.epoch during one fit
+        self._slot: int | None = None  # the epoch slot mapped now
         self._mm: np.memmap | None = None
         meta_path = self.path / META_FILE
         if meta_path.exists():
@@ -133,39 +149,110 @@ class DynamicsRecorder(Callback):
             self.epochs_done = int(meta["epochs_done"])
             self.open_epoch = meta.get("open_epoch")
 
+    # -- the API for any loop ---------------------------------------------------------------------
+
+    def start_epoch(self, epoch: int | None = None, keep_rows: bool = False) -> int:
+        """Open epoch slot ``epoch`` (default: the next, ``epochs_done``) for ``update``; return it.
+
+        ``epoch`` may be at most ``epochs_done`` (re-recording an earlier epoch drops the later ones at
+        ``end_epoch``). Its rows start as NaN unless ``keep_rows`` and it is the epoch left open
+        by an interrupted run (then the rows recorded before the interruption stay).
+        """
+        e = self.epochs_done if epoch is None else epoch
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)) or not 0 <= int(e) <= self.epochs_done:
+            raise ValueError(f"epoch must be an integer in 0..{self.epochs_done} (the epochs recorded so far, "
+                             f"or the next), got {epoch!r}")
+        if self._mm is not None:
+            raise ValueError(f"epoch {self._slot} is still open; call end_epoch() before start_epoch()")
+        self._open_slot(int(e), clear=not (keep_rows and self.open_epoch == int(e)))
+        self._slot = int(e)
+        return int(e)
+
+    def update(self, indices: Tensor | np.ndarray | Sequence[int], logits: Tensor, targets: Tensor,
+               loss: Tensor | None = None) -> None:
+        """Record one batch: ``indices`` (B,) dataset positions, ``logits`` (B, C), ``targets`` (B,) labels.
+
+        ``loss`` (B,) is the per-example training loss; the default is cross-entropy of ``logits``
+        (what ``fit`` uses). Call between ``start_epoch`` and ``end_epoch``, before the optimizer step.
+        """
+        if self._mm is None:
+            raise ValueError("no epoch is open; wrap the epoch in `with recorder.epoch():` or call start_epoch()")
+        idx, y = self._check_batch(indices, logits, targets, loss)
+        if loss is None:
+            loss = torch.nn.functional.cross_entropy(logits.detach().float(), y, reduction="none")
+        self._mm[0, idx, :] = example_stats(logits, y, loss).cpu().numpy()
+
+    def end_epoch(self, complete: bool = True) -> None:
+        """Flush the open epoch; count it as recorded if ``complete`` (else it stays open, to resume)."""
+        if self._mm is None:
+            raise ValueError("no epoch is open; call start_epoch() first")
+        self._mm.flush()
+        self._mm = None
+        if complete:
+            self.epochs_done = self._slot + 1  # type: ignore[operator]
+            self.open_epoch = None
+        self._slot = None
+        self._write_meta()
+
+    @contextmanager
+    def epoch(self, epoch: int | None = None) -> Iterator[int]:
+        """``with recorder.epoch():`` opens the next epoch and counts it on a normal exit (not on an error)."""
+        slot = self.start_epoch(epoch)
+        try:
+            yield slot
+        except BaseException:
+            self.end_epoch(complete=False)
+            raise
+        self.end_epoch(complete=True)
+
+    def _check_batch(self, indices: Any, logits: Tensor, targets: Tensor,
+                     loss: Tensor | None) -> tuple[np.ndarray, Tensor]:
+        """Validated ``(indices as int64 numpy, targets as long tensor)`` or a ``ValueError`` naming the argument."""
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            raise ValueError(f"logits must be classifier logits shaped (B, C), got "
+                             f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
+        b = logits.shape[0]
+        y = torch.as_tensor(targets, device=logits.device)
+        if y.shape != (b,) or y.dtype.is_floating_point:
+            raise ValueError(f"targets must be integer labels shaped ({b},) to match logits, got "
+                             f"{tuple(y.shape)} {y.dtype}")
+        idx = (indices.detach().cpu().numpy() if isinstance(indices, Tensor) else np.asarray(indices))
+        if idx.shape != (b,) or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"indices must be integer dataset positions shaped ({b},) to match logits, got "
+                             f"{idx.shape} {idx.dtype}")
+        if b and (idx.min() < 0 or idx.max() >= self.num_examples):
+            raise ValueError(f"indices must be in 0..{self.num_examples - 1} (num_examples={self.num_examples}), "
+                             f"got values in {int(idx.min())}..{int(idx.max())}")
+        if loss is not None and tuple(loss.shape) != (b,):
+            raise ValueError(f"loss must be one value per example shaped ({b},), got {tuple(loss.shape)}")
+        return idx.astype(np.int64, copy=False), y.long()
+
+    # -- the fit callback: the same calls -----------------------------------------------------------
+
     def on_fit_start(self, state: TrainState) -> None:
         self._offset = self.epochs_done - state.epoch
 
     def on_epoch_start(self, state: TrainState) -> None:
         if self._offset is None:
             self.on_fit_start(state)
-        slot = self._offset + state.epoch  # type: ignore[operator]
         mid_epoch = state.step > state.epoch * state.steps_per_epoch
-        self._open_slot(slot, clear=not (mid_epoch and self.open_epoch == slot))
+        self.start_epoch(self._offset + state.epoch, keep_rows=mid_epoch)  # type: ignore[operator]
 
     def on_step_end(self, state: TrainState, batch: Batch) -> None:
         if batch.outputs is None or batch.loss_per_example is None:
             return
-        if batch.outputs.dim() != 2:
-            raise ValueError(f"DynamicsRecorder needs classifier logits (B, C), got shape {tuple(batch.outputs.shape)}")
         if self._mm is None:
             self.on_epoch_start(state)
-        stats = example_stats(batch.outputs, batch.y, batch.loss_per_example).cpu().numpy()
-        idx = batch.index.cpu().numpy()
-        self._mm[0, idx, :] = stats  # type: ignore[index]
+        self.update(batch.index, batch.outputs, batch.y, loss=batch.loss_per_example)
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self._mm is None:
             return
-        self._mm.flush()
-        self._mm = None
-        if state.step >= (state.epoch + 1) * state.steps_per_epoch:  # every batch of the epoch ran
-            self.epochs_done = self._offset + state.epoch + 1  # type: ignore[operator]
-            self.open_epoch = None
-        self._write_meta()
+        self.end_epoch(complete=state.step >= (state.epoch + 1) * state.steps_per_epoch)  # every batch ran
 
     def on_fit_end(self, state: TrainState) -> None:
         self._mm = None
+        self._slot = None
         self._offset = None
 
     def dynamics(self) -> Dynamics:
