@@ -35,7 +35,7 @@ def _kept_total(masks: dict[str, torch.Tensor]) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------- one-shot
-def check_oneshot(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
+def check_oneshot(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Module:
     x, _ = tiny_data
     shape, init = tiny_net(x).shape, {k: v.clone() for k, v in tiny_net.state_dict().items()}
 
@@ -56,6 +56,7 @@ def check_oneshot(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
         assert Config.from_json(cfg.to_json()) == cfg
         again = pk.prune_(fresh(), cfg, data=tiny_data).masks.masks
         assert all(torch.equal(again[k], masks[k]) for k in masks), f"{entry.name} is not deterministic"
+    return net
 
 
 # ----------------------------------------------------------------------------------------- calibrated
@@ -68,7 +69,7 @@ def _tiny_llama() -> nn.Module:
     return T.LlamaForCausalLM(cfg).eval()
 
 
-def check_calibrated(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
+def check_calibrated(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Module:
     model = _tiny_llama()
     ids = torch.randint(0, 96, (4, 16), generator=torch.Generator().manual_seed(0))
     cfg = entry.config(S)
@@ -80,10 +81,11 @@ def check_calibrated(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> Non
         assert torch.all(params[name][~m] == 0), name
     assert Config.from_json(cfg.to_json()) == cfg
     assert model(input_ids=ids).logits.shape == (4, 16, 96)
+    return model
 
 
 # ------------------------------------------------------------------------------------------- training
-def check_training(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
+def check_training(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Module:
     from prunekit.training import SRSTE, fit, training_callbacks
 
     cbs = training_callbacks(entry.name, S, data=tiny_data, **TRAIN_OPTIONS.get(entry.name, {}))
@@ -94,18 +96,19 @@ def check_training(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
     ms = attached(tiny_net)
     if entry.config is None:  # dense: nothing pruned
         assert ms is None
-        return
+        return tiny_net
     if isinstance(cbs[0], SRSTE):  # N:M of the declared n, m on every layer
         assert all(int(m.sum()) * 4 == m.numel() * 2 for m in cbs[0].masks.values())
-        return
+        return tiny_net
     kept, total = _kept_total(ms.masks)
     assert kept == round((1 - S) * total), entry.name
     for k, p in ms.params.items():
         assert torch.all(p.detach()[~ms.masks[k]] == 0), (entry.name, k)
+    return tiny_net
 
 
 # ------------------------------------------------------------------------------------ training driver
-def check_training_driver(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
+def check_training_driver(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Module:
     cfg = entry.config(S, fraction=0.3)  # 0.3, then exactly 0.5: two levels after the dense one
     assert cfg.levels == 2
     x, _ = tiny_data
@@ -122,6 +125,7 @@ def check_training_driver(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -
         assert torch.equal(ms.masks[k], res.masks()[k]) and torch.all(p.detach()[~ms.masks[k]] == 0), k
     assert tiny_net(x).shape == shape
     assert Config.from_json(cfg.to_json()) == cfg
+    return tiny_net
 
 
 # ----------------------------------------------------------------------------------------- structured
@@ -134,7 +138,7 @@ class _MLP(nn.Module):
         return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(x)))))
 
 
-def check_structured(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> None:
+def check_structured(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Module:
     from prunekit.structured import Structured, remove_
     from prunekit.structured.graph import build_graph
     from prunekit.structured.importance import group_scores
@@ -155,6 +159,7 @@ def check_structured(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> Non
     remove_(net, x, Structured(sparsity=0.5, importance=importance), data=(x, y))
     assert (net.fc1.out_features, net.fc2.out_features, net.fc3.out_features) == (8, 8, 4)
     assert net(x).shape == (32, 4)
+    return net
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -222,7 +227,9 @@ def test_every_kind_has_a_handler():
 @pytest.mark.parametrize("name", [n for k in MODEL_HANDLERS for n in METHODS.names(k)])
 def test_model_method_contract(name, tiny_net, tiny_data):
     entry = METHODS.get(name)
-    MODEL_HANDLERS[entry.kind](entry, tiny_net, tiny_data)
+    checked = MODEL_HANDLERS[entry.kind](entry, tiny_net, tiny_data)  # the kind's contract asserts inside
+    assert isinstance(checked, nn.Module), f"the {entry.kind} handler returned no model for {name!r}"
+    assert all(torch.isfinite(p).all() for p in checked.parameters()), f"{name} left non-finite weights"
 
 
 @pytest.mark.parametrize("name", METHODS.names("data-score"))

@@ -71,7 +71,9 @@ def test_doc_blocks_run(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path)
     (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks")  # the docs name configs by their repository path
     namespace: dict[str, object] = {"__name__": f"doc_{Path(doc).stem}"}
+    ran = 0
     for lineno, lang, code in blocks(doc):
+        ran += 1
         if lang == "python":
             try:
                 exec(compile(code, f"{doc}:{lineno}", "exec"), namespace)
@@ -79,4 +81,5 @@ def test_doc_blocks_run(doc: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
                 raise AssertionError(f"{doc}: python block at line {lineno} failed: {e!r}") from e
         else:
             for line in _lines(code):
-                _run_shell_line(line, tmp_path, doc, lineno)
+                _run_shell_line(line, tmp_path, doc, lineno)  # asserts the line's exit code
+    assert ran == len(blocks(doc)) > 0, f"{doc}: ran {ran} code blocks"
