@@ -334,3 +334,19 @@ def test_expected_sizes_for_check_out(tmp_path):
     assert pio.model_bytes(net) == 8 * 4
     _folder(tmp_path / "m", "abc")
     assert pio.folder_bytes(tmp_path / "m") == 9 and pio.folder_bytes(tmp_path / "m" / "a.txt") == 3
+
+
+def test_publish_file_refuses_an_existing_target_and_remove_owned_skips_missing(tmp_path):
+    from prunekit.io import OutputExistsError, publish_file, remove_owned, temp_file_beside
+
+    out = tmp_path / "e.npy"
+    out.write_bytes(b"user's")
+    tmp = temp_file_beside(out, ".npy")
+    tmp.write_bytes(b"new")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        publish_file(tmp, out)
+    assert out.read_bytes() == b"user's" and not tmp.exists()  # the user's file is untouched, the temp gone
+    tmp = temp_file_beside(out, ".npy")
+    tmp.write_bytes(b"new")
+    assert publish_file(tmp, out, overwrite=True).read_bytes() == b"new"
+    assert remove_owned([out, tmp_path / "missing"]) == 1 and not out.exists()

@@ -25,7 +25,7 @@ import secrets
 import shutil
 import signal
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -99,6 +99,45 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomic text write (UTF-8)."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def temp_file_beside(out: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A new empty file ``.NAME.prunekit-tmp-*SUFFIX`` beside ``out`` (for writers that stream, e.g. memmaps)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.prunekit-tmp-", suffix=suffix)
+    os.close(fd)
+    return Path(tmp)
+
+
+def publish_file(tmp: str | os.PathLike, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Move the complete file ``tmp`` (from :func:`temp_file_beside`) to ``out`` in one rename.
+
+    An existing ``out`` is replaced only with ``overwrite``; else ``tmp`` is removed and nothing changes.
+    """
+    tmp, out = Path(tmp), Path(out)
+    if out.exists() and not overwrite:
+        remove_owned([tmp])
+        raise OutputExistsError(f"{out} already exists; pass --overwrite (overwrite=True) to replace it, or choose "
+                                "another path")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+    os.replace(tmp, out)
+    return out
+
+
+def remove_owned(paths: Iterable[str | os.PathLike]) -> int:
+    """Delete files this prunekit run wrote (temporary or superseded ones); missing ones are skipped.
+
+    The one place outside folder replaces where prunekit deletes: callers pass only paths they created
+    (resume state, superseded training-state tensors, their own temporary files). Folders are never removed
+    here. Returns how many files were deleted.
+    """
+    n = 0
+    for p in map(Path, paths):
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+            n += 1
+    return n
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:

@@ -19,6 +19,10 @@ def test_embed_to_memmap_matches_in_memory(tmp_path):
     assert isinstance(out, np.memmap)
     np.testing.assert_allclose(np.asarray(out), mem, rtol=1e-5, atol=1e-6)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e.npy"]  # no temp file left
+    with pytest.raises(FileExistsError, match="--overwrite"):  # an existing file is never replaced silently
+        embed(enc, x[:3], out=tmp_path / "e.npy")
+    assert np.load(tmp_path / "e.npy").shape == (37, 16)
+    assert embed(enc, x[:3], out=tmp_path / "e.npy", overwrite=True).shape == (3, 16)
 
 
 def test_random_conv_encoder_is_fixed_by_seed():

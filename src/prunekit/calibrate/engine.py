@@ -14,7 +14,6 @@ import ctypes
 import hashlib
 import json
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import Config
-from ..io import check_writable, load_tensors, save_tensors, write_json
+from ..io import check_writable, load_tensors, remove_owned, save_tensors, write_json
 from ..layers import Ledger
 from ..masks import LayerReport, Report, attach
 from ..patterns import NM, Pattern
@@ -386,7 +385,7 @@ class _State:
         if hidden is not None:
             save_tensors(self.root / f"hidden_{i + 1}.safetensors", {f"h{j}": h for j, h in enumerate(hidden)})
         write_json(self.root / "state.json", self.data)
-        (self.root / f"hidden_{i}.safetensors").unlink(missing_ok=True)
+        remove_owned([self.root / f"hidden_{i}.safetensors"])  # written by this run at block i - 1
 
     def save(self, run_seconds: float | None = None) -> None:
         if run_seconds is not None:
@@ -676,7 +675,6 @@ def _report(model: nn.Module, run: _Run, config: Any, solver: str, calib: Calibr
 def clear_state(state_dir: str | Path) -> None:
     """Delete a finished run's resume files (``state.json``, ``block_*``, ``hidden_*``)."""
     root = Path(state_dir)
-    for f in list(root.glob("block_*.safetensors")) + list(root.glob("hidden_*.safetensors")) + [root / "state.json"]:
-        f.unlink(missing_ok=True)
-    if root.exists() and not any(root.iterdir()):
-        shutil.rmtree(root)
+    remove_owned([*root.glob("block_*.safetensors"), *root.glob("hidden_*.safetensors"), root / "state.json"])
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()  # only when nothing else is left in it

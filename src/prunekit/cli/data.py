@@ -315,23 +315,23 @@ def embed(
     docs = read_texts(texts, text_field)
     c.say(f"embedding {len(docs)} texts with {model or 'all-MiniLM-L6-v2 (built-in)'}")
     path = embed_texts(docs, out, model, max_length, batch_size, backend,
-                       {"texts_file": str(texts), "text_field": text_field})
+                       {"texts_file": str(texts), "text_field": text_field}, overwrite)
     typer.echo(f"wrote {len(docs)} embeddings to {path}")
 
 
 def embed_texts(docs: list[str], out: Path, model: Path | None, max_length: int, batch_size: int, backend: str,
-                extra: dict[str, Any]) -> Path:
-    """Write ``out/embeddings.npy`` (N, d) float32 and ``out/manifest.json``."""
+                extra: dict[str, Any], overwrite: bool = False) -> Path:
+    """Write the folder ``out`` (``embeddings.npy`` (N, d) float32 + ``manifest.json``) whole or not at all."""
     from ..data.embed import MiniLMEncoder
     from ..data.embed import embed as run_embed
-    from ..data.io import write_json
+    from ..io import atomic_dir, write_json
 
-    out.mkdir(parents=True, exist_ok=True)
     enc = MiniLMEncoder(max_length=max_length, path=None if model is None else str(model))
-    e = run_embed(enc, docs, out / "embeddings.npy", batch_size=batch_size, backend=backend)
-    write_json(out / "manifest.json", {"version": 1, "kind": "data-embeddings", "num_examples": int(e.shape[0]),
-                                       "dim": int(e.shape[1]), "dtype": "float32", "pooling": "mean",
-                                       "normalized": True, "max_length": max_length,
-                                       "model": str(model) if model is not None else "builtin:all-MiniLM-L6-v2",
-                                       **extra})
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        e = run_embed(enc, docs, tmp / "embeddings.npy", batch_size=batch_size, backend=backend)
+        write_json(tmp / "manifest.json", {"version": 1, "kind": "data-embeddings", "num_examples": int(e.shape[0]),
+                                           "dim": int(e.shape[1]), "dtype": "float32", "pooling": "mean",
+                                           "normalized": True, "max_length": max_length,
+                                           "model": str(model) if model is not None
+                                           else "builtin:all-MiniLM-L6-v2", **extra})
     return out / "embeddings.npy"

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import check_choice
+from ..io import publish_file, remove_owned, temp_file_beside
 from .checks import check_positive_int
 
 log = logging.getLogger(__name__)
@@ -118,10 +117,11 @@ class _EncodeRows:
 
 
 def embed(encoder: Encoder, data: Any, out: str | os.PathLike | None = None, batch_size: int = 256,
-          backend: str = "local", concurrency: int | None = None) -> np.ndarray:
+          backend: str = "local", concurrency: int | None = None, overwrite: bool = False) -> np.ndarray:
     """Encode every row of ``data`` into float32 ``(N, d)``; with ``out`` a ``.npy`` memmap written atomically.
 
-    ``backend="ray"`` runs the batches on Ray Data (same values as ``"local"``).
+    ``backend="ray"`` runs the batches on Ray Data (same values as ``"local"``). An existing ``out`` is
+    replaced only with ``overwrite``.
     """
     check_choice(backend, "backend", BACKENDS)
     check_positive_int(batch_size, "batch_size")
@@ -139,30 +139,24 @@ def embed(encoder: Encoder, data: Any, out: str | os.PathLike | None = None, bat
 
             for res in map_rows(_EncodeRows(encoder), rows, batch_size=batch_size, concurrency=concurrency):
                 sink[res["id"]] = res["out"]
-        return _close_sink(sink, tmp, out)
+        return _close_sink(sink, tmp, out, overwrite)
     except BaseException:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            remove_owned([tmp])
         raise
 
 
 def _open_sink(out: str | os.PathLike | None, shape: tuple[int, int]) -> tuple[np.ndarray, str | None]:
     if out is None:
         return np.empty(shape, np.float32), None
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npy", dir=path.parent)
-    os.close(fd)
+    tmp = str(temp_file_beside(out, suffix=".npy"))
     return np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape), tmp
 
 
-def _close_sink(sink: np.ndarray, tmp: str | None, out: str | os.PathLike | None) -> np.ndarray:
+def _close_sink(sink: np.ndarray, tmp: str | None, out: str | os.PathLike | None, overwrite: bool) -> np.ndarray:
     if tmp is None:
         return sink
     sink.flush()  # type: ignore[attr-defined]
     del sink
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
-    os.replace(tmp, out)  # type: ignore[arg-type]
+    publish_file(tmp, out, overwrite=overwrite)  # type: ignore[arg-type]
     return np.load(out, mmap_mode="r")

@@ -29,6 +29,7 @@ from ..io import (
     check_writable,
     load_tensors,
     read_manifest,
+    remove_owned,
     save_tensors,
     write_manifest,
 )
@@ -139,10 +140,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, optimizer: torch.
     doc["tensors"] = name
     save_tensors(folder / name, _unshared(tensors), {"format": "prunekit", "kind": KIND})
     index = write_manifest(folder, KIND, doc)  # the commit point
-    for old in folder.iterdir():
-        if TENSORS.match(old.name) and old.name != name:
-            old.unlink(missing_ok=True)
-    (folder / LEGACY_INDEX).unlink(missing_ok=True)  # a version-1 index would name a deleted tensor file
+    # this folder holds training state only (check_folder): the superseded tensor files are ours, and a
+    # version-1 index would name a deleted one
+    remove_owned([*(p for p in folder.iterdir() if TENSORS.match(p.name) and p.name != name), folder / LEGACY_INDEX])
     log.debug("checkpoint at step %d written to %s", step, folder)
     return index
 
