@@ -18,7 +18,7 @@ from typing import Any
 
 from .report import check_out_dir, format_summary, summarize, write_report
 from .runner import PlannedRun, SweepResult, run_sweep
-from .store import DEFAULT_DB, ResultsStore, RunRecord, check_writable
+from .store import DEFAULT_DB, ResultsStore, RunRecord, check_db_writable
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def run_demo(
     config = demo_config(parse_seeds(seeds), quick)
     out = check_out_dir(out_dir)
     if db is not None:
-        check_writable(db)  # before anything is created
+        check_db_writable(db)  # before anything is created
     out.mkdir(parents=True, exist_ok=True)
     db_path = Path(db) if db is not None else out / DEFAULT_DB
     sweep = run_sweep(config, db_path, progress=progress, on_run=on_run)

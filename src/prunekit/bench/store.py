@@ -150,7 +150,7 @@ def _now() -> str:
 _read_only = is_read_only  # older name
 
 
-def check_writable(path: str | os.PathLike[str]) -> Path:
+def check_db_writable(path: str | os.PathLike[str]) -> Path:
     """Raise ``ResultsStoreError`` if the database at ``path`` or its folder cannot be written."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"db must be a path (str or os.PathLike), got {type(path).__name__}")
@@ -186,7 +186,7 @@ class ResultsStore:
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, readonly: bool = False,
                  timeout: float = 30.0) -> None:
-        self.path = _check_readable(path) if readonly else check_writable(path)
+        self.path = _check_readable(path) if readonly else check_db_writable(path)
         self.readonly = readonly
         try:
             if readonly and (_read_only(self.path) or _read_only(self.path.parent.resolve())):

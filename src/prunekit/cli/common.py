@@ -106,10 +106,10 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace the existi
 def _db(value: Path | None) -> Path | None:
     """``--db`` must be a writable SQLite file (or creatable), checked before any work."""
     if value is not None:
-        from prunekit.bench.store import check_writable
+        from prunekit.bench.store import check_db_writable
 
         try:
-            check_writable(value)
+            check_db_writable(value)
         except (ValueError, OSError) as e:
             raise typer.BadParameter(str(e)) from e
     return value

@@ -133,10 +133,6 @@ def eval_(
 
     model_dir = io.check_model_dir(model_dir)
     check_seq_len(model_dir, seq_len)
-    if db is not None:
-        from ..bench.store import check_writable
-
-        check_writable(db)
     c.say(f"evaluating {model_dir}")
     model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
     texts = builtin_texts("validation") if data is None else load_texts(data)
