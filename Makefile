@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[zoo,hf,data,ray,dev]"
+	$(BIN)/python -m pip install -q -e ".[zoo,hf,data,ray,federated,lora,export,dev]"
 	touch $(STAMP)
 
 venv: $(STAMP)
