@@ -20,7 +20,9 @@ def test_plan_takes_solver_and_statistics_from_the_registered_entry():
     assert wanda.stats == frozenset({"norms"}) and _needs(wanda, "layers.0.q_proj") == frozenset({"norms"})
     mag = _plan("magnitude", CalibratedMagnitude(0.5, error_report=False), None, None)  # the old spelling
     assert mag.solver == "calibrated-magnitude" and _needs(mag, "x") == frozenset()
-    assert _needs(_plan(None, Wanda(0.5), None, True), "x") == frozenset({"norms", "hessian", "moments"})
+    assert _needs(_plan(None, Wanda(0.5), None, True), "x") == frozenset({"norms", "moments"})  # no X^T X by default
+    assert _needs(_plan(None, Wanda(0.5, error_report=True), None, True), "x") == frozenset(
+        {"norms", "hessian", "moments"})
 
 
 def test_one_shot_magnitude_converts_and_unsupported_fields_are_named():

@@ -134,7 +134,10 @@ def test_foundation_magnitude_runs_through_the_engine(calib_ids):
     model = tiny_model("mistral")
     report = prunekit.prune_(model, prunekit.Magnitude(0.5), data=calib_ids)
     assert report.sparsity == pytest.approx(0.5)
-    assert all(r.error is not None for r in report.layers)  # the engine's per-layer error report
+    assert all(r.error is None for r in report.layers)  # magnitude gathers no X^T X: no error unless asked
+    asked = prunekit.prune_(tiny_model("mistral"), prunekit.calibrate.CalibratedMagnitude(0.5, error_report=True),
+                            data=calib_ids)
+    assert all(r.error is not None and r.error > 0 for r in asked.layers)  # the engine's per-layer error report
     with pytest.raises(ValueError, match="scope"):
         prunekit.prune_(tiny_model("mistral"), prunekit.Magnitude(0.5, scope="global"), data=calib_ids)
 

@@ -232,13 +232,27 @@ class _Recorder:
             h.remove()
 
 
+def _probe_uniform(run: Callable[[Tensor], Any], rec: _Recorder, ids: Tensor) -> bool:
+    """Run ``ids`` through every block but the last; whether each block got block 0's extra arguments."""
+    rec.batch = []
+    try:
+        run(ids)
+    except _Stop:
+        pass
+    if not rec.batch:
+        raise RuntimeError("the model did not call its first block on a calibration batch")
+    _, args, kw = rec.batch[0]
+    return all(_same((a, k), (args, kw)) for _, a, k in rec.batch[1:])
+
+
 def capture_stack(run: Callable[[Tensor], Any], blocks: nn.ModuleList, batches: list[Tensor],
-                  device: torch.device, store: torch.device) -> StackInputs:
+                  device: torch.device, store: torch.device, probe: bool = True) -> StackInputs:
     """Run the model (``run(ids)``) on each batch up to the stack; return what each of its blocks receives.
 
-    The first batch runs through every block but the last, recording each block's call arguments.
-    When every block got the same extra arguments as block 0 (the usual case), later batches stop at
-    block 0; otherwise (T5's shared position biases, per-layer attention masks) they run through too.
+    A probe (the first sequence of the first batch, or the whole batch with ``probe=False``) runs
+    through every block but the last, recording each block's call arguments. When every block got
+    the same extra arguments as block 0 (the usual case), every batch stops at block 0; otherwise
+    (T5's shared position biases, per-layer attention masks) every batch runs through the stack.
     """
     rec = _Recorder(blocks, store)
     rec.stop_at = len(blocks) - 1
@@ -247,6 +261,9 @@ def capture_stack(run: Callable[[Tensor], Any], blocks: nn.ModuleList, batches: 
     uniform = True
     try:
         with torch.no_grad(), offloaded(blocks, device):
+            if probe and len(blocks) > 1 and batches and batches[0].shape[0] > 1:
+                uniform = _probe_uniform(run, rec, batches[0][:1].to(device))
+                rec.stop_at = 0 if uniform else len(blocks) - 1
             for b, ids in enumerate(batches):
                 rec.batch = []
                 try:
@@ -260,7 +277,7 @@ def capture_stack(run: Callable[[Tensor], Any], blocks: nn.ModuleList, batches: 
                 if prev is not None:
                     args, kw = _share(args, prev.args), {k: _share(v, prev.kwargs.get(k)) for k, v in kw.items()}
                 first.append(BlockInput(hidden, args, kw))
-                if b == 0:
+                if b == 0 and rec.stop_at > 0:
                     uniform = all(_same((a, k), (args, kw)) for _, a, k in rec.batch[1:])
                     rec.stop_at = 0 if uniform else len(blocks) - 1
                     if not uniform:

@@ -91,6 +91,9 @@ class Calibrated(Config):
 
     A subclass names its solver in :meth:`solve`; ``reconstructs`` says whether the solver updates the
     kept weights (then a refined mask, e.g. DSnoT's, is solved again rather than applied as is).
+    ``error_report``: the per-layer relative reconstruction error tr(ΔW H ΔW^T) / tr(W H W^T) needs
+    H = X^T X; ``None`` (default) reports it only when the solver gathers H anyway (SparseGPT), ``True``
+    gathers H for any solver (costly for Wanda: an (in, in) accumulation per layer), ``False`` never.
     """
 
     reconstructs: ClassVar[bool] = False
@@ -100,7 +103,7 @@ class Calibrated(Config):
     owl: OWLConfig | None = None
     dsnot: DSnoTConfig | None = None
     batch_size: int = 8
-    error_report: bool = True
+    error_report: bool | None = None  # None: only where the solver's statistics hold X^T X; True: always
     max_layer_sparsity: float = 0.99
     exclude: list[str] = field(default_factory=lambda: ["lm_head"])
 
@@ -113,6 +116,8 @@ class Calibrated(Config):
         if self.owl is not None and isinstance(self.pattern, NM):
             raise ValueError("owl needs pattern=Unstructured(): OWL allocates a different sparsity per layer")
         _positive_int(self.batch_size, "batch_size")
+        if self.error_report not in (None, True, False):
+            raise ValueError(f"error_report must be None, true or false, got {self.error_report!r}")
         _number(self.max_layer_sparsity, "max_layer_sparsity", 0.0, 1.0, lo_open=True)
         if self.sparsity > self.max_layer_sparsity:
             raise ValueError(f"sparsity={self.sparsity} is above max_layer_sparsity={self.max_layer_sparsity}")

@@ -70,7 +70,7 @@ class CalibrationPlan:
     owl: OWLConfig | None
     dsnot: DSnoTConfig | None
     batch_size: int
-    error_report: bool
+    error_report: bool | None  # None: where the solver's statistics hold H anyway
     exclude: list[str]
     max_layer_sparsity: float
     config: Calibrated  # its ``solve`` prunes one layer
@@ -100,7 +100,7 @@ def _needs(plan: CalibrationPlan, layer: str) -> frozenset[str]:
     needs = set(plan.stats)
     if plan.owl is not None:
         needs.add("norms")
-    if plan.error_report:
+    if plan.error_report is True:
         needs.add("hessian")
     if _dsnot_on(plan, layer):
         needs |= {"norms", "moments"}
@@ -206,7 +206,7 @@ def solve_layer(plan: CalibrationPlan, name: str, W: Tensor, st: LayerStats, spa
         d = plan.dsnot
         mask = S.dsnot(W, mask, st, plan.pattern, d.max_cycles, d.threshold, d.gamma, d.same_sign)
         W_new, mask = plan.config.solve(W, st, sparsity, plan.pattern, name, mask=mask)  # keep the refined mask
-    err = S.reconstruction_error(W, W_new, st.H) if (plan.error_report and st.H is not None) else float("nan")
+    err = S.reconstruction_error(W, W_new, st.H) if (plan.error_report is not False and st.H is not None) else float("nan")
     return W_new, mask, err
 
 
