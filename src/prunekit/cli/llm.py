@@ -16,9 +16,10 @@ llm_app = c.app_group("Post-training pruning of transformers / LLMs: evaluation 
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``llm`` group (``prune`` alias, ``eval``) to ``app``."""
+    """Add the ``llm`` group (``prune`` alias, ``eval``, ``experts``) to ``app``."""
     c.alias(llm_app, "prune", llm_prune, "llm prune", "prune MODEL_DIR --method ...")
     c.command(llm_app, "eval")(eval_)
+    c.command(llm_app, "experts")(experts)
     app.add_typer(llm_app, name="llm", help="Post-training pruning of transformers / LLMs.")
 
 
@@ -171,3 +172,58 @@ def train_lm(
     with c.block_progress("step", lines=20) as progress:
         path = run(out, recipe, overwrite=overwrite, progress=lambda s, n, _l: progress("train", s, n))
     typer.echo(f"zoo LM saved to {path}")
+
+
+EXPERT_SCORES = ("reap", "frequency", "random")
+
+
+def _expert_keep(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"--keep must be a fraction of experts in (0, 1]; got {value!r}")
+    return value
+
+
+def experts(
+    model_dir: Annotated[Path, typer.Argument(help="a save_pretrained MoE folder (Mixtral, Qwen2-MoE, Qwen3-MoE)")],
+    out: c.Out,
+    keep: Annotated[float, typer.Option("--keep", help="fraction of experts kept in every MoE layer, in (0, 1]",
+                                        callback=_expert_keep)] = 0.5,
+    score: Annotated[str, typer.Option("--score", help="reap (gate x expert output norm) | frequency | random",
+                                       callback=c.choice("--score", EXPERT_SCORES))] = "reap",
+    calib: Annotated[Path | None, typer.Option(help="text file, folder or saved dataset (default: built-in "
+                                               "corpus)")] = None,
+    nsamples: Annotated[int, typer.Option(help="calibration samples")] = 64,
+    seq_len: Annotated[int, typer.Option(help="tokens per calibration sample")] = 128,
+    batch_size: Annotated[int, typer.Option(help="samples per forward pass")] = 8,
+    seed: c.Seed = 0,
+    threads: c.Threads = None,
+    db: c.Db = None,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Remove the lowest-scoring experts of every MoE layer (router statistics) and save a smaller model."""
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    if calib is not None and not calib.exists():
+        raise FileNotFoundError(f"--calib {calib} does not exist")
+    if nsamples < 1 or seq_len < 2 or batch_size < 1:
+        raise ValueError(f"--nsamples, --batch-size must be >= 1 and --seq-len >= 2, got {nsamples}, {batch_size}, "
+                         f"{seq_len}")
+    c.check_out(out, overwrite=overwrite, inputs=[model_dir, calib], expected_bytes=c.folder_bytes(model_dir))
+    c.set_threads(threads)
+    from ..calibrate import io
+    from ..calibrate.moe import remove_experts_dir
+    from ..calibrate.workflow import check_seq_len
+
+    model_dir = io.check_model_dir(model_dir)
+    check_seq_len(model_dir, seq_len)
+    rep, saved = remove_experts_dir(model_dir, out, keep, score, calib=calib, nsamples=nsamples, seq_len=seq_len,
+                                    seed=seed, batch_size=batch_size, overwrite=overwrite)
+    for name, d in rep.layers.items():
+        unrouted = f"; no calibration token: {d['unrouted']}" if d["unrouted"] else ""
+        typer.echo(f"{name}: removed experts {d['removed']}, kept {d['kept']}{unrouted}")
+    typer.echo(f"experts per layer {rep.experts_before} -> {rep.experts_after}, top-k {rep.top_k_before} -> "
+               f"{rep.top_k_after}, parameters {rep.params_before} -> {rep.params_after} ({score}) -> {saved}")
+    from .prune import record
+
+    record(db, out, "llm-experts", {"model": str(model_dir), "score": score, "keep": keep}, "llm",
+           {"experts_after": rep.experts_after, "params_after": rep.params_after}, None, {})
