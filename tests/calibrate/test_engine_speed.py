@@ -9,7 +9,6 @@ import torch
 from prunekit.calibrate import SparseGPT, Wanda, prune_blocks
 from prunekit.calibrate import solvers as S
 from prunekit.calibrate.blocks import capture_stack, find_stacks, stack_runner
-
 from prunekit.zoo.tiny_hf import tiny_hf_model
 from prunekit.zoo.tiny_hf import tiny_ids as ids
 

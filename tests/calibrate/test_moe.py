@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from prunekit.calibrate import SparseGPT, Wanda, prune_blocks
 from prunekit.calibrate.moe import find_moe_layers, keep_count, remove_experts, router_statistics
 from prunekit.cli import app
-from prunekit.zoo.tiny_hf import save_tiny_hf, tiny_hf_config, tiny_hf_model, tiny_ids
+from prunekit.zoo.tiny_hf import tiny_hf_config, tiny_hf_model, tiny_ids
 
 MOE = ["MixtralForCausalLM", "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM"]
 
@@ -133,11 +133,10 @@ def test_top_k_clipped_and_bad_arguments():
 
 
 def test_cli_experts_saves_a_model_plain_transformers_loads(tmp_path):
+    import transformers as T
     from transformers import AutoModelForCausalLM
 
     from prunekit.zoo.lm import train_tokenizer
-
-    import transformers as T
 
     src, out = tmp_path / "src", tmp_path / "out"
     words = "the router sends every token to two experts and each expert is a small gated MLP".split()

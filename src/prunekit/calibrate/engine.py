@@ -206,7 +206,8 @@ def solve_layer(plan: CalibrationPlan, name: str, W: Tensor, st: LayerStats, spa
         d = plan.dsnot
         mask = S.dsnot(W, mask, st, plan.pattern, d.max_cycles, d.threshold, d.gamma, d.same_sign)
         W_new, mask = plan.config.solve(W, st, sparsity, plan.pattern, name, mask=mask)  # keep the refined mask
-    err = S.reconstruction_error(W, W_new, st.H) if (plan.error_report is not False and st.H is not None) else float("nan")
+    report = plan.error_report is not False and st.H is not None  # None: only where H was gathered anyway
+    err = S.reconstruction_error(W, W_new, st.H) if report else float("nan")
     return W_new, mask, err
 
 
