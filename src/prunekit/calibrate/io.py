@@ -151,6 +151,10 @@ def check_model_dir(model_dir: str | Path) -> Path:
         raise FileNotFoundError(f"model directory {p} does not exist")
     if not (p / "config.json").is_file():
         raise ValueError(f"model directory {p} has no config.json (expected a save_pretrained folder)")
+    from ..quant.format import is_quantized_dir
+
+    if is_quantized_dir(p):
+        return p
     if not any((p / f).is_file() for f in WEIGHT_FILES) and not list(p.glob("model-*.safetensors")):
         raise ValueError(f"model directory {p} has no weights ({', '.join(WEIGHT_FILES)})")
     return p
@@ -181,6 +185,11 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Mo
     from transformers import AutoConfig
 
     p = check_model_dir(model_dir)
+    from ..quant.format import is_quantized_dir, load_quantized
+
+    if is_quantized_dir(p):  # int8 / int4 weights of ``prunekit llm quantize``, dequantized
+        model = load_quantized(p)
+        return model if dtype is None else model.to(dtype)
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
     kw = {"dtype": dtype} if dtype is not None else {}
     return model_class(cfg).from_pretrained(p, local_files_only=True, **kw).eval()

@@ -16,10 +16,11 @@ llm_app = c.app_group("Post-training pruning of transformers / LLMs: evaluation 
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``llm`` group (``prune`` alias, ``eval``, ``experts``) to ``app``."""
+    """Add the ``llm`` group (``prune`` alias, ``eval``, ``experts``, ``quantize``) to ``app``."""
     c.alias(llm_app, "prune", llm_prune, "llm prune", "prune MODEL_DIR --method ...")
     c.command(llm_app, "eval")(eval_)
     c.command(llm_app, "experts")(experts)
+    c.command(llm_app, "quantize")(quantize)
     app.add_typer(llm_app, name="llm", help="Post-training pruning of transformers / LLMs.")
 
 
@@ -227,3 +228,39 @@ def experts(
 
     record(db, out, "llm-experts", {"model": str(model_dir), "score": score, "keep": keep}, "llm",
            {"experts_after": rep.experts_after, "params_after": rep.params_after}, None, {})
+
+
+def _bits(value: int) -> int:
+    if value not in (4, 8):
+        raise typer.BadParameter(f"--bits must be one of 4, 8; got {value!r}")
+    return value
+
+
+def quantize(
+    model_dir: Annotated[Path, typer.Argument(help="a (pruned) save_pretrained folder")],
+    out: c.Out,
+    bits: Annotated[int, typer.Option("--bits", help="4 | 8", callback=_bits)] = 4,
+    group: Annotated[int, typer.Option("--group", help="inputs per scale / zero point (a row when it does not "
+                                       "divide the input dimension)")] = 128,
+    exclude: c.Exclude = None,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """Weight-only int8 / int4 group-wise quantization of every Linear weight, zeros kept (stored sparse)."""
+    if group < 1:
+        raise ValueError(f"--group must be a positive integer, got {group}")
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    c.check_out(out, overwrite=overwrite, inputs=[model_dir], expected_bytes=c.folder_bytes(model_dir))
+    from ..calibrate import io
+    from ..calibrate.pipeline import load_tokenizer
+    from ..quant import save_quantized
+
+    model_dir = io.check_model_dir(model_dir)
+    model = io.load_model(model_dir)
+    tok = load_tokenizer(model_dir, required=False)
+    before = c.folder_bytes(model_dir)
+    saved, man = save_quantized(model, out, bits, group, tokenizer=tok, exclude=c.excluded(exclude),
+                                overwrite=overwrite, extra={"source_model": str(model_dir)})
+    sparse = sum(e["sparse"] for e in man["quantized"].values())
+    typer.echo(f"int{bits} (group {group}): {len(man['quantized'])} Linear weights, {sparse} stored sparse "
+               f"(bitmask); {man['bytes']['weights_file']} bytes of weights (source folder {before} bytes) -> {saved}")
