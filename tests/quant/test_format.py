@@ -61,3 +61,17 @@ def test_cli_quantize_then_eval(tmp_path):
     assert type(load_model(out)).__name__ == "LlamaForCausalLM"  # what llm eval and llm prune load
     bad = runner.invoke(app, ["llm", "quantize", str(src), "--bits", "3", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--bits must be one of 4, 8" in bad.output
+
+
+def test_fused_experts_quantized_routers_kept(tmp_path):
+    model = tiny_hf_model("Qwen2MoeForCausalLM")
+    prune_blocks(model, "wanda", Wanda(0.5), tiny_ids()).masks.bake()
+    out, man = save_quantized(model, tmp_path / "q", 4, 16)
+    e = man["quantized"]["model.layers.0.mlp.experts.gate_up_proj"]
+    assert e["shape"] == [4, 64, 32] and e["sparse"] and e["kept"] == e["numel"] // 2
+    assert {"model.layers.0.mlp.gate.weight", "model.layers.0.mlp.shared_expert_gate.weight"} <= set(man["plain"])
+    back = dict(load_quantized(out).named_parameters())
+    src = dict(model.named_parameters())
+    for name in man["quantized"]:
+        assert back[name].shape == src[name].shape and torch.equal(back[name] == 0, src[name] == 0), name
+    assert torch.equal(back["model.layers.0.mlp.gate.weight"], src["model.layers.0.mlp.gate.weight"])

@@ -245,7 +245,7 @@ def quantize(
     exclude: c.Exclude = None,
     overwrite: c.Overwrite = False,
 ) -> None:
-    """Weight-only int8 / int4 group-wise quantization of every Linear weight, zeros kept (stored sparse)."""
+    """Weight-only int8 / int4 group-wise quantization of Linear and fused expert weights, zeros kept (sparse)."""
     if group < 1:
         raise ValueError(f"--group must be a positive integer, got {group}")
     if not model_dir.is_dir():
@@ -262,5 +262,5 @@ def quantize(
     saved, man = save_quantized(model, out, bits, group, tokenizer=tok, exclude=c.excluded(exclude),
                                 overwrite=overwrite, extra={"source_model": str(model_dir)})
     sparse = sum(e["sparse"] for e in man["quantized"].values())
-    typer.echo(f"int{bits} (group {group}): {len(man['quantized'])} Linear weights, {sparse} stored sparse "
+    typer.echo(f"int{bits} (group {group}): {len(man['quantized'])} weight tensors, {sparse} stored sparse "
                f"(bitmask); {man['bytes']['weights_file']} bytes of weights (source folder {before} bytes) -> {saved}")

@@ -1,19 +1,20 @@
 """Save and load quantized (and pruned) transformers: one safetensors file of packed codes, bitmasks and scales.
 
-Per quantized Linear weight ``p`` (``(out, in)``): ``p.scale`` float32 and ``p.zero`` uint8 ``(out,
+Per quantized weight ``p`` (a Linear's ``(out, in)``): ``p.scale`` float32 and ``p.zero`` uint8 ``(out,
 groups)``; with the weight's sparsity high enough that it pays (kept * bits + 1 < bits per weight),
 ``p.mask`` (the bit-packed keep mask, 1 bit per weight) and ``p.q`` the codes of the kept weights
 only, in row-major order; otherwise ``p.q`` holds every code. 4-bit codes are packed two per byte.
-Every other tensor (embeddings, norms, the LM head, tensors that are not Linear weights) is stored
-as is. ``prunekit_quant.json`` records the scheme and each tensor; ``config.json`` and the tokenizer
-are saved beside. :func:`load_quantized` rebuilds the model class of ``config.json`` with
-dequantized float32 weights.
+Fused 3-D MoE expert tensors are quantized the same way as their 2-D view. Every other tensor
+(embeddings, norms, routers, the LM head) is stored as is. ``prunekit_quant.json`` records the
+scheme and each tensor; ``config.json`` and the tokenizer are saved beside. :func:`load_quantized`
+rebuilds the model class of ``config.json`` with dequantized float32 weights.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,28 @@ def is_quantized_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file() and (Path(path) / WEIGHTS).is_file()
 
 
+FUSED_EXPERTS = ("gate_up_proj", "up_proj", "down_proj")  # 3-D (E, out, in) expert tensors of transformers 5
+ROUTERS = ("gate", "router", "shared_expert_gate")  # MoE routers and gates stay as they are
+
+
 def linear_weights(model: nn.Module, exclude: list[str] | tuple[str, ...] = ("lm_head",)) -> dict[str, Tensor]:
-    """``{parameter name: weight}`` of every ``nn.Linear`` whose name has no part in ``exclude``."""
+    """``{parameter name: weight}`` of every ``nn.Linear`` (not routers) and fused expert tensor outside ``exclude``.
+
+    A fused expert tensor is quantized as its 2-D view ``(E * rows, last dim)``: groups run along its
+    last dimension (the input dimension, or the output one where the module says ``is_transposed``).
+    """
     out = {}
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.Linear) and not any(x in name.split(".") for x in exclude):
-            out[f"{name}.weight"] = mod.weight
+        if any(x in name.split(".") for x in exclude):
+            continue
+        if isinstance(mod, nn.Linear):
+            if name.rsplit(".", 1)[-1] not in ROUTERS:
+                out[f"{name}.weight"] = mod.weight
+        elif isinstance(getattr(mod, "num_experts", None), int):
+            for attr in FUSED_EXPERTS:
+                p = getattr(mod, attr, None)
+                if isinstance(p, nn.Parameter) and p.dim() == 3:
+                    out[f"{name}.{attr}"] = p
     return out
 
 
@@ -67,7 +84,8 @@ def _decode(name: str, t: dict[str, Tensor], entry: dict[str, Any], bits: int) -
     """The dequantized ``(out, in)`` float32 weight ``name`` from the stored tensors."""
     from ..calibrate.io import unpack_mask
 
-    shape, n = entry["shape"], entry["kept"] if entry["sparse"] else entry["numel"]
+    full, n = entry["shape"], entry["kept"] if entry["sparse"] else entry["numel"]
+    shape = [math.prod(full[:-1]), full[-1]]  # the 2-D view it was quantized as
     codes = unpack4(t[f"{name}.q"], n) if bits == 4 else t[f"{name}.q"]
     if codes.numel() != n:
         raise ValueError(f"{WEIGHTS}: {name}.q holds {codes.numel()} codes, the manifest says {n}")
@@ -77,12 +95,13 @@ def _decode(name: str, t: dict[str, Tensor], entry: dict[str, Any], bits: int) -
         q[mask] = codes
     else:
         q = codes.reshape(shape)
-    return QuantizedWeight(q, t[f"{name}.scale"], t[f"{name}.zero"], mask, bits, entry["group"]).dequantize()
+    w = QuantizedWeight(q, t[f"{name}.scale"], t[f"{name}.zero"], mask, bits, entry["group"]).dequantize()
+    return w.reshape(full)
 
 
 def quantize_model(model: nn.Module, bits: int, group: int = 128, exclude: list[str] | tuple[str, ...] = ("lm_head",)
                    ) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Quantize every Linear weight of ``model`` (its zeros kept as the mask); the stored tensors and manifest."""
+    """Quantize every Linear / fused expert weight of ``model`` (zeros kept as the mask); stored tensors, manifest."""
     check_bits_group(bits, group)
     weights = linear_weights(model, exclude)
     if not weights:
@@ -91,11 +110,12 @@ def quantize_model(model: nn.Module, bits: int, group: int = 128, exclude: list[
     entries: dict[str, Any] = {}
     fallback = []
     for name, w in weights.items():
-        W = w.detach().float()  # (out, in)
+        W = w.detach().float().reshape(-1, w.shape[-1])  # (out, in); fused experts (E * out, in)
         g = _group_for(W.shape[1], group)
         if g != group:
             fallback.append(name)
         tensors, entries[name] = _encode(name, quantize(W, bits, g, W != 0))  # pruned weights are exact zeros
+        entries[name]["shape"] = list(w.shape)
         stored.update(tensors)
     if fallback:
         log.warning("group=%d does not divide the input dimension of %s: one group per row instead", group, fallback)
