@@ -24,6 +24,20 @@ from typing import Any
 import torch
 
 
+def linear_bytes(path: Path, man: dict[str, Any]) -> int:
+    """Bytes of the stored codes, bitmasks, scales and zero points of the quantized weights (from the file)."""
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(path), "pt") as f:
+        for name in man["quantized"]:
+            for part in ("q", "scale", "zero", "mask"):
+                if f"{name}.{part}" in f.keys():
+                    t = f.get_tensor(f"{name}.{part}")
+                    total += t.numel() * t.element_size()
+    return total
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--group", type=int, default=128)
@@ -41,7 +55,7 @@ def main() -> int:
     from prunekit.calibrate.data import builtin_texts, calibration_data, tokenize_stream
     from prunekit.calibrate.evaluate import perplexity
     from prunekit.quant import load_quantized, save_quantized
-    from prunekit.quant.format import WEIGHTS
+    from prunekit.quant.format import WEIGHTS, linear_weights
     from prunekit.zoo.lm import lm_dir, load_zoo_lm
 
     t0 = time.perf_counter()
@@ -61,13 +75,15 @@ def main() -> int:
             d = Path(tmp) / f"{label.replace(':', '-').replace('%', 'pct')}-fp32"
             m.save_pretrained(d)
             back = LlamaForCausalLM.from_pretrained(d, local_files_only=True).eval()
-            rows.append((label, "fp32", ppl(back), (d / "model.safetensors").stat().st_size, None))
+            n_linear = sum(p.numel() for n, p in m.named_parameters() if n in linear_weights(m))
+            rows.append((label, "fp32", ppl(back), (d / "model.safetensors").stat().st_size, None, 4 * n_linear))
             print(rows[-1], flush=True)
             for bits in (8, 4):
                 q = d.with_name(d.name.replace("fp32", f"int{bits}"))
                 _, man = save_quantized(m, q, bits, a.group)
                 sparse = sum(e["sparse"] for e in man["quantized"].values())
-                rows.append((label, f"int{bits}", ppl(load_quantized(q)), (q / WEIGHTS).stat().st_size, sparse))
+                rows.append((label, f"int{bits}", ppl(load_quantized(q)), (q / WEIGHTS).stat().st_size, sparse,
+                             linear_bytes(q / WEIGHTS, man)))
                 print(rows[-1], flush=True)
     base = rows[0][3]
     lines = [f"Zoo LM ({sum(p.numel() for p in dense.parameters()) / 1e6:.2f}M parameters, trained "
@@ -75,10 +91,12 @@ def main() -> int:
              f"windows; RTN group {a.group} (asymmetric min-max, range of the kept weights); validation perplexity "
              f"on {a.max_windows} windows of {a.seq_len}; embeddings and LM head fp32 throughout; {a.threads} thread, "
              f"load average {os.getloadavg()[0]:.1f}; total {time.perf_counter() - t0:.0f} s.", "",
-             "| pruning | weights | val ppl | bytes on disk (weights file) | vs dense fp32 | Linear stored sparse |",
-             "|---|---|---|---|---|---|"]
-    for label, w, p, n, sparse in rows:
-        lines.append(f"| {label} | {w} | {p:.2f} | {n:,} | {n / base:.3f} | {'-' if sparse is None else sparse} |")
+             "| pruning | weights | val ppl | bytes on disk (weights file) | vs dense fp32 | bytes of the Linear "
+             "weights | vs fp32 | Linear stored sparse |", "|---|---|---|---|---|---|---|---|"]
+    lin = rows[0][5]
+    for label, w, p, n, sparse, nl in rows:
+        lines.append(f"| {label} | {w} | {p:.2f} | {n:,} | {n / base:.3f} | {nl:,} | {nl / lin:.3f} | "
+                     f"{'-' if sparse is None else sparse} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

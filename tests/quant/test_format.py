@@ -75,3 +75,13 @@ def test_fused_experts_quantized_routers_kept(tmp_path):
     for name in man["quantized"]:
         assert back[name].shape == src[name].shape and torch.equal(back[name] == 0, src[name] == 0), name
     assert torch.equal(back["model.layers.0.mlp.gate.weight"], src["model.layers.0.mlp.gate.weight"])
+
+
+def test_group_fallback_is_the_largest_divisor_and_stated(tmp_path):
+    from prunekit.quant.format import _group_for
+
+    assert (_group_for(192, 128), _group_for(512, 128), _group_for(7, 4)) == (96, 128, 1)
+    _, man = save_quantized(tiny_hf_model("LlamaForCausalLM"), tmp_path / "q", 8, 24)  # 24 divides 64, not 32
+    assert man["quantized"]["model.layers.0.self_attn.q_proj.weight"]["group"] == 16
+    assert man["quantized"]["model.layers.0.mlp.down_proj.weight"]["group"] == 16  # in = 64: 16 is the largest
+    assert "model.layers.0.self_attn.q_proj.weight" in man["group_fallback"]

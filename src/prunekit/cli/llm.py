@@ -240,8 +240,8 @@ def quantize(
     model_dir: Annotated[Path, typer.Argument(help="a (pruned) save_pretrained folder")],
     out: c.Out,
     bits: Annotated[int, typer.Option("--bits", help="4 | 8", callback=_bits)] = 4,
-    group: Annotated[int, typer.Option("--group", help="inputs per scale / zero point (a row when it does not "
-                                       "divide the input dimension)")] = 128,
+    group: Annotated[int, typer.Option("--group", help="inputs per scale / zero point (where it does not divide "
+                                       "the input dimension: its largest divisor below it)")] = 128,
     exclude: c.Exclude = None,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -262,5 +262,8 @@ def quantize(
     saved, man = save_quantized(model, out, bits, group, tokenizer=tok, exclude=c.excluded(exclude),
                                 overwrite=overwrite, extra={"source_model": str(model_dir)})
     sparse = sum(e["sparse"] for e in man["quantized"].values())
+    if man["group_fallback"]:
+        c.say(f"warning: --group {group} does not divide the input dimension of {len(man['group_fallback'])} "
+              "tensors: each uses the largest divisor below it (manifest: quantized.<name>.group)")
     typer.echo(f"int{bits} (group {group}): {len(man['quantized'])} weight tensors, {sparse} stored sparse "
                f"(bitmask); {man['bytes']['weights_file']} bytes of weights (source folder {before} bytes) -> {saved}")

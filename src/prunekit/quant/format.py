@@ -61,7 +61,8 @@ def linear_weights(model: nn.Module, exclude: list[str] | tuple[str, ...] = ("lm
 
 
 def _group_for(cols: int, group: int) -> int:
-    return group if cols % group == 0 else cols
+    """``group``, or where it does not divide ``cols`` the largest divisor of ``cols`` below it."""
+    return next(g for g in range(min(group, cols), 0, -1) if cols % g == 0)
 
 
 def _encode(name: str, qw: QuantizedWeight) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -118,7 +119,8 @@ def quantize_model(model: nn.Module, bits: int, group: int = 128, exclude: list[
         entries[name]["shape"] = list(w.shape)
         stored.update(tensors)
     if fallback:
-        log.warning("group=%d does not divide the input dimension of %s: one group per row instead", group, fallback)
+        log.warning("group=%d does not divide the input dimension of %s: the largest divisor below it instead "
+                    "(per tensor in the manifest)", group, fallback)
     seen: dict[int, str] = {}
     plain, tied = [], {}
     for name, t in model.state_dict().items():
