@@ -1,4 +1,4 @@
-"""Engine speed before / after issue 13 item 6, in one process, interleaved, on a random 52M LLaMA (8 blocks).
+"""Engine speed before / after issue 13 item 6, in one process, interleaved, on a random 51.8M LLaMA (8 blocks).
 
     nice -n 10 PYTHONPATH=src .venv/bin/python benchmarks/llm_speed.py [--nsamples 32] [--out FILE.md]
 
@@ -30,7 +30,7 @@ CASES = [("wanda", 0.5, "unstructured"), ("sparsegpt", 0.5, "unstructured"), ("w
 
 
 def build(vocab: int = 24000) -> Any:
-    """The seeded random LLaMA: hidden 512, 8 blocks, MLP 1536, 8 heads (52M parameters with ``vocab``)."""
+    """The seeded random LLaMA: hidden 512, 8 blocks, MLP 1536, 8 heads (51.8M parameters with ``vocab``)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
