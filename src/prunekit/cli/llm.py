@@ -178,17 +178,10 @@ def train_lm(
 EXPERT_SCORES = ("reap", "frequency", "random")
 
 
-def _expert_keep(value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise typer.BadParameter(f"--keep must be a fraction of experts in (0, 1]; got {value!r}")
-    return value
-
-
 def experts(
     model_dir: Annotated[Path, typer.Argument(help="a save_pretrained MoE folder (Mixtral, Qwen2-MoE, Qwen3-MoE)")],
     out: c.Out,
-    keep: Annotated[float, typer.Option("--keep", help="fraction of experts kept in every MoE layer, in (0, 1]",
-                                        callback=_expert_keep)] = 0.5,
+    keep: c.Keep = 0.5,
     score: Annotated[str, typer.Option("--score", help="reap (gate x expert output norm) | frequency | random",
                                        callback=c.choice("--score", EXPERT_SCORES))] = "reap",
     calib: Annotated[Path | None, typer.Option(help="text file, folder or saved dataset (default: built-in "
