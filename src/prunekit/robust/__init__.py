@@ -5,7 +5,9 @@ from .defenses import DEFENSES, DefenseConfig, defend_
 from .fmp import FMPConfig, fmp_scores, maps_to_prune
 from .metrics import attack_success_rate, backdoor_metrics, clean_accuracy, robust_accuracy
 from .poison import ATTACKS, Trigger, make_trigger, poison
+from .unlearn import UNLEARNERS, UnlearnConfig, mia_efficacy, parse_forget, run_unlearn
 
 __all__ = ["ATTACKS", "BackdoorConfig", "DEFENSES", "DefenseConfig", "FMPConfig", "Trigger", "attack_success_rate",
            "backdoor_metrics", "clean_accuracy", "defend_", "fmp_scores", "make_trigger", "maps_to_prune", "poison",
-           "robust_accuracy", "run_backdoor"]
+           "robust_accuracy", "run_backdoor", "UNLEARNERS", "UnlearnConfig", "mia_efficacy", "parse_forget",
+           "run_unlearn"]

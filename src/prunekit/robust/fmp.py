@@ -3,11 +3,13 @@
 Backdoor feature maps are trained to respond to the trigger, so a small input perturbation aimed at one of
 them moves the model's predictions much more than the same perturbation aimed at an ordinary map. For
 every feature map ``k`` of every convolution ``l`` and a small clean set ``{(x, y)}``, FMP generates a
-perturbation that drives that map (the paper's feature reverse generation, FGSM / PGD):
+perturbation through that map alone (the paper's feature reverse generation, FGSM / PGD on the
+classification loss, the other maps of layer ``l`` held at their clean values):
 
-    delta_0 = 0,   delta_{t+1} = clip_[-eps, eps]( delta_t + alpha * sign( grad_delta ||F_{l,k}(x + delta_t)||_2^2 ) )
+    delta_0 = 0,   delta_{t+1} = clip_[-eps, eps]( delta_t + alpha * sign( grad_delta CE(f_{l,k}(x + delta_t), y) ) )
 
-(one step is FGSM, more steps PGD), and measures the model on the perturbed clean inputs: the
+where ``f_{l,k}`` is the model whose layer ``l`` outputs the clean maps except map ``k``, computed from
+``x + delta`` (one step is FGSM, more steps PGD), and measures the model on the perturbed clean inputs: the
 sensitivity of the map is ``s_{l,k} = 1 - Acc(f(x + delta_{l,k}), y)`` (ties broken by the mean
 cross-entropy). Within each layer the ``p`` most sensitive maps are pruned, then the model is fine-tuned
 on the clean set. ``eps`` and ``alpha`` are fractions of the clean inputs' value range (max - min), so
@@ -52,15 +54,29 @@ class FMPConfig:
             raise ValueError(f"FMP prune_fraction must be in (0, 1), got {self.prune_fraction!r}")
 
 
-def reverse_perturbation(model: nn.Module, layer: str, channel: int, x: Tensor, eps: float, alpha: float,
-                         steps: int) -> Tensor:
-    """``delta`` ``(B, *x.shape[1:])`` of the FGSM/PGD ascent on ``||F_{layer,channel}(x + delta)||^2``."""
+def reverse_perturbation(model: nn.Module, layer: str, channel: int, x: Tensor, y: Tensor, eps: float,
+                         alpha: float, steps: int) -> Tensor:
+    """``delta`` ``(B, *x.shape[1:])``: FGSM/PGD ascent on the cross-entropy with only map ``channel`` of
+    ``layer`` seeing the perturbed input (the other maps of the layer keep their clean values)."""
+    module = dict(model.named_modules())[layer]
+    with torch.no_grad():
+        clean = feature_maps(model, layer, x)  # (B, C, *spatial)
+
+    def one_map(m: nn.Module, inputs: Any, out: Tensor) -> Tensor:
+        mixed = clean.clone()
+        mixed[:, channel] = out[:, channel]
+        return mixed
+
     delta = torch.zeros_like(x)
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        fmap = feature_maps(model, layer, x + delta)[:, channel]  # (B, *spatial)
-        (grad,) = torch.autograd.grad(fmap.pow(2).sum(), delta)
-        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+    handle = module.register_forward_hook(one_map)
+    try:
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            loss = nn.functional.cross_entropy(model(x + delta), y)
+            (grad,) = torch.autograd.grad(loss, delta)
+            delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+    finally:
+        handle.remove()
     return delta.detach()
 
 
@@ -70,7 +86,7 @@ def layer_sensitivity(model: nn.Module, layer: str, x: Tensor, y: Tensor, eps: f
     channels = dict(model.named_modules())[layer].out_channels
     acc, loss = torch.zeros(channels), torch.zeros(channels)
     for k in range(channels):
-        delta = reverse_perturbation(model, layer, k, x, eps, alpha, steps)
+        delta = reverse_perturbation(model, layer, k, x, y, eps, alpha, steps)
         with torch.no_grad():
             out = model(x + delta)  # (B, classes)
             acc[k] = (out.argmax(-1) == y).float().mean()
