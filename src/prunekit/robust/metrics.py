@@ -18,9 +18,14 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
     return out
 
 
+def _fraction(hits: Tensor) -> float:
+    """``sum / count`` of a bool tensor, computed exactly (in Python, not float32)."""
+    return int(hits.sum()) / hits.numel()
+
+
 def clean_accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     """Fraction of clean inputs predicted as their label."""
-    return float((predict(model, x) == y).float().mean())
+    return _fraction(predict(model, x) == y)
 
 
 def _others(y: Tensor, target: int) -> Tensor:
@@ -33,13 +38,13 @@ def _others(y: Tensor, target: int) -> Tensor:
 def attack_success_rate(model: nn.Module, x: Tensor, y: Tensor, trigger: Trigger, target: int) -> float:
     """ASR: fraction of triggered test inputs whose true class is not ``target`` predicted as ``target``."""
     keep = _others(y, target)
-    return float((predict(model, trigger.apply(x[keep])) == target).float().mean())
+    return _fraction(predict(model, trigger.apply(x[keep])) == target)
 
 
 def robust_accuracy(model: nn.Module, x: Tensor, y: Tensor, trigger: Trigger, target: int) -> float:
     """RA: fraction of the same triggered inputs (true class not ``target``) predicted as their true class."""
     keep = _others(y, target)
-    return float((predict(model, trigger.apply(x[keep])) == y[keep]).float().mean())
+    return _fraction(predict(model, trigger.apply(x[keep])) == y[keep])
 
 
 def backdoor_metrics(model: nn.Module, x: Tensor, y: Tensor, trigger: Trigger, target: int) -> dict[str, float]:
