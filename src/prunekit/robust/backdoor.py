@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -107,29 +108,56 @@ def train(model: torch.nn.Module, data: tuple[Tensor, Tensor], model_name: str, 
     return time.perf_counter() - t
 
 
-def run_backdoor(cfg: BackdoorConfig) -> dict[str, Any]:
-    """Poison, train, measure, defend, measure again: the metrics of ``metrics.json`` (accuracies as fractions)."""
+@dataclass
+class Backdoored:
+    """A trained backdoored model with its data, trigger, the defender's clean set and the poisoning record."""
+
+    data: Any
+    model: torch.nn.Module
+    model_name: str
+    trigger: Trigger
+    clean: tuple[Tensor, Tensor]
+    poisoned: int
+    train_s: float
+
+
+def backdoored(cfg: BackdoorConfig) -> Backdoored:
+    """Check ``cfg`` (before any training), poison the training set, train the model on it."""
     check_config(cfg)
     data, model, model_name = load(cfg.dataset, cfg.model, cfg.seed)
     check_poison_args(cfg.poison, cfg.target, data.num_classes)
     n_clean = check_clean_fraction(cfg.clean_fraction, data.y_train, data.num_classes)
-    trigger = _trigger(cfg, tuple(data.x_train.shape[1:]), data.x_train)
+    trigger = trigger_for(cfg, data.x_train)
     bad = poison(data.x_train, data.y_train, trigger, cfg.poison, cfg.target, data.num_classes, seed=cfg.seed)
     train_s = train(model, (bad.x, bad.y), model_name, cfg.epochs, cfg.seed)
-    before = backdoor_metrics(model, data.x_test, data.y_test, trigger, cfg.target)
     idx = clean_subset(data.y_train, n_clean, data.num_classes, cfg.seed)
-    rep = defend_(model, cfg.defense, (data.x_train[idx], data.y_train[idx]), cfg.defense_config, cfg.seed)
-    after = backdoor_metrics(model, data.x_test, data.y_test, trigger, cfg.target)
-    log.info("backdoor %s/%s %s: before %s, after %s", cfg.dataset, model_name, cfg.defense, before, after)
+    return Backdoored(data, model, model_name, trigger, (data.x_train[idx], data.y_train[idx]), len(bad.poisoned),
+                      train_s)
+
+
+def defend_and_measure(bd: Backdoored, defense: str, cfg: BackdoorConfig) -> dict[str, Any]:
+    """Defend a copy of the backdoored model; the metrics before and after (accuracies as fractions)."""
+    d = bd.data
+    model = copy.deepcopy(bd.model)
+    before = backdoor_metrics(model, d.x_test, d.y_test, bd.trigger, cfg.target)
+    rep = defend_(model, defense, bd.clean, cfg.defense_config, cfg.seed)
+    after = backdoor_metrics(model, d.x_test, d.y_test, bd.trigger, cfg.target)
+    log.info("backdoor %s/%s %s: before %s, after %s", cfg.dataset, bd.model_name, defense, before, after)
     return {"clean_acc_before": before["clean_acc"], "clean_acc_after": after["clean_acc"],
             "asr_before": before["asr"], "asr_after": after["asr"], "ra_before": before["ra"],
-            "ra_after": after["ra"], "model": model_name, "clean_examples": int(n_clean),
-            "poisoned_examples": len(bad.poisoned), "trigger": trigger.describe(), "train_s": train_s,
+            "ra_after": after["ra"], "model": bd.model_name, "clean_examples": len(bd.clean[1]),
+            "poisoned_examples": bd.poisoned, "trigger": bd.trigger.describe(), "train_s": bd.train_s,
             "defense_s": rep.pop("seconds"), "defense_report": rep}
 
 
-def _trigger(cfg: BackdoorConfig, shape: tuple[int, ...], x: Tensor) -> Trigger:
-    """The attack's trigger, scaled to the data: images get patches in their own value range."""
+def run_backdoor(cfg: BackdoorConfig) -> dict[str, Any]:
+    """Poison, train, measure, defend, measure again: the metrics of ``metrics.json``."""
+    return defend_and_measure(backdoored(cfg), cfg.defense, cfg)
+
+
+def trigger_for(cfg: BackdoorConfig, x: Tensor) -> Trigger:
+    """The attack's trigger for inputs like ``x``, in their value range (patch values, blend pattern)."""
+    shape = tuple(x.shape[1:])
     lo, hi = float(x.min()), float(x.max())
     if cfg.attack == "blended":
         return make_trigger("blended", shape, alpha=cfg.alpha, low=lo, high=hi, seed=cfg.seed)
