@@ -128,12 +128,15 @@ def fine_pruning(model: nn.Module, clean: Clean, cfg: DefenseConfig, seed: int =
     base = float((predict(model, x) == y).float().mean())
     limit = max(1, int(cfg.fp_max_fraction * len(order)))
     chosen: list[int] = []
+    stopped_by = "fp_max_fraction"
     for k in order[:limit]:
         if _accuracy_without(model, layer, [*chosen, k], x, y) < base - cfg.fp_max_drop:
+            stopped_by = "clean accuracy"
             break
         chosen.append(k)
+    log.info("fine-pruning: %d of %d maps of %s pruned (stopped by %s)", len(chosen), len(order), layer, stopped_by)
     rep = prune_channels_(model, {layer: chosen}, cfg.prune_by, x[:2])
-    rep["clean_acc_limit"] = base - cfg.fp_max_drop
+    rep.update({"clean_acc_limit": base - cfg.fp_max_drop, "stopped_by": stopped_by})
     rep["finetune_s"] = clean_finetune(model, clean, cfg, seed)
     return rep
 
