@@ -26,8 +26,8 @@ def test_clean_fraction_too_small_for_one_example_per_class_is_refused():
 
 
 def test_defense_names_and_settings_are_checked():
-    assert DEFENSES.names() == ["fine-pruning", "finetune", "fmp", "none"]
-    with pytest.raises(ValueError, match="accepted: fine-pruning, finetune, fmp, none"):
-        DEFENSES.get("anp")
+    assert DEFENSES.names() == ["anp", "fine-pruning", "finetune", "fmp", "none"]
+    with pytest.raises(ValueError, match="accepted: anp, fine-pruning, finetune, fmp, none"):
+        DEFENSES.get("nad")
     with pytest.raises(ValueError, match="--prune-by"):
         DefenseConfig(prune_by="zero")

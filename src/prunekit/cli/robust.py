@@ -14,7 +14,7 @@ app = c.app_group("Pruning for robustness: backdoor defenses and machine unlearn
 DATASETS = ("mnist1d", "digits")
 NUM_CLASSES = {"mnist1d": 10, "digits": 10}
 ATTACKS = ("badnets", "blended")
-DEFENSES = ("none", "finetune", "fine-pruning", "fmp")
+DEFENSES = ("none", "finetune", "fine-pruning", "fmp", "anp")
 UNLEARNERS = ("retrain", "finetune", "grad-ascent", "l1-sparse")
 PRUNE_BY = ("remove", "mask")
 
@@ -70,7 +70,7 @@ def backdoor(
     poison: Annotated[float, typer.Option("--poison", help="poison rate: fraction of the training set "
                                           "poisoned, in (0, 1)", callback=_open_fraction("--poison"))] = 0.05,
     target: Annotated[int, typer.Option(help="the attack's target label")] = 0,
-    defense: Annotated[str, typer.Option(help="none | finetune | fine-pruning | fmp",
+    defense: Annotated[str, typer.Option(help="none | finetune | fine-pruning | fmp | anp",
                                          callback=c.choice("--defense", DEFENSES))] = "fmp",
     clean_fraction: Annotated[float, typer.Option(help="the defender's clean data, a fraction of the training set "
                                                   "(at least one example per class)",
@@ -87,6 +87,8 @@ def backdoor(
                                            callback=_positive("--fmp-steps"))] = 1,
     fmp_fraction: Annotated[float, typer.Option(help="FMP: fraction of each layer's feature maps pruned",
                                                 callback=_open_fraction("--fmp-fraction"))] = 0.1,
+    anp_iterations: Annotated[int, typer.Option(help="ANP mask-optimisation iterations (the paper: 2000)",
+                                                callback=_positive("--anp-iterations"))] = 2000,
     trigger_size: Annotated[int | None, typer.Option(help="badnets window length / patch side (default 5 / 3)",
                                                      callback=_positive("--trigger-size"))] = None,
     blend_alpha: Annotated[float, typer.Option(help="blended trigger opacity in (0, 1]",
@@ -102,12 +104,14 @@ def backdoor(
                          f"got {target}")
     c.check_out(out, overwrite=overwrite)
     c.set_threads(threads)
+    from ..robust.anp import ANPConfig
     from ..robust.backdoor import BackdoorConfig, run_backdoor
     from ..robust.defenses import DefenseConfig
     from ..robust.fmp import FMPConfig
 
     dcfg = DefenseConfig(finetune_epochs=finetune_epochs, lr=finetune_lr, prune_by=prune_by,
-                         fmp=FMPConfig(eps=fmp_eps, alpha=fmp_alpha, steps=fmp_steps, prune_fraction=fmp_fraction))
+                         fmp=FMPConfig(eps=fmp_eps, alpha=fmp_alpha, steps=fmp_steps, prune_fraction=fmp_fraction),
+                         anp=ANPConfig(iterations=anp_iterations))
     cfg = BackdoorConfig(dataset=dataset, model=model, attack=attack, poison=poison, target=target, defense=defense,
                          clean_fraction=clean_fraction, seed=seed, epochs=epochs, trigger_size=trigger_size,
                          alpha=blend_alpha, defense_config=dcfg)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Registry
+from .anp import ANPConfig, anp_masks, anp_prune_set
 from .channels import PRUNE_BY, feature_layers, feature_maps, prune_channels_
 from .fmp import FMPConfig, fmp_scores, maps_to_prune
 from .metrics import predict
@@ -29,7 +30,7 @@ Clean = tuple[Tensor, Tensor]
 @dataclass
 class DefenseConfig:
     """Shared settings: clean fine-tuning (``finetune_epochs`` at ``lr``, SGD, cosine), ``prune_by`` mask|remove,
-    FMP's knobs, and fine-pruning's stop rule (clean accuracy may fall by ``fp_max_drop``, at most
+    FMP's and ANP's knobs, and fine-pruning's stop rule (clean accuracy may fall by ``fp_max_drop``, at most
     ``fp_max_fraction`` of the last layer's maps pruned)."""
 
     finetune_epochs: int = 10
@@ -38,6 +39,7 @@ class DefenseConfig:
     weight_decay: float = 5e-4
     prune_by: str = "mask"
     fmp: FMPConfig = field(default_factory=FMPConfig)
+    anp: ANPConfig = field(default_factory=ANPConfig)
     fp_max_drop: float = 0.04
     fp_max_fraction: float = 0.9
 
@@ -89,6 +91,18 @@ def fmp_defense(model: nn.Module, clean: Clean, cfg: DefenseConfig, seed: int = 
     rep["score_s"] = time.perf_counter() - t
     rep["sensitivity"] = {k: [round(a, 4) for a in v["accuracy"]] for k, v in scores.items()}
     rep["finetune_s"] = clean_finetune(model, clean, cfg, seed)
+    return rep
+
+
+@DEFENSES.register("anp")
+def anp_defense(model: nn.Module, clean: Clean, cfg: DefenseConfig, seed: int = 0) -> dict[str, Any]:
+    """ANP (Wu & Wang 2021): masks optimised against adversarial map perturbations; maps below the threshold
+    are pruned, without fine-tuning (as in the paper)."""
+    t = time.perf_counter()
+    masks = anp_masks(model, *clean, cfg.anp, seed=seed)
+    rep = prune_channels_(model, anp_prune_set(masks, cfg.anp.threshold), cfg.prune_by, clean[0][:2])
+    rep.update({"score_s": time.perf_counter() - t, "finetune_s": 0.0,
+                "masks": {k: [round(float(v), 4) for v in m] for k, m in masks.items()}})
     return rep
 
 
