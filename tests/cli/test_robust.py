@@ -54,6 +54,7 @@ def test_unlearn_writes_metrics_and_a_store_row(tmp_path):
     (["backdoor", "--target", "10"], "--target"),
     (["backdoor", "--dataset", "digits", "--clean-fraction", "0.005"], "one example of each"),
     (["backdoor", "--defense", "nad"], "--defense"),
+    (["backdoor", "--dataset", "digits", "--model", "cnn1d"], "takes inputs of shape"),
     (["unlearn", "--forget", "class:10"], "--forget"),
     (["unlearn", "--forget", "random:1"], "--forget"),
     (["unlearn", "--sparsity", "1.0"], "--sparsity"),

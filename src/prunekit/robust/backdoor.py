@@ -88,10 +88,15 @@ def check_config(cfg: BackdoorConfig) -> None:
 def load(dataset: str, model: str | None, seed: int) -> tuple[Any, torch.nn.Module, str]:
     """The data split, a freshly initialised model (seeded) and the model's name."""
     from ..zoo.datasets import get_dataset
-    from ..zoo.models import get_model
+    from ..zoo.models import get_model, input_shape
 
     name = model or DATASET_MODELS[dataset]
-    return get_dataset(dataset), get_model(name, seed=seed), name
+    data = get_dataset(dataset)
+    expects, gives = tuple(input_shape(name)), tuple(data.x_train.shape[1:])
+    if expects != gives:
+        raise ValueError(f"--model {name} takes inputs of shape {expects} but --dataset {dataset} gives {gives}; "
+                         f"use --model {DATASET_MODELS[dataset]} (or a model built for that shape)")
+    return data, get_model(name, seed=seed), name
 
 
 def train(model: torch.nn.Module, data: tuple[Tensor, Tensor], model_name: str, epochs: int | None,
