@@ -13,8 +13,10 @@ where ``f_{l,k}`` is the model whose layer ``l`` outputs the clean maps except m
 sensitivity of the map is ``s_{l,k} = 1 - Acc(f(x + delta_{l,k}), y)`` (ties broken by the mean
 cross-entropy). Within each layer the ``p`` most sensitive maps are pruned, then the model is fine-tuned
 on the clean set. ``eps`` and ``alpha`` are fractions of the clean inputs' value range (max - min), so
-the defaults of the authors' released CIFAR-10 configuration (inputs in [0, 1]: eps 0.06, step 0.02, one
-step; fine-tuning 10 epochs at lr 0.01, cosine) carry over to inputs on other scales.
+the defaults of the authors' released CIFAR-10 configuration of the paper's first version ("Feature Map
+Testing", FMT: inputs in [0, 1], eps 0.06, step 0.02, one step; fine-tuning 10 epochs at lr 0.01, cosine)
+carry over to inputs on other scales. The pruned fraction per layer, 0.1, is our reading of that
+configuration's ``ratio: 0.1``; the paper does not fix it for every model.
 """
 
 from __future__ import annotations
