@@ -91,6 +91,12 @@ def resolve_ignore(model: nn.Module, ignore: list[str] | tuple[str, ...]) -> set
 class Tracer(TorchDispatchMode):
     """Applies the coupling rule of every ATen op to the layouts of its tensors."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Keep ``__torch_dispatch__`` unwrapped: PyTorch would otherwise wrap it in ``torch._dynamo.disable``,
+        whose first call imports ``torch._dynamo`` (11-16 s on a small CPU); nothing is compiled while tracing."""
+        return False
+
     def __init__(self, ignored: set[str]) -> None:
         super().__init__()
         self.A = Atoms()
