@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write_text, read_json
-from .remove import Undo, owner, replace_tensor
+from .remove import Undo, named_state, owner, replace_tensor
 
 PLAN_FILE = "plan.json"
 LAST_PLAN = "_prunekit_plan"  # attribute on a slim model: the plan that made it (chained on the next removal)
@@ -150,7 +150,7 @@ def apply_plan_(model: nn.Module, plan: Plan, undo: Undo | None = None) -> nn.Mo
             apply_plan_(model, Plan.from_dict({**earlier, "type": "prunekit.structured.plan",
                                                "version": Plan.version}), undo)
         keep_blocks_(model, plan.blocks, undo)
-        state = dict(model.state_dict(keep_vars=True))
+        state = named_state(model)
         for name, dims in plan.tensors.items():
             if name not in state:
                 raise ValueError(f"plan shrinks tensor {name!r}, which this model does not have")
