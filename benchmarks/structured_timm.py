@@ -260,7 +260,8 @@ def report(path: Path) -> str:
         return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok" and not r[key].get("removed_nothing"))
 
     n = len(rows)
-    lines += ["", f"Families run: {n}. Succeeded (finished, shapes unchanged, finite): prunekit r=0.3 {ok('ours_r0.3')}/{n} "
+    lines += ["", f"Families run: {n}. Succeeded (finished, shapes unchanged, finite): prunekit r=0.3 "
+              f"{ok('ours_r0.3')}/{n} "
               f"({removed('ours_r0.3')} removed something), prunekit target_macs=0.5 {ok('ours_macs0.5')}/{n}, "
               f"torch-pruning r=0.3 {ok('tp_r0.3')}/{n}. 'ok' with nothing removed and no warning: prunekit "
               f"{silent('ours_r0.3') + silent('ours_macs0.5')}."]
