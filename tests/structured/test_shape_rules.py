@@ -223,3 +223,33 @@ def test_relative_position_table_follows_its_heads():
     assert len(heads) == 1 and "attn.relative_position_bias_table" in {mb.name for mb in heads[0].members}
     err, _ = removal_error(m, x)
     assert err < 1e-5 and m.attn.relative_position_bias_table.shape == (9, 2) and m.attn.num_heads == 2
+
+
+class _ChunkBranches(nn.Module):
+    """EfficientViT-MSRA / ShuffleNetV2 style: ``x.chunk(n, 1)`` recomputes equal parts from the width."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c // 2, c // 2, 1), nn.Conv2d(c // 2, c // 2, 1)
+
+    def forward(self, x):
+        x1, x2 = x.chunk(2, dim=1)
+        return torch.cat((self.a(x1), self.b(x2 + x1)), dim=1)
+
+
+class _ConstSplit(_ChunkBranches):
+    def forward(self, x):
+        x1, x2 = x.split(4, dim=1)  # a literal size: it cannot follow a removal
+        return torch.cat((self.a(x1), self.b(x2)), dim=1)
+
+
+def test_chunk_parts_shrink_alike_and_constant_split_sizes_stay_whole():
+    torch.manual_seed(0)
+    m, x = _ConvNet(_ChunkBranches()), torch.randn(2, 3, 6, 6)
+    err, g = removal_error(m, x)
+    assert err < 1e-5 and m.stem.out_channels == 4 and m.block.a.in_channels == m.block.b.in_channels == 2
+    m = _ConvNet(_ConstSplit())
+    g = build_graph(m, x)
+    assert not [gr for gr in g.groups() if any(mb.name == "stem.weight" for mb in gr.members)]
+    assert any("would not follow a removal" in w for gr, w in g.fixed_groups
+               if any(mb.name == "stem.weight" for mb in gr.members))

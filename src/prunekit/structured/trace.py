@@ -306,10 +306,37 @@ class _SizeSources(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _SHAPE_GETTERS or name == "__get__" and getattr(func, "__self__", None) is _SHAPE_DESCR:
             return self._tag(args[0], out)
+        if name in ("chunk", "split") and isinstance(out, (tuple, list)) and len(out) > 1 and args \
+                and isinstance(args[0], Tensor):
+            self._equal_parts(name, args, kwargs, out)
         srcs = [v for v in _flatten((args, kwargs)) if isinstance(v, _SourcedInt)]
         if srcs:
             self._couple(name, args, kwargs, out, srcs)
         return out
+
+    def _equal_parts(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        """``x.chunk(n)`` and ``x.split(size)`` cut equal parts, recomputed at run time from the width (chunk) or
+        from ``size``: the parts are one space (they shrink alike), and parts of a constant size stay whole."""
+        x, parts = args[0], [o for o in out if isinstance(o, Tensor) and id(o) in self.t.lay]
+        d = kwargs.get("dim", args[2] if len(args) > 2 else 0)
+        if not isinstance(d, int) or len(parts) != len(out):
+            return
+        d = d + x.dim() if d < 0 else d
+        size = args[1] if len(args) > 1 else kwargs.get("split_size", kwargs.get("chunks"))
+        if name == "split" and not isinstance(size, int):
+            return  # a list of sizes: each part is its own space
+        nodes = [self.t.lay[id(o)][d] for o in parts]
+        where = f"{name} in {self.t.module or 'the top-level model'}"
+        uneven = len({o.shape[d] for o in parts}) > 1
+        if uneven or (name == "split" and not isinstance(size, _SourcedInt)):
+            why = f"{where} cuts parts of a size that would not follow a removal; kept whole"
+            for n in nodes:
+                self.t.A.fix(n, why)
+            return
+        for n in nodes[1:]:
+            self.t.A.unify(nodes[0], n, where)
+        if name == "split" and isinstance(size, _SourcedInt) and not size.attrs and not size.derived:
+            self.t.same_width(size.dims[0], nodes[0], where)
 
     def _tag(self, x: Any, out: Any) -> Any:
         lay = self.t.lay.get(id(x)) if isinstance(x, Tensor) else None
