@@ -186,7 +186,7 @@ def run_family(fam: str, name: str, limit: float, tools: list[str]) -> dict[str,
     shapes = [tuple(o.shape) for o in (out if isinstance(out, (list, tuple)) else [out]) if isinstance(o, torch.Tensor)]
     base = count_macs(dense, x)
     row.update(params=sum(p.numel() for p in dense.parameters()), input=list(size), macs=base)
-    if fam in GRAPH_TIMED:  # the graph alone (prunekit's removal time is recorded for every family)
+    if fam in GRAPH_TIMED and "ours" in tools:  # the graph alone (prunekit's removal time is recorded for every family)
         _, err, t = _limited(build_graph, limit, dense, x)
         row["graph_s"] = round(t, 2) if not err else None
     tasks = {"ours_r0.3": ("ours", Structured(sparsity=0.3)), "ours_macs0.5": ("ours", Structured(target_macs=0.5)),
@@ -214,11 +214,11 @@ def run_family(fam: str, name: str, limit: float, tools: list[str]) -> dict[str,
     return row
 
 
-def _worker(jobs, results, limit, tools) -> None:
+def _worker(jobs, results, limit) -> None:
     """Runs families from ``jobs`` until a None arrives (one process, so timm is imported once)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     while (job := jobs.get()) is not None:
-        fam, name = job
+        fam, name, tools = job
         try:
             results.put(run_family(fam, name, limit, tools))
         except BaseException as e:  # noqa: BLE001
@@ -230,17 +230,18 @@ def sweep(models: dict[str, str], limit: float, tools: list[str], out: Path) -> 
     family is recorded as timed out); results are written after every family."""
     ctx = mp.get_context("spawn")
     rows = json.loads(out.read_text())["rows"] if out.exists() else []
-    done = {r["family"] for r in rows}
+    done = {r["family"]: r for r in rows}
     proc = None
     for fam, name in models.items():
-        if fam in done or not name:
+        need = [t for t in tools if fam not in done or not any(k.startswith(t + "_") for k in done[fam])]
+        if not need or not name or "error" in done.get(fam, {}):
             continue
         if proc is None or not proc.is_alive():
             jobs, results = ctx.Queue(), ctx.Queue()
-            proc = ctx.Process(target=_worker, args=(jobs, results, limit, tools))
+            proc = ctx.Process(target=_worker, args=(jobs, results, limit))
             proc.start()
         t0 = time.perf_counter()
-        jobs.put((fam, name))
+        jobs.put((fam, name, need))
         try:
             row = results.get(timeout=limit * (3 + 2 * len(tools)) + 120)
         except Exception:  # noqa: BLE001 - a worker that hangs in C code past every alarm
@@ -248,7 +249,12 @@ def sweep(models: dict[str, str], limit: float, tools: list[str], out: Path) -> 
             proc.kill()
             proc = None
         row["wall_s"] = round(time.perf_counter() - t0, 1)
-        rows.append(row)
+        if fam in done:  # more tools on a family already run: merge
+            done[fam].update({k: v for k, v in row.items() if k.startswith(tuple(need)) or k == "graph_s"})
+            done[fam]["wall_s"] = round(done[fam].get("wall_s", 0) + row["wall_s"], 1)
+            row = done[fam]
+        else:
+            rows.append(row)
         print(json.dumps(row)[:400], flush=True)
         out.write_text(json.dumps({"limit_s": limit, "rows": rows}, indent=1))
     if proc is not None:
