@@ -271,7 +271,10 @@ def report(path: Path) -> str:
     def cell(r: dict, key: str) -> str:
         rec = r.get(key)
         if rec is None:
-            return "-" if "error" not in r else f"**fail** ({r['error'][:60]})"
+            return "not run" if "error" not in r else f"**fail** ({r['error'][:60]})"
+        if rec["stage"] != "ok" and "is unreachable" in rec["error"]:
+            floor = rec["error"].split("the model keeps ")[-1].split(" ")[0]
+            return f"refused: unreachable, smallest widths keep {floor}"
         if rec["stage"] != "ok":
             return f"**fail** at {rec['stage']}: {rec['error'][:90]}"
         kept = rec.get("macs_kept_count") or rec.get("macs_kept")
@@ -297,10 +300,11 @@ def report(path: Path) -> str:
         return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok" and not r[key].get("removed_nothing"))
 
     n = len(rows)
+    n_tp = sum(1 for r in rows if r.get("tp_r0.3"))
     lines += ["", f"Families run: {n}. Succeeded (finished, shapes unchanged, finite): prunekit r=0.3 "
               f"{ok('ours_r0.3')}/{n} "
               f"({removed('ours_r0.3')} removed something), prunekit target_macs=0.5 {ok('ours_macs0.5')}/{n}, "
-              f"torch-pruning r=0.3 {ok('tp_r0.3')}/{n}. 'ok' with nothing removed and no warning: prunekit "
+              f"torch-pruning r=0.3 {ok('tp_r0.3')}/{n_tp} run. 'ok' with nothing removed and no warning: prunekit "
               f"{silent('ours_r0.3') + silent('ours_macs0.5')}."]
     kept = sorted(r["ours_r0.3"]["macs_kept"] for r in rows if (r.get("ours_r0.3") or {}).get("stage") == "ok")
     tpk = sorted(r["tp_r0.3"]["macs_kept_count"] for r in rows if (r.get("tp_r0.3") or {}).get("stage") == "ok"
