@@ -14,6 +14,9 @@ the budget allows, then the remaining MACs from widths with one global ranking; 
 ``round_to=8``).
 ResNet-56 (random weights; speed does not depend on values) takes 32x3x32x32 images; MiniLM takes 32
 sequences of 128 tokens. torch-pruning 1.6.1 runs at the channel ratio bisected to the same MACs.
+onnxruntime column: every (not "deployed") model exported with ``prunekit.structured.export_onnx``'s exporter
+(checked against PyTorch on the inputs) and timed in onnxruntime (same threads), all models round-robin;
+``--no-ort`` skips it.
 """
 
 from __future__ import annotations
@@ -56,7 +59,44 @@ VARIANTS = (("prunekit width", {}), ("prunekit width, round_to=8", {"round_to": 
              {"remove_blocks": "auto", "allocation": "global", "round_to": 8}))
 
 
-def run(name: str, make, repeats: int, with_tp: bool) -> list[dict]:
+def ort_latency(models: dict[str, torch.nn.Module], x: Any, repeats: int, threads: int = 2) -> dict[str, Any]:
+    """Median and min milliseconds per onnxruntime run of each model's ONNX export, timed round-robin."""
+    import time
+
+    import onnxruntime as ort
+
+    from prunekit.structured.export import onnx_bytes, onnx_max_error
+    from prunekit.structured.trace import input_tensors
+
+    sessions, out = {}, {}
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    for label, m in models.items():
+        res, err, _ = attempt(lambda m=m: (onnx_bytes(m, x), None))
+        if err:
+            out[label] = {"error": err}
+            continue
+        data = res[0]
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), input_tensors(x))}
+        sessions[label] = (sess, feeds)
+        out[label] = {"max_abs_error": onnx_max_error(data, m, x), "ms": []}
+    for _ in range(3):
+        for sess, feeds in sessions.values():
+            sess.run(None, feeds)
+    for _ in range(repeats):
+        for label, (sess, feeds) in sessions.items():
+            t0 = time.perf_counter()
+            sess.run(None, feeds)
+            out[label]["ms"].append(1000 * (time.perf_counter() - t0))
+    for r in out.values():
+        if "ms" in r:
+            ms = sorted(r.pop("ms"))
+            r.update(median_ms=ms[len(ms) // 2], min_ms=ms[0])
+    return out
+
+
+def run(name: str, make, repeats: int, with_tp: bool, with_ort: bool = True) -> list[dict]:
     dense, x = make()
     base = count_macs(dense, x)
     models = {"dense": dense}
@@ -83,6 +123,8 @@ def run(name: str, make, repeats: int, with_tp: bool) -> list[dict]:
         models.update(deploy)
     else:
         cmp = compare_latency(models, x, warmup=3, repeats=repeats, threads=2)
+    ort_res = ort_latency({k: v for k, v in models.items() if not k.endswith("deployed")}, x, repeats) \
+        if with_ort else {}
     rows = []
     for label, m in models.items():
         macs = count_macs(m, x)
@@ -94,6 +136,13 @@ def run(name: str, make, repeats: int, with_tp: bool) -> list[dict]:
                      "min_ms": res.min_ms, "speedup": speed, "ideal": base / macs,
                      "efficiency": speed / (base / macs), "speedup_min": speed_min,
                      "efficiency_min": speed_min / (base / macs)})
+        o, o_ref = ort_res.get(label, {}), ort_res.get(ref, {})
+        if "median_ms" in o and "median_ms" in o_ref:
+            rows[-1].update(ort_median_ms=o["median_ms"], ort_speedup=o_ref["median_ms"] / o["median_ms"],
+                            ort_efficiency=o_ref["median_ms"] / o["median_ms"] / (base / macs),
+                            ort_max_abs_error=o["max_abs_error"])
+        elif "error" in o:
+            rows[-1]["ort_error"] = o["error"]
     for label, err in notes.items():
         rows.append({"model": name, "variant": label, "error": err})
     return rows
@@ -105,21 +154,25 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30, help="timed rounds for ResNet-56")
     ap.add_argument("--repeats-minilm", type=int, default=10, help="timed rounds for MiniLM (seconds per pass)")
     ap.add_argument("--no-tp", action="store_true")
+    ap.add_argument("--no-ort", action="store_true", help="skip the onnxruntime column")
     args = ap.parse_args()
-    rows = run("resnet56", resnet56, args.repeats, not args.no_tp)
-    rows += run("all-MiniLM-L6-v2", minilm, args.repeats_minilm, not args.no_tp)
+    rows = run("resnet56", resnet56, args.repeats, not args.no_tp, not args.no_ort)
+    rows += run("all-MiniLM-L6-v2", minilm, args.repeats_minilm, not args.no_tp, not args.no_ort)
     for r in rows:
         print(json.dumps(r))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
-    print("| model | variant | MACs ratio | median ms | speedup | ideal | speedup / ideal | same from min times |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | variant | MACs ratio | median ms | speedup | ideal | speedup / ideal | same from min times | "
+          "onnxruntime median ms | onnxruntime speedup / ideal |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {r['model']} | {r['variant']} | FAIL: {r['error']} | | | | | |")
+            print(f"| {r['model']} | {r['variant']} | FAIL: {r['error']} | | | | | | | |")
         else:
             print(f"| {r['model']} | {r['variant']} | {r['macs_ratio']:.3f} | {r['median_ms']:.1f} | "
-                  f"{r['speedup']:.2f} | {r['ideal']:.2f} | {r['efficiency']:.2f} | {r['efficiency_min']:.2f} |")
+                  f"{r['speedup']:.2f} | {r['ideal']:.2f} | {r['efficiency']:.2f} | {r['efficiency_min']:.2f} | "
+                  + (f"{r['ort_median_ms']:.1f} | {r['ort_efficiency']:.2f} |" if "ort_median_ms" in r else
+                     f"{r.get('ort_error', '-')} | - |"))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ a JSON :class:`Plan` that rebuilds the slim model from safetensors (``save_struc
 """
 
 from .api import Structured, remove_, remove_units_, select_units
+from .export import export_onnx
 from .graph import Graph, Group, Member, build_graph
 from .importance import GROUP_SCORES, group_scores
 from .ops import register_op
@@ -26,6 +27,7 @@ __all__ = [
     "TraceError",
     "apply_plan_",
     "build_graph",
+    "export_onnx",
     "group_scores",
     "load_pruned",
     "load_structured",

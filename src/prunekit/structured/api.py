@@ -161,23 +161,33 @@ def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], d
                     "groups_shrunk": len(keep), "seconds": round(time.perf_counter() - t0, 3)}
     log.info("structured removal: MACs %d -> %d, params %d -> %d", base["macs"], after["macs"], base["params"],
              after["params"])
-    _flag_nothing_removed(plan, cfg, groups, keep)
+    _flag_nothing_removed(plan, cfg, graph, groups, keep)
     return plan
 
 
-def _flag_nothing_removed(plan: Plan, cfg: Structured, groups: list, keep: dict) -> None:
-    """Record ``removed_nothing`` (and why, with a warning) in the plan's summary: no silent success."""
+def _flag_nothing_removed(plan: Plan, cfg: Structured, graph: Graph, groups: list, keep: dict) -> None:
+    """Record ``removed_nothing`` (and why, naming the groups that blocked it, with a warning) in the plan's
+    summary: no silent success."""
     nothing = not keep and not plan.blocks
     plan.summary["removed_nothing"] = nothing
     if not nothing:
         return
+    blocked = graph.blockers(cfg.prune_normalized)
     if not groups:
         why = (f"no removable group: every group is ignored or behind a normalization barrier (ignore={cfg.ignore}, "
                f"prune_normalized={cfg.prune_normalized})")
     else:
         why = (f"all {len(groups)} groups keep every unit: the budget is already met or max_group_sparsity="
                f"{cfg.max_group_sparsity} / round_to={cfg.round_to} leave nothing to remove")
+        blocked = [{"group": g.id, "size": g.size, "reason": "keeps every unit (budget, round_to or "
+                    "max_group_sparsity)", "members": [f"{m.name}[{m.dim}]" for m in g.members[:4]]}
+                   for g in sorted(groups, key=lambda g: -g.size)[:6]] + blocked[:6]
+    names = "; ".join(f"group {b['group']} ({b['size']} units: {', '.join(b['members'][:2])}): {b['reason']}"
+                      for b in blocked[:4])
+    if names:
+        why += f". Blocking groups: {names}"
     plan.summary["removed_nothing_reason"] = why
+    plan.summary["blocked_groups"] = blocked
     log.warning("structured removal removed nothing: %s", why)
 
 
@@ -265,11 +275,19 @@ def _allocate(model: nn.Module, graph: Graph, groups: list, cfg: Structured, bas
         raise ValueError(f"{what}={getattr(cfg, what)} is unreachable: with every prunable group at its smallest "
                          f"width (max_group_sparsity={cfg.max_group_sparsity}, ignore={cfg.ignore}) the model keeps "
                          f"{reach:.3f} of its {unit}; accepted: {what} in [{reach:.3f}, 1], or raise "
-                         f"max_group_sparsity, or ignore fewer modules")
+                         f"max_group_sparsity, or ignore fewer modules{_blocking(graph, cfg)}")
     scores = _scores(model, graph, groups, cfg, inputs, data)
     counts = allocate_widths(graph, groups, scores, budget=budget, cost=cost, rule=cfg.allocation,
                       max_group_sparsity=cfg.max_group_sparsity, round_to=cfg.round_to)
     return {"counts": counts, "scores": scores}
+
+
+def _blocking(graph: Graph, cfg: Structured) -> str:
+    """The largest groups that may not shrink, for error messages ("" if none)."""
+    rows = graph.blockers(cfg.prune_normalized, limit=3)
+    return ("; largest blocked groups: " + "; ".join(f"group {b['group']} ({b['size']} units: "
+                                                     f"{', '.join(b['members'][:2])}): {b['reason']}" for b in rows)
+            ) if rows else ""
 
 
 def _scores(model: nn.Module, graph: Graph, groups: list, cfg: Structured, inputs: Any, data: Any) -> dict:

@@ -61,15 +61,28 @@ def choose_blocks(bi: Tensor, fraction: float) -> list[int]:
     return [i for i in range(len(bi)) if i not in drop]
 
 
+def _within(path: str, block: str) -> bool:
+    """True if module ``path`` is ``block`` or lies inside it."""
+    return path == block or path.startswith(block + ".")
+
+
+def _block_name(container: str, i: int) -> str:
+    return f"{container}.{i}" if container else str(i)
+
+
 def remove_blocks_(model: nn.Module, example_inputs: Any, fraction: float, containers: list[str],
                    undo: Undo) -> dict[str, list[int]]:
     """Remove the least influential ``fraction`` of removable blocks in each container; returns kept indices."""
     kept: dict[str, list[int]] = {}
-    for path in containers:
+    dropped: list[str] = []
+    for path in containers:  # pre-order: an outer stack decides before the stacks inside its blocks
+        if any(_within(path, b) for b in dropped):
+            continue  # inside a block that goes anyway
         bi = block_influence(model, example_inputs, path)
         keep = choose_blocks(bi, fraction)
         if len(keep) < len(bi):
             kept[path] = keep
+            dropped += [_block_name(path, i) for i in range(len(bi)) if i not in keep]
     keep_blocks_(model, kept, undo)
     return kept
 
@@ -103,10 +116,18 @@ def remove_blocks_to_budget_(model: nn.Module, example_inputs: Any, keep: float,
         ranked += [(float(bi[i]), path, i) for i in ok]
     remaining, dropped = total, {p: set() for p in containers}
     for _, path, i in sorted(ranked):
-        c = cost(f"{path}.{i}" if path else str(i))
+        name = _block_name(path, i)
+        gone = [(p, j) for p, d in dropped.items() for j in d]
+        if any(_within(name, _block_name(p, j)) for p, j in gone):
+            continue  # already removed with an outer block
+        inner = [(p, j) for p, j in gone if _within(_block_name(p, j), name)]
+        c = cost(name) - sum(cost(_block_name(p, j)) for p, j in inner)  # those already left the budget
         if len(dropped[path]) < cap[path] and remaining - c >= keep * total:
+            for p, j in inner:  # they go with this block: their own entries are moot
+                dropped[p].discard(j)
             dropped[path].add(i)
             remaining -= c
-    kept = {p: [i for i in range(len(model.get_submodule(p))) if i not in d] for p, d in dropped.items() if d}
+    kept = {p: [i for i in range(len(model.get_submodule(p) if p else model)) if i not in d]
+            for p, d in dropped.items() if d}
     keep_blocks_(model, kept, undo)
     return kept

@@ -57,11 +57,29 @@ class Graph:
                     where.setdefault(a, []).append(Member(k, d, self.tr.is_param[k]))
         heads = {a for _, q, kv in self.tr.heads for n in (q, kv) for a in self.A.leaves(n)}
         out = []
+        self.fixed_groups: list[tuple[Group, str]] = []  # spaces of parameters that may not shrink, and why
         for a, members in sorted(where.items()):
-            if a in self.A.fixed or self.A.size[a] < 2 or not any(m.is_param for m in members):
+            if self.A.size[a] < 2 or not any(m.is_param for m in members):
                 continue
-            out.append(Group(a, self.A.size[a], members, self.A.inexact.get(a), "head" if a in heads else "channel"))
+            g = Group(a, self.A.size[a], members, self.A.inexact.get(a), "head" if a in heads else "channel")
+            if a in self.A.fixed:
+                self.fixed_groups.append((g, self.A.fixed[a]))
+            else:
+                out.append(g)
         return out
+
+    def blockers(self, include_inexact: bool = False, limit: int = 12) -> list[dict[str, Any]]:
+        """Why parameter dims are not prunable: fixed spaces and (unless ``include_inexact``) spaces mixed by a
+        statistic, the largest first, as ``{"group", "size", "reason", "members"}`` (at most ``limit``)."""
+        rows = [(g, why) for g, why in self.fixed_groups if not why.startswith("model input")]
+        if not include_inexact:
+            rows += [(g, f"mixed by a statistic: {g.inexact} (prune_normalized=True removes it, inexactly)")
+                     for g in self.all_groups if g.inexact is not None]
+        rows.sort(key=lambda r: (-r[0].size * len(r[0].members), r[0].id))
+        return [{"group": g.id, "size": g.size, "reason": why,
+                 "members": [f"{m.name}[{m.dim}]" for m in g.members[:4]] + ([f"+{len(g.members) - 4}"]
+                                                                           if len(g.members) > 4 else [])}
+                for g, why in rows[:limit]]
 
     def groups(self, include_inexact: bool = False) -> list[Group]:
         """Prunable groups; those whose units are mixed by a statistic only if ``include_inexact``."""

@@ -40,7 +40,7 @@ FACTORIES = {
 }
 NO_OUTPUT = {"_local_scalar_dense", "sym_size", "sym_stride", "sym_numel", "is_same_size", "equal", "allclose",
              "_assert_async", "_assert_tensor_metadata", "record_stream", "_functional_assert_async"}
-INDEXING = {"gather", "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce", "index",
+INDEXING = {"gather", "scatter", "scatter_", "scatter_add", "scatter_add_", "scatter_reduce",
             "index_put", "index_put_", "_index_put_impl_", "masked_select", "masked_scatter", "nonzero",
             "take", "index_add", "index_add_", "index_copy", "index_fill", "bucketize", "searchsorted", "unique",
             "_unique2", "tril", "triu", "diagonal", "diag_embed", "unfold", "im2col", "col2im", "tril_", "triu_",
@@ -103,6 +103,30 @@ def indexing(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
     for a in [*tensors_in(list(args)), *tensors_in(list(kwargs.values()))]:
         t.fix_tensor(a, "indexed by a gather/scatter/mask op")
     for o in tensors_in(out):
+        t.fresh(o, "output of an indexing op")
+
+
+@register_op("index", "_unsafe_index")
+def index(t: Tracer, args: tuple, kwargs: dict, out: Any) -> None:
+    """``x[idx]`` with index tensors on some adjacent dims: those dims stay whole, every other dim passes
+    through (a relative-position table ``table[index]`` keeps its heads dim, so the table follows its heads)."""
+    x, idx = args[0], list(args[1])
+    pos = [i for i, v in enumerate(idx) if v is not None]
+    o = out if isinstance(out, Tensor) else None
+    if o is None or not pos or pos != list(range(pos[0], pos[-1] + 1)):
+        return indexing(t, args, kwargs, out)
+    lay = t.dims(x)
+    for i in pos:
+        t.A.fix(lay[i], "indexed by a tensor")
+    for v in idx:
+        if isinstance(v, Tensor):
+            t.fix_tensor(v, "index tensor")
+    nb = o.dim() - (x.dim() - len(pos))  # broadcast index dims, in place of the (adjacent) indexed dims
+    new = [*lay[:pos[0]], *[t.A.new(o.shape[pos[0] + k], "indexed") for k in range(max(nb, 0))],
+           *lay[pos[-1] + 1:]]
+    if nb >= 0 and len(new) == o.dim() and all(t.A.nsize(n) == s for n, s in zip(new, o.shape)):
+        t.set(o, new)
+    else:
         t.fresh(o, "output of an indexing op")
 
 

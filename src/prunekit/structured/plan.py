@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_write_text, read_json
-from .remove import Undo, owner, replace_tensor
+from .remove import Undo, named_state, owner, replace_tensor
 
 PLAN_FILE = "plan.json"
 LAST_PLAN = "_prunekit_plan"  # attribute on a slim model: the plan that made it (chained on the next removal)
@@ -119,16 +119,26 @@ def chain(model: nn.Module, plan: Plan) -> Plan:
 
 
 def keep_blocks_(model: nn.Module, blocks: dict[str, list[int]], undo: Undo) -> None:
-    """Keep only the listed children of each ``nn.ModuleList`` / ``nn.Sequential`` container."""
-    for path, kept in blocks.items():
-        parent, attr = owner(model, path) if path else (None, "")
-        container = model.get_submodule(path)
-        children = list(container.children())
-        if any(not 0 <= i < len(children) for i in kept):
+    """Keep only the listed children of each ``nn.ModuleList`` / ``nn.Sequential`` container.
+
+    Container names are those of the model *before* any block goes (stable names): every name and kept
+    index is resolved to its module object first, and only then are the containers rebuilt in place, so
+    removing a block of ``blocks`` cannot shift which inner container ``blocks.3`` means.
+    """
+    resolved = []
+    for path in blocks:
+        kept = list(blocks[path])
+        container = model.get_submodule(path) if path else model
+        if not isinstance(container, (nn.ModuleList, nn.Sequential)):
+            raise ValueError(f"plan removes blocks of {path!r}, which is a {type(container).__name__}, "
+                             f"not an nn.ModuleList or nn.Sequential")
+        children = list(container._modules.values())
+        if any(not isinstance(i, int) or not 0 <= i < len(children) for i in kept) or len(set(kept)) != len(kept):
             raise ValueError(f"plan keeps blocks {kept} of {path!r}, which has {len(children)}")
-        new = type(container)(*[children[i] for i in kept]) if isinstance(container, nn.Sequential) else \
-            nn.ModuleList([children[i] for i in kept])
-        undo.set(parent._modules, attr, new)
+        resolved.append((container, [children[i] for i in sorted(kept)]))
+    for container, kept_modules in resolved:  # names are no longer needed: edit the objects
+        new = type(container._modules)((str(j), c) for j, c in enumerate(kept_modules))
+        undo.set(container.__dict__, "_modules", new)
 
 
 def apply_plan_(model: nn.Module, plan: Plan, undo: Undo | None = None) -> nn.Module:
@@ -140,7 +150,7 @@ def apply_plan_(model: nn.Module, plan: Plan, undo: Undo | None = None) -> nn.Mo
             apply_plan_(model, Plan.from_dict({**earlier, "type": "prunekit.structured.plan",
                                                "version": Plan.version}), undo)
         keep_blocks_(model, plan.blocks, undo)
-        state = dict(model.state_dict(keep_vars=True))
+        state = named_state(model)
         for name, dims in plan.tensors.items():
             if name not in state:
                 raise ValueError(f"plan shrinks tensor {name!r}, which this model does not have")

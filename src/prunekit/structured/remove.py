@@ -61,12 +61,18 @@ def replace_tensor(model: nn.Module, names: list[str], new: Tensor, undo: Undo) 
         undo.set(m._parameters if a in m._parameters else m._buffers, a, value)
 
 
+def named_state(model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and buffer by every name, non-persistent buffers included (they shrink too)."""
+    return {n: t for n, t in [*model.named_parameters(remove_duplicate=False),
+                              *model.named_buffers(remove_duplicate=False)] if t is not None}
+
+
 def shrink_tensors_(model: nn.Module, graph: Graph, keep: dict[int, Tensor], undo: Undo) -> dict[str, dict]:
     """Index-select every state tensor along the dims that contain a shrinking group.
 
     Returns ``{name: {dim: kept positions}}`` for the plan.
     """
-    state = dict(model.state_dict(keep_vars=True))
+    state = named_state(model)
     out: dict[str, dict] = {}
     for name, lay in graph.expanded.items():
         pos = {d: graph.A.kept_positions(node, keep) for d, node in enumerate(lay)
@@ -84,12 +90,19 @@ def shrink_tensors_(model: nn.Module, graph: Graph, keep: dict[int, Tensor], und
 def sync_modules_(model: nn.Module, graph: Graph, counts: dict[int, int], undo: Undo) -> dict[str, dict]:
     """Update width attributes: int attributes that sized a reshape, then known module types."""
     changed: dict[str, dict] = {}
+    elements: dict[tuple[str, str], dict[int, int]] = {}  # tuple/list attribute -> {index: new value}
     for (path, attr), nodes in graph.tr.attr_uses.items():
         new = {graph.A.new_size(n, counts) for n in nodes if graph.A.new_size(n, counts) != graph.A.nsize(n)}
-        if len(new) == 1:
-            _set(model, path, attr, new.pop(), undo, changed)
-        elif len(new) > 1:
+        if len(new) > 1:
             log.warning("attribute %s.%s sized dims that shrink differently (%s); left as is", path, attr, new)
+        elif new and "[" in attr:
+            name, _, i = attr.partition("[")
+            elements.setdefault((path, name), {})[int(i.rstrip("]"))] = new.pop()
+        elif new:
+            _set(model, path, attr, new.pop(), undo, changed)
+    for (path, name), vals in elements.items():
+        old = getattr(model.get_submodule(path) if path else model, name)
+        _set(model, path, name, type(old)(vals.get(i, v) for i, v in enumerate(old)), undo, changed)
     for path, m in model.named_modules():
         for attr, value in _module_widths(path, m, graph, counts).items():
             if getattr(m, attr, None) != value:
