@@ -25,7 +25,7 @@ class TokenPrune:
     layers: tuple[int, ...] | None = None
     schedule: tuple[float, ...] | None = None
     seed: int = 0
-    iters: int = 30  # Weighted PageRank steps (Zero-TPrune)
+    iters: int = 5  # Weighted PageRank steps (Zero-TPrune)
     special_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import types
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,24 +55,6 @@ class TokenPatch:
         if self.last is None or not self.last.counts or self.n_input is None:
             return 1.0
         return float((self.last.counts[-1].double() / self.n_input.double().clamp(min=1)).mean())
-
-
-@contextmanager
-def _capture(*modules: nn.Module) -> Iterator[list[Tensor]]:
-    """Record the outputs of ``modules`` (in order) during the block."""
-    out: list[Tensor] = [None] * len(modules)  # type: ignore[list-item]
-
-    def hook(i: int) -> Callable[..., None]:
-        def f(_m: nn.Module, _a: Any, y: Tensor) -> None:
-            out[i] = y
-        return f
-
-    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
-    try:
-        yield out
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def apply_(model: nn.Module, config: TokenPrune) -> TokenPatch:
@@ -128,10 +109,11 @@ def _vit_forward(self: nn.Module, x: Tensor) -> Tensor:
         if keep >= 1.0:
             h = block(h) if bias is None else _vit_mlp(block, h + _vit_attention(block.attn, block.norm1(h), bias))
             continue
-        with _capture(block.attn.q, block.attn.k) as qk:
-            h = h + _vit_attention(block.attn, block.norm1(h), bias)
-        attn = attention_probs(qk[0], qk[1], block.attn.num_heads, bias)
-        h, state = state.reduce(h, patch.choose(state, keep, attn, qk[1]))
+        x_n, att = block.norm1(h), block.attn
+        k = att.k(x_n)  # (B, T, H*D)
+        attn = attention_probs(att.q(x_n), k, att.num_heads, bias)  # (B, H, T, T)
+        h = h + att.o((attn @ _heads(att.v(x_n), att.num_heads)).transpose(1, 2).flatten(2))
+        h, state = state.reduce(h, patch.choose(state, keep, attn, k))
         h = _vit_mlp(block, h)
     patch.last, patch.n_input = state, valid.sum(1)
     return self.head(self.norm(h[:, 0]))
@@ -230,10 +212,14 @@ class TokenPrunedEncoder(nn.Module):
         from transformers.pytorch_utils import apply_chunking_to_forward
 
         sa = layer.attention.self
-        with _capture(sa.query, sa.key) as qk:
-            a, _ = layer.attention(h, mask, **kwargs)  # (B, T, d)
-        attn = attention_probs(qk[0], qk[1], sa.num_attention_heads, state.bias(h.dtype))
-        a, state = state.reduce(a, self.patch.choose(state, keep, attn, qk[1]))
+        q, k, v = sa.query(h), sa.key(h), sa.value(h)  # (B, T, d)
+        attn = attention_probs(q, k, sa.num_attention_heads, state.bias(h.dtype))  # (B, H, T, T)
+        ctx = (attn @ _heads(v, sa.num_attention_heads)).transpose(1, 2).flatten(2)  # (B, T, d)
+        a, state = state.reduce(layer.attention.output(ctx, h), self.patch.choose(state, keep, attn, k))
         h = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, a)
         return h, state
 
+
+def _heads(t: Tensor, heads: int) -> Tensor:
+    """(B, T, H*D) -> (B, H, T, D)."""
+    return t.unflatten(-1, (heads, -1)).transpose(1, 2)

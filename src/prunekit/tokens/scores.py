@@ -28,7 +28,7 @@ class Selection:
     merge: bool = False
 
 
-def weighted_pagerank(attn: Tensor, valid: Tensor | None = None, iters: int = 30, tol: float = 1e-7) -> Tensor:
+def weighted_pagerank(attn: Tensor, valid: Tensor | None = None, iters: int = 5, tol: float = 1e-7) -> Tensor:
     """Token importance by Weighted PageRank on the attention graph (Wang et al. 2024, Zero-TPrune, Eq. 1-2).
 
     ``s^(t+1)_j = sum_i A_ij s^(t)_i`` from ``s^(0)`` uniform over the real tokens: a token matters when
@@ -36,18 +36,18 @@ def weighted_pagerank(attn: Tensor, valid: Tensor | None = None, iters: int = 30
     stays 1. Runs at most ``iters`` steps (stops once no entry moves by more than ``tol``); heads are
     averaged at the end. Returns ``(B, T)``, zero on padding.
     """
-    b, _, t, _ = attn.shape
+    b, h, t, _ = attn.shape
     v = torch.ones(b, t, dtype=torch.bool, device=attn.device) if valid is None else valid
-    vf = v.to(attn.dtype)
-    a = attn * vf[:, None, :, None] * vf[:, None, None, :]  # padding neither votes nor is voted for
-    s = (vf / vf.sum(1, keepdim=True).clamp(min=1))[:, None, :].expand(-1, attn.shape[1], -1)  # (B, H, T)
+    vf = v.to(attn.dtype)[:, None, :]  # (B, 1, T)
+    s = (vf / vf.sum(-1, keepdim=True).clamp(min=1)).expand(b, h, t).reshape(b * h, 1, t)
+    a = attn.reshape(b * h, t, t)  # padding rows start at 0 and padding columns are zeroed each step
     for _ in range(iters):
-        nxt = torch.einsum("bhi,bhij->bhj", s, a)
+        nxt = torch.bmm(s, a) * vf.expand(b, h, t).reshape(b * h, 1, t)
         done = bool((nxt - s).abs().max() <= tol)
         s = nxt
         if done:
             break
-    return s.mean(1)
+    return s.view(b, h, t).mean(1)
 
 
 def attention_received(attn: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -104,7 +104,7 @@ def select_random(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, 
 
 
 def select_zero_tprune(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
-                       iters: int = 30, **_: object) -> Selection:
+                       iters: int = 5, **_: object) -> Selection:
     """Zero-TPrune (Wang et al. 2024): I-stage Weighted PageRank, then S-stage importance-guided similarity.
 
     I-stage (Eq. 1-2): importance ``s`` by ``weighted_pagerank``. S-stage (Sec. 3.2): the ``2r`` least

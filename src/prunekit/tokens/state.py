@@ -8,7 +8,6 @@ whose masked mean over the input mask is the size-weighted mean of the kept toke
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -91,7 +90,7 @@ def attention_probs(q: Tensor, k: Tensor, heads: int, bias: Tensor | None) -> Te
     b, t, _ = q.shape
     qh = q.view(b, t, heads, -1).transpose(1, 2)  # (B, H, T, D)
     kh = k.view(b, t, heads, -1).transpose(1, 2)
-    logits = qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1])  # (B, H, T, T)
+    logits = (qh * (qh.shape[-1] ** -0.5)) @ kh.transpose(-1, -2)  # (B, H, T, T)
     if bias is not None:
-        logits = logits + bias
+        logits += bias
     return logits.softmax(-1)
