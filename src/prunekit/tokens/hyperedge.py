@@ -55,7 +55,8 @@ class SoftHyperedge(nn.Module):
         if balance < 0:
             raise ValueError(f"balance must be >= 0, got {balance!r}")
         self.num_edges, self.top_k, self.balance = num_edges, k, float(balance)
-        self.prototypes = nn.Parameter(torch.randn(num_edges, dim) * dim ** -0.5)  # (M, dim)
+        self.prototypes = nn.Embedding(num_edges, dim)  # (M, dim) learnable hyperedge prototypes
+        nn.init.normal_(self.prototypes.weight, std=dim ** -0.5)
         self.context = nn.Linear(dim, dim)  # global context -> hyperedge offset
         self.gate = nn.Linear(dim, num_edges)  # global context -> hyperedge selection logits
         self.vertex = nn.Linear(dim, dim)  # tokens -> participation queries
@@ -74,7 +75,7 @@ class SoftHyperedge(nn.Module):
         """Tokens ``(B, N, dim)`` -> hyperedge messages ``(B, N, dim)`` (add them residually)."""
         ctx = x.mean(1)  # (B, dim)
         gate, top, w = self.select(ctx)
-        e = self.prototypes[top] + self.context(ctx)[:, None, :]  # (B, k, dim)
+        e = self.prototypes(top) + self.context(ctx)[:, None, :]  # (B, k, dim)
         logits = self.vertex(x) @ e.transpose(1, 2) * x.shape[-1] ** -0.5  # (B, N, k) participation
         h = self.edge(logits.softmax(1).transpose(1, 2) @ x)  # (B, k, dim): vertex -> hyperedge
         y = self.out(logits.softmax(2) @ (h * w[..., None]))  # (B, N, dim): hyperedge -> vertex
