@@ -40,12 +40,21 @@ def train(name: str, kwargs: dict, data, args, seed: int):
                    "macs_per_image": count_macs(model, data.test[0][:1])}
 
 
+def save(args, res: dict) -> None:
+    """Write what is measured so far."""
+    res["meta"] = {"command": "benchmarks/tokens_digits.py " + " ".join(
+        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"),
+        "machine": "2-core shared CPU VM, other jobs running", "torch": torch.__version__}
+    atomic_write_text(args.out, json.dumps(res, indent=1))
+
+
 def part_vit(data, args) -> dict:
     runs, models = [], {}
     for seed in args.seeds:
         models[seed], row = train("vit", VIT, data, args, seed)
         runs.append(row)
         print(f"vit seed {seed}: {row['accuracy']:.4f}", flush=True)
+        save(args, {"vit_runs": runs})
     x, y = data.test
     table = []
     for keep in args.keep:
@@ -58,6 +67,7 @@ def part_vit(data, args) -> dict:
             table.append({"keep": keep, "method": method, "accuracy": acc, "tokens_kept": patch.tokens_kept(),
                           "macs_ratio": count_macs(m, x[:64]) / count_macs(models[args.seeds[0]], x[:64])})
             print(f"vit keep {keep} {method}: {acc:.4f}", flush=True)
+            save(args, {"vit_runs": runs, "vit_tokens": table})
     return {"vit_runs": runs, "vit_tokens": table}
 
 
@@ -74,6 +84,7 @@ def part_softhgnn(data, args) -> dict:
                            usage_first=usage[:40].int().tolist())
                 rows.append(row)
                 print(f"softhgnn k {k} balance {balance} seed {seed}: {row['accuracy']:.4f}", flush=True)
+                save(args, {"softhgnn": rows})
     return {"softhgnn": rows}
 
 
@@ -89,12 +100,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = get_dataset("digits")
-    res = part_vit(data, args) if args.part == "vit" else part_softhgnn(data, args)
-    res["meta"] = {"command": "benchmarks/tokens_digits.py " + " ".join(
-        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items() if k != "out"),
-        "machine": "2-core shared CPU VM, other jobs running", "torch": torch.__version__}
-    atomic_write_text(args.out, json.dumps(res, indent=1))
-
+    save(args, part_vit(data, args) if args.part == "vit" else part_softhgnn(data, args))
 
 if __name__ == "__main__":
     main()

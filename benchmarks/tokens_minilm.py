@@ -58,7 +58,17 @@ def docs_filling(tok, seq: int, n: int) -> list[str]:
     raise SystemExit(f"only {len(found)} corpus documents reach {seq} tokens")
 
 
-def run_length(tok, dense, seq: int, args) -> list[dict]:
+def save(args, rows: list[dict]) -> None:
+    """Write what is measured so far (the table is complete once every timer run is in)."""
+    meta = {"command": "benchmarks/tokens_minilm.py " + " ".join(
+        f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in vars(args).items()
+        if k not in ("out", "special")),
+            "machine": f"2-core shared CPU VM, other jobs running ({platform.machine()}), torch {torch.__version__}, "
+                       f"{args.threads} thread(s)"}
+    atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+def run_length(tok, dense, seq: int, args, done: list[dict]) -> list[dict]:
     docs = docs_filling(tok, seq, args.docs)
     batches = [dict(tok(docs[i:i + args.batch], padding=True, truncation=True, max_length=seq,
                         return_tensors="pt")) for i in range(0, len(docs), args.batch)]
@@ -75,11 +85,13 @@ def run_length(tok, dense, seq: int, args) -> list[dict]:
                              flops_ratio=count_macs(m, batches[0]) / base_macs, speedups=[]))
             models[f"{method}@{keep}"] = m
             print(f"seq {seq} keep {keep} {method}: fidelity {fid:.4f} kept {kept:.3f}", flush=True)
+            save(args, done + rows)
     for r in range(args.runs):
         res = compare_latency(models, batches[0], warmup=1, repeats=args.repeats, threads=args.threads)
         for row in rows:
             row["speedups"].append(res.speedups[f"{row['method']}@{row['keep']}"])
         print(f"seq {seq} timer run {r}: dense {res.results['dense'].median_ms:.0f} ms", flush=True)
+        save(args, done + rows)
     return rows
 
 
@@ -96,13 +108,10 @@ def main() -> None:
     args = p.parse_args()
     tok, dense = load()
     args.special = [tok.cls_token_id, tok.sep_token_id]
-    rows = [r for seq in args.seq for r in run_length(tok, dense, seq, args)]
-    meta = {"command": "benchmarks/tokens_minilm.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items()
-                                                                 if k not in ("out", "special")),
-            "machine": f"2-core shared CPU VM, other jobs running ({platform.processor() or platform.machine()}), "
-                       f"torch {torch.__version__}, {args.threads} thread(s)"}
-    atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows}, indent=1))
-
+    rows: list[dict] = []
+    for seq in args.seq:
+        rows += run_length(tok, dense, seq, args, rows)
+    save(args, rows)
 
 if __name__ == "__main__":
     main()

@@ -122,3 +122,19 @@ def test_bad_config_and_model_are_refused():
         apply_(torch.nn.Linear(2, 2), TokenPrune())
     cfg = TokenPrune(method="tome", keep=0.7, layers=(0, 2))
     assert TokenPrune.from_dict(cfg.to_dict()) == cfg
+
+
+def test_roberta_and_a_task_head_are_patched_too():
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.RobertaConfig(vocab_size=80, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          intermediate_size=64, max_position_embeddings=80, num_labels=3)
+    model = T.RobertaForSequenceClassification(cfg).eval()
+    batch = _batch([_ids(20, 9) + 1, _ids(12, 10) + 1])
+    with torch.no_grad():
+        dense = model(**batch).logits
+        patch = apply_(model, TokenPrune(method="zero-tprune", keep=0.5))
+        out = model(**batch).logits
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+    assert [len(k) for k in patch.last.kept_positions()] == [10, 6]
