@@ -120,6 +120,10 @@ def test_bad_config_and_model_are_refused():
         apply_(ViT(image_size=8, patch_size=2, in_channels=1, depth=2), TokenPrune(layers=(5,)))
     with pytest.raises(TypeError, match="cannot prune tokens"):
         apply_(torch.nn.Linear(2, 2), TokenPrune())
+    from prunekit.zoo import get_model
+
+    with pytest.raises(TypeError, match="forward differs"):
+        apply_(get_model("vit-softhgnn"), TokenPrune())
     cfg = TokenPrune(method="tome", keep=0.7, layers=(0, 2))
     assert TokenPrune.from_dict(cfg.to_dict()) == cfg
 

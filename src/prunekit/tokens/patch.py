@@ -64,6 +64,8 @@ def apply_(model: nn.Module, config: TokenPrune) -> TokenPatch:
     from ..zoo.vit import ViT
 
     if isinstance(model, ViT):
+        if type(model).forward is not ViT.forward:
+            raise TypeError(f"cannot prune tokens of {type(model).__name__}: its forward differs from the zoo ViT's")
         return _patch_vit(model, config)
     base = _bert_like(model)
     if base is None:
