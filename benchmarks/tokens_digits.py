@@ -1,8 +1,9 @@
 """The zoo ViT and vit-softhgnn on digits: token pruning accuracy vs keep, SoftHGNN k / load balancing, usage.
 
 ``--part vit``: the plain zoo ViT (2x2 patches of the 8x8 digits, dim 64, depth 2: vit-softhgnn's width)
-is trained for each seed; the seed-0 model is then patched by each token method at each keep and its
-test accuracy measured (no fine-tuning). ``--part softhgnn``: vit-softhgnn for each k and with
+is trained for each seed (the SoftHGNN baseline); a depth-4 one (seed 0) is then patched by each token
+method at each keep, pruning after block 0 or spread over blocks 0-2, and its test accuracy measured
+(no fine-tuning). ``--part softhgnn``: vit-softhgnn for each k and with
 (balance 0.01) / without (0) the load-balancing loss, each seed; test accuracy, MACs per image and the
 hyperedges each test input uses (first block) are stored, and the usage of seed 0, k=4 is plotted.
 
@@ -33,7 +34,7 @@ METHODS = ("zero-tprune", "attention", "tome", "random")
 def train(name: str, kwargs: dict, data, args, seed: int):
     model = get_model(name, seed=seed, **kwargs)
     t = time.perf_counter()
-    fit(model, data.train, epochs=args.epochs, lr=2e-3, optimizer="adamw", weight_decay=0.05, batch_size=64,
+    fit(model, data.train, epochs=args.epochs, lr=2e-3, optimizer="adamw", weight_decay=0.05, batch_size=32,
         seed=seed)
     acc = evaluate(model.eval(), data.test)["accuracy"]
     return model, {"seed": seed, "accuracy": acc, "train_s": time.perf_counter() - t,
@@ -49,26 +50,30 @@ def save(args, res: dict) -> None:
 
 
 def part_vit(data, args) -> dict:
-    runs, models = [], {}
+    runs = []
     for seed in args.seeds:
-        models[seed], row = train("vit", VIT, data, args, seed)
+        _, row = train("vit", VIT, data, args, seed)
         runs.append(row)
         print(f"vit seed {seed}: {row['accuracy']:.4f}", flush=True)
         save(args, {"vit_runs": runs})
+    deep_kw = {**VIT, "depth": 4}
+    deep, row = train("vit", deep_kw, data, args, args.seeds[0])
     x, y = data.test
     table = []
-    for keep in args.keep:
-        for method in METHODS:
-            m = get_model("vit", **VIT)
-            m.load_state_dict(models[args.seeds[0]].state_dict())
-            patch = apply_(m.eval(), TokenPrune(method=method, keep=keep))
-            with torch.no_grad():
-                acc = float((m(x).argmax(1) == y).float().mean())
-            table.append({"keep": keep, "method": method, "accuracy": acc, "tokens_kept": patch.tokens_kept(),
-                          "macs_ratio": count_macs(m, x[:64]) / count_macs(models[args.seeds[0]], x[:64])})
-            print(f"vit keep {keep} {method}: {acc:.4f}", flush=True)
-            save(args, {"vit_runs": runs, "vit_tokens": table})
-    return {"vit_runs": runs, "vit_tokens": table}
+    for layers in ((0,), (0, 1, 2)):
+        for keep in args.keep:
+            for method in METHODS:
+                m = get_model("vit", **deep_kw)
+                m.load_state_dict(deep.state_dict())
+                patch = apply_(m.eval(), TokenPrune(method=method, keep=keep, layers=layers))
+                with torch.no_grad():
+                    acc = float((m(x).argmax(1) == y).float().mean())
+                table.append({"layers": list(layers), "keep": keep, "method": method, "accuracy": acc,
+                              "tokens_kept": patch.tokens_kept(),
+                              "macs_ratio": count_macs(m, x[:64]) / count_macs(deep, x[:64])})
+                print(f"vit-4 layers {layers} keep {keep} {method}: {acc:.4f}", flush=True)
+                save(args, {"vit_runs": runs, "vit_deep": row, "vit_tokens": table})
+    return {"vit_runs": runs, "vit_deep": row, "vit_tokens": table}
 
 
 def part_softhgnn(data, args) -> dict:
