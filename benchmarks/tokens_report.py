@@ -24,10 +24,19 @@ def _ms(values: list[float]) -> str:
     return f"{st.mean(values):.3f} ± {st.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
+def _minilm(d: Path) -> dict | None:
+    """Every ``minilm*.json`` merged: their rows, commands and the first file's machine line."""
+    files = [json.loads(f.read_text()) for f in sorted(d.glob("minilm*.json"))]
+    if not files:
+        return None
+    return {"meta": files[0]["meta"], "commands": [f["meta"]["command"] for f in files],
+            "rows": [r for f in files for r in f["rows"]]}
+
+
 def minilm(res: dict | None) -> list[str]:
     if res is None:
         return ["MiniLM: not measured (no minilm.json).", ""]
-    out = [f"Command: `{res['meta']['command']}`  ", f"Machine: {res['meta']['machine']}.", "",
+    out = [*(f"Command: `{c}`  " for c in res["commands"]), f"Machine: {res['meta']['machine']}.", "",
            "| seq | keep | method | fidelity | tokens kept | FLOPs ratio | speedup per timer run | bar |",
            "|---|---|---|---|---|---|---|---|"]
     for r in sorted(res["rows"], key=lambda r: (r["seq"], -r["keep"], r["method"])):
@@ -53,7 +62,7 @@ def vit(res: dict | None) -> list[str]:
     if res is None:
         return ["ViT on digits: not measured (no vit.json).", ""]
     runs = res.get("vit_runs", [])
-    out = [f"Command: `{res['meta']['command']}`  ", f"Machine: {res['meta']['machine']}.", "",
+    out = [*(f"Command: `{c}`  " for c in res["commands"]), f"Machine: {res['meta']['machine']}.", "",
            f"Plain zoo ViT (dense, no pruning), test accuracy over seeds {[r['seed'] for r in runs]}: "
            f"{_ms([r['accuracy'] for r in runs])}; MACs per image {runs[0]['macs_per_image'] if runs else 'n/a'}.",
            "", "Token pruning of a depth-4 zoo ViT (same width, seed 0, dense test accuracy "
@@ -126,7 +135,7 @@ def main() -> None:
     plot = usage_plot(rows, args.dir / "usage.png") if rows else None
     cmds = sorted({json.loads(f.read_text())["meta"]["command"] for f in args.dir.glob("hgnn_*.json")})
     text = [args.intro.read_text() if args.intro else "# Token pruning and soft hyperedges", "",
-            "## MiniLM (all-MiniLM-L6-v2) on the built-in corpus", "", *minilm(_load(args.dir, "minilm.json")),
+            "## MiniLM (all-MiniLM-L6-v2) on the built-in corpus", "", *minilm(_minilm(args.dir)),
             "## Zoo ViT on digits: accuracy vs keep", "", *vit(v),
             "## SoftHGNN on digits", "", *(f"Command: `{c}`  " for c in cmds), "",
             *softhgnn(rows, (v or {}).get("vit_runs", []), f"tokens/{plot}" if plot else None)]

@@ -5,8 +5,8 @@ hyperedges are learnable prototypes shifted by the input's global context; every
 every chosen hyperedge with a soft weight (scaled dot product of the projected token and the
 hyperedge); messages go vertex -> hyperedge (participation-weighted mean) -> vertex. With sparse
 selection a gate on the global context keeps only each input's ``top_k`` hyperedges, so the cost
-scales with ``k``, and a load-balancing loss (the Switch-Transformer form the paper adopts, Fedus et
-al. 2022 Eq. 4: ``M * sum_m f_m P_m``) keeps all hyperedges in use.
+scales with ``k``, and a load-balancing loss keeps all hyperedges in use; it is written here in the
+mixture-of-experts form of Switch Transformer (Fedus et al. 2022, Eq. 4): ``M * sum_m f_m P_m``.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class Selection:
 
 
 def weighted_pagerank(attn: Tensor, valid: Tensor | None = None, iters: int = 5, tol: float = 1e-7) -> Tensor:
-    """Token importance by Weighted PageRank on the attention graph (Wang et al. 2024, Zero-TPrune, Eq. 1-2).
+    """Token importance by Weighted PageRank on the attention graph (Wang et al. 2024, Zero-TPrune, I-stage).
 
     ``s^(t+1)_j = sum_i A_ij s^(t)_i`` from ``s^(0)`` uniform over the real tokens: a token matters when
     tokens that matter attend to it. Rows of ``A`` (B, H, T, T) are softmax-normalized, so the total
@@ -105,9 +105,9 @@ def select_random(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, 
 
 def select_zero_tprune(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
                        iters: int = 5, **_: object) -> Selection:
-    """Zero-TPrune (Wang et al. 2024): I-stage Weighted PageRank, then S-stage importance-guided similarity.
+    """Zero-TPrune (Wang et al. 2024, CVPR): I-stage Weighted PageRank, S-stage importance-guided similarity.
 
-    I-stage (Eq. 1-2): importance ``s`` by ``weighted_pagerank``. S-stage (Sec. 3.2): the least important
+    I-stage: importance ``s`` by ``weighted_pagerank`` (``s <- A^T s``). S-stage: the least important
     non-special tokens form the source group, every other real token the target group; each source
     token's similarity is its largest key cosine to a target token, and the ``r`` most similar
     (redundant) source tokens are pruned. The source group holds ``min(2r, n - r)`` of the ``n``
