@@ -79,3 +79,12 @@ def test_tome_never_merges_protected_or_b_tokens(n):
     sel = select_tome(attn, keys, valid, prot, torch.tensor([n]))
     removed = (~sel.keep[0]).nonzero().flatten().tolist()
     assert len(removed) == n and all(i % 2 == 0 and i != 0 for i in removed)
+
+
+@pytest.mark.parametrize("r", [1, 3, 5, 7])
+def test_zero_tprune_removes_exactly_r(r):
+    keys, attn = _keys_and_attn(10)
+    valid, prot = torch.ones(1, 10, dtype=torch.bool), torch.zeros(1, 10, dtype=torch.bool)
+    prot[0, 0] = prot[0, 9] = True  # 8 candidates: sources min(2r, 8 - r), at least r
+    sel = select_zero_tprune(attn, keys, valid, prot, torch.tensor([r]))
+    assert int((~sel.keep).sum()) == r and sel.keep[0, 0] and sel.keep[0, 9]

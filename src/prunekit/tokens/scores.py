@@ -110,13 +110,13 @@ def select_zero_tprune(attn: Tensor, keys: Tensor, valid: Tensor, protected: Ten
     I-stage: importance ``s`` by ``weighted_pagerank`` (``s <- A^T s``). S-stage: the least important
     non-special tokens form the source group, every other real token the target group; each source
     token's similarity is its largest key cosine to a target token, and the ``r`` most similar
-    (redundant) source tokens are pruned. The source group holds ``min(2r, n - r)`` of the ``n``
-    candidates, so the ``n - r`` most important always stay targets: with ``r >= n / 2`` no similarity
-    choice is left and the ``r`` least important go (the I-stage alone).
+    (redundant) source tokens are pruned. The source group holds ``max(r, min(2r, n - r))`` of the ``n``
+    candidates, so the ``n - r`` most important stay targets: with ``r >= n / 2`` no similarity choice
+    is left and the ``r`` least important go (the I-stage alone).
     """
     cand = valid & ~protected
     s = weighted_pagerank(attn, valid, iters=iters)
-    source = lowest(s, cand, torch.minimum(2 * n_remove, cand.sum(1) - n_remove).clamp(min=0))
+    source = lowest(s, cand, torch.maximum(n_remove, torch.minimum(2 * n_remove, cand.sum(1) - n_remove)))
     best, idx = nearest(cosine(keys), valid & ~source)
     removed = lowest(-best, source, n_remove)
     own = torch.arange(valid.shape[1], device=valid.device).expand_as(idx)
