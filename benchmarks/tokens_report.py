@@ -62,7 +62,7 @@ def vit(res: dict | None) -> list[str]:
     if res is None:
         return ["ViT on digits: not measured (no vit.json).", ""]
     runs = res.get("vit_runs", [])
-    out = [*(f"Command: `{c}`  " for c in res["commands"]), f"Machine: {res['meta']['machine']}.", "",
+    out = [f"Command: `{res['meta']['command']}`  ", f"Machine: {res['meta']['machine']}.", "",
            f"Plain zoo ViT (dense, no pruning), test accuracy over seeds {[r['seed'] for r in runs]}: "
            f"{_ms([r['accuracy'] for r in runs])}; MACs per image {runs[0]['macs_per_image'] if runs else 'n/a'}.",
            "", "Token pruning of a depth-4 zoo ViT (same width, seed 0, dense test accuracy "
