@@ -55,8 +55,8 @@ def test_eval_writes_metrics_and_a_store_row(bert_dir, texts, tmp_path):
 
 @pytest.mark.parametrize("args, needle", [
     (["--method", "nope"], "--method must be one of"),
-    (["--keep", "0"], "--keep must be a fraction"),
-    (["--keep", "1.5"], "--keep must be a fraction"),
+    (["--keep", "0"], "--keep must be a fraction in (0, 1]"),
+    (["--keep", "1.5"], "--keep must be a fraction in (0, 1]"),
     (["--max-length", "0"], "--max-length must be a positive"),
     (["--layers", "a,b"], "--layers must be"),
 ])

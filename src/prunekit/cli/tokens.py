@@ -19,12 +19,6 @@ def register(main: typer.Typer) -> None:
     main.add_typer(app, name="tokens", help="Token pruning: Zero-TPrune, ToMe, attention, random on an encoder.")
 
 
-def _keep(value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise typer.BadParameter(f"--keep must be a fraction of tokens in (0, 1]; got {value!r}")
-    return value
-
-
 def _layers(text: str | None) -> tuple[int, ...] | None:
     if text is None:
         return None
@@ -52,8 +46,7 @@ def eval_(
     texts: Annotated[Path, typer.Option("--texts", help="text file, one text a line (or .jsonl with 'text')")],
     method: Annotated[str, typer.Option("--method", help="zero-tprune | attention | tome | token-random (random)",
                                         callback=c.registered("--method", "token"))] = "zero-tprune",
-    keep: Annotated[float, typer.Option("--keep", help="fraction of each text's tokens left after the last "
-                                        "pruning layer, in (0, 1]", callback=_keep)] = 0.66,
+    keep: c.Keep = 0.66,
     layers: Annotated[str | None, typer.Option("--layers", help="comma-separated layers that prune (default: 0); "
                                                "keep is reached geometrically over them")] = None,
     max_length: Annotated[int, typer.Option("--max-length", help="tokens per text (longer ones are truncated)",
