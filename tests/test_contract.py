@@ -4,7 +4,8 @@ A kind handler checks what each kind promises, on tiny in-code models and data: 
 sparsity, pattern, shape, seeded, JSON round trip), calibrated (tiny random LLaMA: exact per-layer
 sparsity), training (two epochs: final sparsity, masks respected), training drivers (IMP: two levels of
 one epoch, final sparsity as declared, masks nested and respected, JSON round trip), structured (scores per group,
-removal works), data scores (N finite scores) and selectors (sorted unique indices, exact count).
+removal works), data scores (N finite scores) and selectors (sorted unique indices, exact count), token
+methods (zoo ViT: exact kept count, [CLS] kept, shape unchanged, keep 1.0 bit-identical, seeded, JSON round trip).
 A new registered method is covered automatically, or the meta-test names it.
 """
 
@@ -211,8 +212,33 @@ def check_data_selector(entry: Entry) -> None:
     assert torch.equal(entry.obj(scores, 0.4, **extra), kept), f"{entry.name} is not deterministic"
 
 
+# ---------------------------------------------------------------------------------------------- tokens
+def check_token(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Module:
+    import copy
+
+    from prunekit.tokens import TokenPrune, apply_
+    from prunekit.zoo import ViT
+
+    torch.manual_seed(0)
+    vit = ViT(image_size=8, patch_size=2, in_channels=1, num_classes=3, depth=2)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    dense, same = vit(x), copy.deepcopy(vit)
+    cfg = TokenPrune(method=entry.name, keep=0.5)
+    patch = apply_(vit, cfg)
+    out = vit(x)
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+    kept = patch.last.kept_positions()
+    assert [len(k) for k in kept] == [9] * 4 and all(k[0] == 0 for k in kept), entry.name  # round(17 / 2)
+    assert torch.equal(vit(x), out), f"{entry.name} is not deterministic"
+    apply_(same, TokenPrune(method=entry.name, keep=1.0))
+    assert torch.equal(same(x), dense), f"{entry.name}: keep 1.0 must be bit-identical"
+    assert TokenPrune.from_dict(cfg.to_dict()) == cfg
+    return vit
+
+
 MODEL_HANDLERS = {"oneshot": check_oneshot, "calibrated": check_calibrated, "training": check_training,
-                  "training-driver": check_training_driver, "structured": check_structured}
+                  "training-driver": check_training_driver, "structured": check_structured,
+                  "token": check_token}
 
 
 def test_every_kind_has_a_handler():

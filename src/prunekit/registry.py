@@ -2,7 +2,7 @@
 
 ``METHODS`` holds every method a user can name, one ``Entry`` each: one-shot criteria, calibrated
 solvers (with the statistics they need), training methods, structured importances, data scores and
-selectors. ``SCORES`` (weight criteria) and ``ALLOCATIONS`` (per-layer sparsity rules) are the
+selectors, token methods. ``SCORES`` (weight criteria) and ``ALLOCATIONS`` (per-layer sparsity rules) are the
 primitive tables the engines compose; ``Registry`` also serves the zoo's models and data sets.
 """
 
@@ -15,15 +15,17 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-KINDS = ("oneshot", "calibrated", "training", "training-driver", "structured", "data-score", "data-selector")
+KINDS = ("oneshot", "calibrated", "training", "training-driver", "structured", "data-score", "data-selector",
+         "token")
 LABELS = {"oneshot": "one-shot method", "calibrated": "calibrated solver", "training": "training method",
           "training-driver": "training driver",
-          "structured": "group importance", "data-score": "data score", "data-selector": "data selection rule"}
+          "structured": "group importance", "data-score": "data score", "data-selector": "data selection rule",
+          "token": "token method"}
 STATS = ("gram", "input_norms")  # what a calibrated solver may ask for: X^T X, per-column ||X_j||_2
 # the engine modules whose import registers methods (the only hand-written list)
 ENGINES = ("prunekit.oneshot", "prunekit.training.pai", "prunekit.training.methods", "prunekit.calibrate.methods",
            "prunekit.structured.importance", "prunekit.structured.api", "prunekit.data.scores",
-           "prunekit.data.cluster", "prunekit.data.select")
+           "prunekit.data.cluster", "prunekit.data.select", "prunekit.tokens.methods")
 
 
 class Registry:

@@ -13,8 +13,9 @@ def test_models_json_lists_every_model() -> None:
     r = CliRunner().invoke(app, ["zoo", "models", "--json"])
     assert r.exit_code == 0
     rows = {row["name"]: row for row in json.loads(r.output)}
-    assert len(rows) == 8 and rows["cnn1d"]["params"] == 5210 and rows["cnn1d"]["input_shape"] == [40]
+    assert len(rows) == 9 and rows["cnn1d"]["params"] == 5210 and rows["cnn1d"]["input_shape"] == [40]
     assert rows["cnn1d"]["recipe_dataset"] == "mnist1d" and rows["vit"]["recipe"] is None
+    assert rows["vit-softhgnn"]["recipe_dataset"] == "digits"
 
 
 def test_datasets_lists_names() -> None:

@@ -22,7 +22,7 @@ from prunekit.zoo import (
 )
 from prunekit.zoo.vit import Attention
 
-NAMES = ["mlp", "lenet5", "cnn1d", "resnet20", "resnet56", "vgg", "mobilenetv2", "vit"]
+NAMES = ["mlp", "lenet5", "cnn1d", "resnet20", "resnet56", "vgg", "mobilenetv2", "vit", "vit-softhgnn"]
 
 
 def n_params(m: nn.Module) -> int:

@@ -131,8 +131,9 @@ ModelArg = Annotated[list[str] | None, typer.Option("--model-arg", metavar="NAME
 Seed = Annotated[int, typer.Option("--seed", help="random seed")]
 Threads = Annotated[int | None, typer.Option("--threads", help="torch CPU threads (default: torch's choice)",
                                              callback=_threads)]
-Keep = Annotated[float, typer.Option("--keep", help="kept fraction, in (0, 1] (of the examples; of the experts of each "
-                                     "MoE layer for llm experts)", callback=_keep)]
+Keep = Annotated[float, typer.Option("--keep", help="kept fraction in (0, 1]: of the examples (data commands), of "
+                                     "each MoE layer's experts (llm experts), of each text's tokens (tokens eval)",
+                                     callback=_keep)]
 Backend = Annotated[str, typer.Option("--backend", help="local | ray (Ray Data, extra 'ray')",
                                       callback=choice("--backend", BACKENDS))]
 Dataset = Annotated[str | None, typer.Option("--dataset", help="zoo data set name or a local .npz/.csv file "

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from ..registry import Registry
 from .convnets import VGG, CifarResNet, MobileNetV2
 from .small import CNN1D, MLP, LeNet5
+from .softhgnn import SoftHGNNViT
 from .vit import ViT
 
 MODELS = Registry("model")
@@ -26,10 +27,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cnn1d": dict(epochs=60, lr=0.1, optimizer="sgd", weight_decay=5e-4, batch_size=128),  # on mnist1d()
     "mlp": dict(epochs=60, lr=0.05, optimizer="sgd", weight_decay=5e-4, batch_size=128),  # on mnist1d()
     "lenet5": dict(epochs=30, lr=0.05, optimizer="sgd", weight_decay=5e-4, batch_size=64),  # on digits()
+    "vit-softhgnn": dict(epochs=30, lr=2e-3, optimizer="adamw", weight_decay=0.05, batch_size=64),  # on digits()
 }
 
 # The built-in data set each recipe was measured on (a name for ``prunekit.zoo.get_dataset``).
-RECIPE_DATASETS: dict[str, str] = {"cnn1d": "mnist1d", "mlp": "mnist1d", "lenet5": "digits"}
+RECIPE_DATASETS: dict[str, str] = {"cnn1d": "mnist1d", "mlp": "mnist1d", "lenet5": "digits", "vit-softhgnn": "digits"}
 
 
 def register_model(name: str, input_shape: ShapeFn) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -150,3 +152,12 @@ def vit(
 ) -> ViT:
     """A tiny ViT: 4x4 patches of 32x32 images, 4 blocks of 4 heads of 16 dims."""
     return ViT(image_size, patch_size, in_channels, num_classes, dim, depth, num_heads, head_dim, mlp_dim)
+
+
+@register_model("vit-softhgnn", _image)
+def vit_softhgnn(image_size: int = 8, patch_size: int = 2, in_channels: int = 1, num_classes: int = 10, dim: int = 64,
+                 depth: int = 2, num_heads: int = 4, head_dim: int = 16, mlp_dim: int = 128, num_edges: int = 8,
+                 top_k: int = 4, balance: float = 0.01) -> SoftHGNNViT:
+    """The zoo ViT plus a SoftHGNN soft-hyperedge branch per block (top-k of 8 per input); 2x2 patches of 8x8 digits."""
+    return SoftHGNNViT(image_size, patch_size, in_channels, num_classes, dim, depth, num_heads, head_dim, mlp_dim,
+                       num_edges, top_k, balance)
