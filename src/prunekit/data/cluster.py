@@ -312,22 +312,8 @@ class _RayBoundary:
 def assign(emb: Embeddings, centroids: np.ndarray, backend: str = "local",
            concurrency: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Stream all rows and return each row's nearest centroid ``(N,)`` and cosine to it ``(N,)``."""
-    check_embeddings(centroids, emb.d, "centroids")
-    check_choice(backend, "backend", ("local", "ray"))
-    best = np.empty(emb.n, np.int64)
-    cos = np.empty(emb.n, np.float32)
-    fn = NearestRows(np.ascontiguousarray(centroids, dtype=np.float32))
-    rows = emb.chunk_rows(per_row_bytes=4 * (emb.d + 2 * len(centroids)))
-    if backend == "ray":
-        from .ray_backend import map_rows
-
-        for res in map_rows(fn, emb, batch_size=min(rows, 8192), concurrency=concurrency):
-            best[res["id"]], cos[res["id"]] = res["assign"], res["cosine"]
-        return best, cos
-    for start, block in emb.chunks(rows):
-        res = fn(block)
-        best[start:start + len(block)], cos[start:start + len(block)] = res["assign"], res["cosine"]
-    return best, cos
+    a, c, _ = assign_boundary(emb, centroids, None, backend=backend, concurrency=concurrency)
+    return a, c
 
 
 def kmeans(embeddings: Any, n_clusters: int, seed: int = 0, niter: int = 20, backend: str = "local",
