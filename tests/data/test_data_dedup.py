@@ -106,3 +106,128 @@ def test_file_rows_are_read_window_by_window(monkeypatch, tmp_path):
     starts = [s for s, _ in emb.chunks()]
     assert starts == [0, 256, 512, 768]
     np.testing.assert_array_equal(np.concatenate([b for _, b in emb.chunks()]), x)
+
+
+def _split_pair() -> tuple[np.ndarray, Clusters]:
+    """Rows 0 and 1 are 3 degrees apart (cosine 0.9986) but on either side of the bisector of c0, c1."""
+    deg = np.deg2rad([47.0, 44.0])
+    x = np.stack([np.cos(deg), np.sin(deg), np.zeros(2)], 1)  # row 0 at 47 deg (cluster 1), row 1 at 44 (cluster 0)
+    x = np.concatenate([x, [[0.0, 0.0, 1.0]]]).astype(np.float32)
+    c = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    a = np.array([1, 0, 2])
+    return x, Clusters(c, a, np.einsum("nd,nd->n", x, c[a]))
+
+
+def test_pair_split_across_clusters_is_found_and_keeps_one_member():
+    x, cl = _split_pair()
+    single = semdedup(x, eps=0.01, clusters=cl, cross_cluster=False)
+    assert single.kept.tolist() == [0, 1, 2]  # the within-cluster pass misses the split pair
+    far = semdedup(x, eps=0.01, clusters=cl)
+    # cosine to own centroid: row 0 cos(43 deg) = 0.731, row 1 cos(44 deg) = 0.719 -> row 1 is farther, kept
+    assert far.kept.tolist() == [1, 2] and far.duplicate_of.tolist() == [1, -1, -1]
+    assert far.stats["cross_cluster_pairs_of_clusters"] == 1 and far.stats["pairs_found"] == 1
+    assert semdedup(x, eps=0.01, clusters=cl, keep="closest").kept.tolist() == [0, 2]
+    assert semdedup(x, eps=0.01, clusters=cl, keep="first").kept.tolist() == [0, 2]
+    assert semdedup(x, eps=0.001, clusters=cl).kept.tolist() == [0, 1, 2]  # 1 - 0.9986 > 0.001: no pair
+
+
+def _brute_pairs(x: np.ndarray, threshold: float) -> set:
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = u.astype(np.float64) @ u.T.astype(np.float64)
+    i, j = np.nonzero(np.triu(s > threshold, 1))
+    return set(zip(i.tolist(), j.tolist()))
+
+
+def test_exact_search_finds_every_pair_of_the_all_pairs_ground_truth():
+    from prunekit.data.cluster import Embeddings, assign_boundary
+    from prunekit.data.dedup import all_pairs
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((800, 8))  # isotropic in 8-d: many copies land across a cluster boundary
+    src = rng.choice(800, 300, replace=False)
+    x = np.concatenate([base, base[src] + 0.08 * rng.standard_normal((300, 8))]).astype(np.float32)
+    eps = 0.02
+    cl = kmeans(x, 30, seed=0)
+    emb = Embeddings(x)
+    _, _, boundary = assign_boundary(emb, cl.centroids, np.sqrt(2 * eps), known=cl.assign)
+    pi, pj, _ = all_pairs(emb, cl.assign, 30, boundary, 1 - eps)
+    want = _brute_pairs(x, 1 - eps)
+    got = {(min(i, j), max(i, j)) for i, j in zip(pi.tolist(), pj.tolist())}
+    assert got == want and len(want) > 100
+    within, _, _ = all_pairs(emb, cl.assign, 30, None, 1 - eps)
+    assert len(within) <= len(want) - 3  # the single-cluster pass misses split pairs on this data (293 of 299)
+    res = semdedup(x, eps=eps, clusters=cl)
+    kept = set(res.kept.tolist())
+    assert not any(i in kept and j in kept for i, j in want)  # no pair above the threshold survives
+    assert all((res.duplicate_of[i] >= 0) or (res.duplicate_of[j] >= 0) for i, j in want)
+
+
+@pytest.mark.parametrize("keep", ["farthest", "closest", "random", "first"])
+def test_result_does_not_depend_on_cluster_numbering(keep, dup_embeddings):
+    x, _ = dup_embeddings
+    cl = kmeans(x, 12, seed=0)
+    perm = np.random.default_rng(1).permutation(12)  # cluster c becomes perm[c]: another visiting order
+    inv = np.argsort(perm)
+    relabelled = Clusters(cl.centroids[inv], perm[cl.assign], cl.cosine)
+    a = semdedup(x, eps=0.01, clusters=cl, keep=keep, seed=5)
+    b = semdedup(x, eps=0.01, clusters=relabelled, keep=keep, seed=5)
+    np.testing.assert_array_equal(a.duplicate_of, b.duplicate_of)
+    assert len(a.removed) >= 140  # most of the 150 injected copies (jitter 0.01, eps 0.01)
+
+
+def test_keep_rules_pick_the_documented_member():
+    x = np.array([[1.0, 0.0], [1.0, 1e-4], [1.0, -1e-4], [0.0, 1.0]], np.float32)  # rows 0-2: one group
+    cl = Clusters(np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), np.array([0, 0, 0, 1]),
+                  np.array([1.0, 0.99, 0.98, 1.0], np.float32))  # cosines given: row 2 farthest, row 0 closest
+    assert semdedup(x, eps=0.01, clusters=cl).kept.tolist() == [2, 3]
+    assert semdedup(x, eps=0.01, clusters=cl, keep="closest").kept.tolist() == [0, 3]
+    assert semdedup(x, eps=0.01, clusters=cl, keep="first").kept.tolist() == [0, 3]
+    r = [semdedup(x, eps=0.01, clusters=cl, keep="random", seed=s).kept.tolist() for s in range(8)]
+    assert all(len(k) == 2 and k[-1] == 3 for k in r) and len({k[0] for k in r}) > 1  # seeded, varies by seed
+    assert r[0] == semdedup(x, eps=0.01, clusters=cl, keep="random", seed=0).kept.tolist()
+
+
+def test_clusters_that_are_not_nearest_centroid_are_rejected():
+    x, cl = _split_pair()
+    wrong = Clusters(cl.centroids, np.array([0, 0, 2]), cl.cosine)  # row 0 is nearer c1 but put in cluster 0
+    with pytest.raises(ValueError, match="not the nearest-centroid assignment"):
+        semdedup(x, eps=0.01, clusters=wrong)
+    assert len(semdedup(x, eps=0.01, clusters=wrong, cross_cluster=False).kept) == 2  # same cluster pair found
+
+
+def test_folder_of_npy_shards_reads_like_one_file(tmp_path, dup_embeddings):
+    x, _ = dup_embeddings
+    (tmp_path / "shards").mkdir()
+    for i, (a, b) in enumerate([(0, 700), (700, 701), (701, len(x))]):
+        np.save(tmp_path / "shards" / f"part-{i:02d}.npy", x[a:b])
+    from prunekit.data.cluster import Embeddings
+
+    emb = Embeddings(str(tmp_path / "shards"))
+    assert (emb.n, emb.d) == x.shape
+    idx = np.array([0, 699, 700, 701, len(x) - 1])
+    np.testing.assert_array_equal(emb.take(idx), x[idx])
+    np.testing.assert_array_equal(np.concatenate([b for _, b in emb.chunks(256)]), x)
+    a = semdedup(x, eps=0.01, n_clusters=20, seed=0)
+    b = semdedup(str(tmp_path / "shards"), eps=0.01, n_clusters=20, seed=0)
+    np.testing.assert_array_equal(a.duplicate_of, b.duplicate_of)
+    np.save(tmp_path / "shards" / "part-03.npy", np.zeros((3, 5), np.float32))
+    with pytest.raises(ValueError, match="shards must share width"):
+        Embeddings(str(tmp_path / "shards"))
+
+
+def test_cli_backend_ray_where_ray_adds_nothing_runs_locally_and_says_why(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    np.save(tmp_path / "s.npy", np.arange(20, dtype=np.float64))
+    r = CliRunner().invoke(app, ["data", "select", "--scores", str(tmp_path / "s.npy"), "--keep", "0.5",
+                                 "--backend", "ray", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert man["backend"]["ran"] == "local" and "nothing to distribute" in man["backend"]["why"]
+    r = CliRunner().invoke(app, ["data", "resample", "--method", "rs2", "--num-examples", "10", "--ray-address",
+                                 "auto", "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "--ray-address needs --backend ray" in r.output and not (tmp_path / "r").exists()

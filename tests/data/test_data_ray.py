@@ -1,4 +1,4 @@
-"""The Ray Data backend gives the same embeddings and prototype scores as the local backend (local Ray)."""
+"""The Ray Data backend gives the same embeddings, prototype scores and SemDeDup kept rows as local (local Ray)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 ray = pytest.importorskip("ray", reason="the Ray backend is an optional extra: pip install 'prunekit[ray]'")
 
-from prunekit.data import RandomConvEncoder, embed, kmeans, prototype  # noqa: E402
+from prunekit.data import RandomConvEncoder, embed, kmeans, prototype, semdedup  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,25 @@ def test_grand_on_ray_matches_local(local_ray):
     assert abs(float(local[0]) - sum(norms) / 2) < 1e-5
     with pytest.raises(ValueError, match="backend"):
         grand(models, ds, backend="dask")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_semdedup_on_ray_keeps_the_same_rows_and_cli_runs_on_ray(local_ray, tmp_path, dup_embeddings):
+    import json
+
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    x, _ = dup_embeddings
+    (tmp_path / "shards").mkdir()
+    np.save(tmp_path / "shards" / "a.npy", x[:900])
+    np.save(tmp_path / "shards" / "b.npy", x[900:])  # rows read by the workers from the shard files
+    local = semdedup(x, eps=0.01, n_clusters=20, seed=0)
+    r = CliRunner().invoke(app, ["data", "dedup", "--embeddings", str(tmp_path / "shards"), "--eps", "0.01",
+                                 "--clusters", "20", "--backend", "ray", "--out", str(tmp_path / "d")])
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert man["backend"]["ran"] == "ray" and man["stats"]["backend"] == "ray"  # semdedup(..., backend="ray")
+    assert man["stats"]["cross_cluster_pairs_of_clusters"] > 0 and man["num_kept"] == len(local.kept)
+    np.testing.assert_array_equal(np.load(tmp_path / "d" / "kept.npy"), local.kept.numpy())

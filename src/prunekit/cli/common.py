@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 SCOPES = ("layer", "global")
 BACKENDS = ("local", "ray")
-DEDUP_RULES = ("farthest", "closest", "random")
+DEDUP_RULES = ("farthest", "closest", "random", "first")
 RESULTS_FILE = "prunekit-results.sqlite"
 DEBUG_ENV = "PRUNEKIT_DEBUG"
 PATTERN_HELP = "unstructured | N:M (e.g. 2:4) | block:HxW (e.g. block:4x4) | channel"
@@ -138,7 +138,8 @@ Backend = Annotated[str, typer.Option("--backend", help="local | ray (Ray Data, 
                                       callback=choice("--backend", BACKENDS))]
 Dataset = Annotated[str | None, typer.Option("--dataset", help="zoo data set name or a local .npz/.csv file "
                                              "(default: the model's recipe data set)")]
-DedupRule = Annotated[str, typer.Option("--rule", help="which near-duplicate to keep: farthest | closest | random",
+DedupRule = Annotated[str, typer.Option("--rule", help="which near-duplicate to keep: farthest | closest (from the own "
+                                        "centroid) | random | first (lowest index)",
                                         callback=choice("--rule", DEDUP_RULES))]
 DEFAULT_SCOPE = "layer"
 

@@ -17,6 +17,9 @@ from . import common as c
 
 app = c.app_group("Prune training data: score examples, select, deduplicate, resample, embed.")
 TextField = Annotated[str, typer.Option(help="JSON field holding the text (.jsonl)")]
+RayAddress = Annotated[str | None, typer.Option("--ray-address", help="with --backend ray: the Ray cluster to join "
+                                                "(ray.init(address=...), e.g. auto or ray://host:10001; default "
+                                                "$RAY_ADDRESS, else a local Ray)")]
 
 
 def register(main: typer.Typer) -> None:
@@ -25,6 +28,20 @@ def register(main: typer.Typer) -> None:
                      ("embed", embed)):
         c.command(app, name)(fn)
     main.add_typer(app, name="data", help="Data pruning: score, select, dedup, resample, embed a training set.")
+
+
+def _backend(backend: str, ray_address: str | None, local_why: str | None = None) -> dict[str, Any]:
+    """Start Ray when the command uses it; the manifest's ``backend`` entry says where it ran and why."""
+    if ray_address is not None and backend != "ray":
+        raise ValueError("--ray-address needs --backend ray")
+    if backend != "ray":
+        return {"requested": backend, "ran": "local"}
+    if local_why is not None:
+        c.say(f"--backend ray: this step runs locally ({local_why})")
+        return {"requested": "ray", "ran": "local", "why": local_why}
+    from ..data.ray_backend import init_ray
+
+    return {"requested": "ray", "ran": "ray", **init_ray(ray_address)}
 
 
 def _load_vector(path: Path, name: str) -> Any:
@@ -125,6 +142,7 @@ def score(
                                                  "complete)")] = None,
     seed: c.Seed = 0,
     backend: c.Backend = "local",
+    ray_address: RayAddress = None,
     threads: c.Threads = None,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -134,6 +152,8 @@ def score(
     for p in (base.with_suffix(".npy"), base.with_suffix(".json")):
         c.check_out(p, overwrite=overwrite, inputs=[embeddings, *(dynamics or [])])
     c.set_threads(threads)
+    ran = _backend(backend, ray_address, None if method in ("prototype", "grand") else
+                   f"{method} reads recorded dynamics or draws numbers: one vectorised pass, nothing to distribute")
     from ..data.io import score_summary, write_json, write_npy
 
     s = _scores_from(method, dynamics or [], embeddings, num_examples, params,
@@ -141,7 +161,7 @@ def score(
     write_npy(base.with_suffix(".npy"), s)
     write_json(base.with_suffix(".json"), {"version": 1, "kind": "data-scores", "method": method, "params": params,
                                             "num_examples": int(s.size), "score_summary": score_summary(s),
-                                            "orientation": "higher = harder"})
+                                            "orientation": "higher = harder", "backend": ran})
     if "epoch_rule" in params:
         typer.echo(f"el2n epoch {params['epoch']} ({params['epoch_rule']})")
     typer.echo(f"wrote {s.size} {method} scores to {base.with_suffix('.npy')}")
@@ -166,10 +186,14 @@ def select(
     clusters: Annotated[int, typer.Option(help="dbp: number of k-means clusters")] = 10,
     temperature: Annotated[float, typer.Option(help="dbp: softmax temperature")] = 0.5,
     seed: c.Seed = 0,
+    backend: c.Backend = "local",
+    ray_address: RayAddress = None,
     overwrite: c.Overwrite = False,
 ) -> None:
     """Select the examples to keep from scores and write their indices and a manifest."""
     c.check_out(out, overwrite=overwrite, inputs=[scores, labels, cutoff_scores, embeddings])
+    ran = _backend(backend, ray_address, None if rule == "dbp" else
+                   "selection ranks one (N,) score vector in memory: nothing to distribute")
     from ..data.io import save_selection
     from ..data.select import select as run_select
 
@@ -193,16 +217,18 @@ def select(
         if cutoff_scores is not None:
             params["cutoff_scores"] = _load_vector(cutoff_scores, "cutoff_scores")
     elif rule == "dbp":
-        params.update(_dbp_params(embeddings, clusters, seed, len(s)), temperature=temperature, within=within)
+        params.update(_dbp_params(embeddings, clusters, seed, len(s), ran["ran"]), temperature=temperature,
+                      within=within)
     kept = run_select(s, keep, rule, **params)
     shown = {k: v for k, v in params.items() if k not in ("labels", "cutoff_scores", "clusters", "complexity")}
     save_selection(out, kept, num_examples=len(s), method=rule,
                      params={**shown, "keep_fraction": keep}, seed=seed, scores=s,
-                     extra={"scores_file": str(scores)}, overwrite=overwrite)
+                     extra={"scores_file": str(scores), "backend": ran}, overwrite=overwrite)
     typer.echo(f"kept {len(kept)} of {len(s)} examples -> {out}")
 
 
-def _dbp_params(embeddings: Path | None, n_clusters: int, seed: int, n: int) -> dict[str, Any]:
+def _dbp_params(embeddings: Path | None, n_clusters: int, seed: int, n: int, backend: str = "local",
+                ) -> dict[str, Any]:
     from ..data.cluster import Embeddings, cluster_complexity, kmeans
 
     if embeddings is None:
@@ -210,7 +236,7 @@ def _dbp_params(embeddings: Path | None, n_clusters: int, seed: int, n: int) -> 
     emb = Embeddings(str(embeddings))
     if emb.n != n:
         raise ValueError(f"embeddings hold {emb.n} rows but scores has {n} entries; they must match")
-    cl = kmeans(emb, n_clusters, seed=seed)
+    cl = kmeans(emb, n_clusters, seed=seed, backend=backend)
     return {"clusters": cl.assign, "complexity": cluster_complexity(cl)}
 
 
@@ -222,24 +248,38 @@ def dedup(
     clusters: Annotated[int, typer.Option(help="number of k-means clusters")] = 100,
     dim: Annotated[int | None, typer.Option(help="expected embedding width (checked)")] = None,
     rule: c.DedupRule = "farthest",
+    cross_cluster: Annotated[bool, typer.Option(help="also search pairs split across clusters (exact; "
+                                                "--no-cross-cluster: the paper's within-cluster pass)")] = True,
     seed: c.Seed = 0,
+    backend: c.Backend = "local",
+    ray_address: RayAddress = None,
     threads: c.Threads = None,
     overwrite: c.Overwrite = False,
 ) -> None:
-    """SemDeDup: remove semantic near-duplicates and write the kept indices."""
-    emb_file = embeddings / "embeddings.npy" if embeddings.is_dir() else embeddings
-    if not emb_file.exists():
-        raise FileNotFoundError(f"embeddings file {str(emb_file)!r} does not exist")
+    """SemDeDup: remove semantic near-duplicates (exact across clusters) and write the kept indices."""
+    emb_file = _embeddings_source(embeddings)
     c.check_out(out, overwrite=overwrite, inputs=[embeddings])
     c.set_threads(threads)
+    ran = _backend(backend, ray_address)
     from ..data.dedup import semdedup
     from ..data.io import save_selection
 
-    res = semdedup(str(emb_file), eps=eps, n_clusters=clusters, seed=seed, keep=rule, dim=dim)
+    res = semdedup(str(emb_file), eps=eps, n_clusters=clusters, seed=seed, keep=rule, dim=dim,
+                   cross_cluster=cross_cluster, backend=backend)
     save_selection(out, res.kept, num_examples=res.stats["num_examples"], method="semdedup",
-                     params={"eps": eps, "n_clusters": clusters, "rule": rule}, seed=seed,
-                     extra={"embeddings_file": str(emb_file), "stats": res.stats}, overwrite=overwrite)
+                     params={"eps": eps, "n_clusters": clusters, "rule": rule, "cross_cluster": cross_cluster},
+                     seed=seed, extra={"embeddings_file": str(emb_file), "stats": res.stats, "backend": ran},
+                     overwrite=overwrite)
     typer.echo(f"kept {res.stats['num_kept']} of {res.stats['num_examples']} examples -> {out}")
+
+
+def _embeddings_source(path: Path) -> Path:
+    """``path`` itself (a ``.npy``), ``path/embeddings.npy`` (a `data embed` folder) or a folder of ``.npy`` shards."""
+    if path.is_dir():
+        return path / "embeddings.npy" if (path / "embeddings.npy").is_file() else path
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings file {str(path)!r} does not exist")
+    return path
 
 
 def resample(
@@ -254,6 +294,8 @@ def resample(
     epochs: Annotated[int, typer.Option(help="rs2: epochs to schedule")] = 10,
     replacement: Annotated[bool, typer.Option(help="rs2: independent subsets per epoch")] = False,
     seed: c.Seed = 0,
+    backend: c.Backend = "local",
+    ray_address: RayAddress = None,
     overwrite: c.Overwrite = False,
 ) -> None:
     """Importance resampling (DSIR) of a text pool, or an RS2 per-epoch subset schedule (--keep per epoch)."""
@@ -262,11 +304,14 @@ def resample(
     if method == "rs2" and num_examples is None:
         raise ValueError("rs2 needs --num-examples")
     c.check_out(out, overwrite=overwrite, inputs=[raw, target])
-    typer.echo(_dsir(out, raw, target, num, text_field, seed, overwrite) if method == "dsir"
-               else _rs2(out, num_examples, keep, epochs, replacement, seed))
+    ran = _backend(backend, ray_address, "DSIR hashes n-grams and samples once in memory" if method == "dsir"
+                   else "an RS2 schedule is a seeded permutation per epoch: nothing to distribute")
+    typer.echo(_dsir(out, raw, target, num, text_field, seed, overwrite, ran) if method == "dsir"
+               else _rs2(out, num_examples, keep, epochs, replacement, seed, ran))
 
 
-def _dsir(out: Path, raw: Any, target: Any, num: Any, text_field: str, seed: int, overwrite: bool) -> str:
+def _dsir(out: Path, raw: Any, target: Any, num: Any, text_field: str, seed: int, overwrite: bool,
+          ran: dict[str, Any]) -> str:
     from ..data.dsir import dsir as run_dsir
     from ..data.io import save_selection
     from ..data.texts import read_texts
@@ -274,12 +319,14 @@ def _dsir(out: Path, raw: Any, target: Any, num: Any, text_field: str, seed: int
     pool = read_texts(raw, text_field)
     res = run_dsir(pool, read_texts(target, text_field), num, seed=seed)
     save_selection(out, res.kept, num_examples=len(pool), method="dsir", params=res.params,
-                     seed=seed, scores=res.log_weights, extra={"raw_file": str(raw), "target_file": str(target)},
+                     seed=seed, scores=res.log_weights,
+                     extra={"raw_file": str(raw), "target_file": str(target), "backend": ran},
                      overwrite=overwrite)
     return f"selected {len(res.kept)} of {len(pool)} documents -> {out}"
 
 
-def _rs2(out: Path, num_examples: Any, keep: float, epochs: int, replacement: bool, seed: int) -> str:
+def _rs2(out: Path, num_examples: Any, keep: float, epochs: int, replacement: bool, seed: int,
+         ran: dict[str, Any]) -> str:
     from ..data.io import write_json, write_npy
     from ..data.sampler import RS2Sampler
 
@@ -288,7 +335,7 @@ def _rs2(out: Path, num_examples: Any, keep: float, epochs: int, replacement: bo
     write_json(out / "manifest.json", {"version": 1, "kind": "data-schedule", "method": "rs2",
                                        "params": {"keep_fraction": keep, "epochs": epochs,
                                                   "replacement": replacement}, "seed": seed,
-                                       "num_examples": num_examples, "shape": list(sch.shape)})
+                                       "num_examples": num_examples, "shape": list(sch.shape), "backend": ran})
     return f"wrote a {sch.shape[0]} x {sch.shape[1]} RS2 schedule -> {out}"
 
 
@@ -302,6 +349,7 @@ def embed(
     max_length: Annotated[int, typer.Option(help="tokens per text (longer ones are truncated)")] = 256,
     batch_size: Annotated[int, typer.Option(help="texts per forward pass")] = 64,
     backend: c.Backend = "local",
+    ray_address: RayAddress = None,
     threads: c.Threads = None,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -310,12 +358,13 @@ def embed(
         raise FileNotFoundError(f"--model {model} is not an encoder folder (no config.json)")
     c.check_out(out, overwrite=overwrite, inputs=[texts, model])
     c.set_threads(threads)
+    ran = _backend(backend, ray_address)
     from ..data.texts import read_texts
 
     docs = read_texts(texts, text_field)
     c.say(f"embedding {len(docs)} texts with {model or 'all-MiniLM-L6-v2 (built-in)'}")
     path = embed_texts(docs, out, model, max_length, batch_size, backend,
-                       {"texts_file": str(texts), "text_field": text_field}, overwrite)
+                       {"texts_file": str(texts), "text_field": text_field, "backend": ran}, overwrite)
     typer.echo(f"wrote {len(docs)} embeddings to {path}")
 
 

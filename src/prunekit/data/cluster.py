@@ -27,47 +27,80 @@ CHUNK_BYTES = 64 << 20  # budget for one chunk of rows or one block of similarit
 
 
 class Embeddings:
-    """``(N, d)`` float embeddings from an array, a tensor, an ``np.memmap`` or a ``.npy`` path (read in chunks)."""
+    """``(N, d)`` float embeddings: an array, a tensor, an ``np.memmap``, a ``.npy`` path, or a folder / list of
+    ``.npy`` shards (rows concatenated in sorted file-name order); files are read in chunks, never whole.
+    """
 
     def __init__(self, source: Any, dim: int | None = None, name: str = "embeddings") -> None:
         self.path: Path | None = None
         self.array: np.ndarray | None = None
+        self.files: list[tuple[str, int, int]] = []  # (path, header offset, rows) per shard
         if isinstance(source, Embeddings):
-            self.path, self.array, self._offset = source.path, source.array, source._offset
-            self.shape, self.dtype = source.shape, source.dtype
+            self.__dict__.update(source.__dict__)
+            check_embeddings(self, dim, name)
+            return
+        if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+            source = sorted(Path(source).glob("*.npy"))
+            if not source:
+                raise FileNotFoundError(f"{name} folder holds no .npy shards")
+        if isinstance(source, (list, tuple)) and source and all(isinstance(p, (str, os.PathLike)) for p in source):
+            self._from_shards([open_npy(p, name, ndim=2, mmap=True) for p in source], name)
         elif isinstance(source, (str, os.PathLike)):
-            self._from_memmap(open_npy(source, name, ndim=2, mmap=True))
+            self._from_shards([open_npy(source, name, ndim=2, mmap=True)], name)
         elif isinstance(source, np.memmap) and source.filename is not None and source.flags.c_contiguous:
-            self._from_memmap(source)
+            self._from_shards([source], name)
         else:
             arr = source.detach().cpu().numpy() if torch.is_tensor(source) else np.asarray(source)
             self.array, self.shape, self.dtype = arr, tuple(arr.shape), arr.dtype
         check_embeddings(self, dim, name)
         self.n, self.d = int(self.shape[0]), int(self.shape[1])
-        if not isinstance(source, Embeddings):  # checked once, when first read (faiss fails in C++ on NaN)
-            check_finite_rows(self.chunks(), f"{name} file {str(self.path)!r}" if self.path is not None else name)
+        self.starts = np.r_[0, np.cumsum([f[2] for f in self.files])].astype(np.int64)
+        where = f"{name} file {str(self.path)!r}" if self.path is not None else name
+        check_finite_rows(self.chunks(), where)  # checked once, when first read (faiss fails in C++ on NaN)
 
-    def _from_memmap(self, mm: np.memmap) -> None:
-        if not mm.flags.c_contiguous or mm.ndim != 2:
-            raise ValueError(f"a memmapped embeddings file must be a C-ordered 2-D array, got shape {mm.shape}")
-        self.path, self._offset = Path(mm.filename), int(mm.offset)
-        self.shape, self.dtype = tuple(mm.shape), mm.dtype
+    @classmethod
+    def trusted(cls, array: np.ndarray) -> Embeddings:
+        """Wrap an array already checked by an ``Embeddings`` (no finiteness pass; for Ray workers)."""
+        self = cls.__new__(cls)
+        self.path, self.array, self.files = None, array, []
+        self.shape, self.dtype = tuple(array.shape), array.dtype
+        self.n, self.d = int(self.shape[0]), int(self.shape[1])
+        self.starts = np.zeros(1, np.int64)
+        return self
+
+    @property
+    def _offset(self) -> int:
+        return self.files[0][1] if self.files else 0
+
+    def _from_shards(self, maps: list[np.memmap], name: str) -> None:
+        for mm in maps:
+            if not mm.flags.c_contiguous or mm.ndim != 2:
+                raise ValueError(f"a memmapped {name} file must be a C-ordered 2-D array, got shape {mm.shape}")
+        widths, dtypes = {mm.shape[1] for mm in maps}, {mm.dtype for mm in maps}
+        if len(widths) > 1 or len(dtypes) > 1:
+            raise ValueError(f"{name} shards must share width and dtype, got widths {sorted(widths)} and dtypes "
+                             f"{sorted(map(str, dtypes))}")
+        self.files = [(str(Path(mm.filename).resolve()), int(mm.offset), int(mm.shape[0])) for mm in maps]
+        self.path = Path(self.files[0][0]) if len(maps) == 1 else Path(self.files[0][0]).parent
+        self.shape, self.dtype = (sum(f[2] for f in self.files), maps[0].shape[1]), maps[0].dtype
 
     def chunk_rows(self, per_row_bytes: int | None = None) -> int:
         """Rows per chunk so that one chunk costs about ``CHUNK_BYTES``."""
         return max(256, CHUNK_BYTES // max(1, per_row_bytes or self.d * 4))
 
     def chunks(self, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, float32 rows)`` chunks in order; the file is mapped for one chunk at a time."""
+        """``(start, float32 rows)`` chunks in order (a chunk never spans two shards); one window mapped at a time."""
         rows = rows or self.chunk_rows()
-        for start in range(0, self.n, rows):
-            if self.array is not None:
+        if self.array is not None:
+            for start in range(0, self.n, rows):
                 yield start, np.array(self.array[start:start + rows], dtype=np.float32)
-            else:
-                mm = self._window(start, rows)
+            return
+        for f, (_, _, m) in enumerate(self.files):
+            for start in range(0, m, rows):
+                mm = self._window(f, start, rows)
                 block = np.array(mm, dtype=np.float32)
                 del mm
-                yield start, block
+                yield int(self.starts[f]) + start, block
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """Rows at sorted indices ``idx`` as a float32 copy ``(len(idx), d)``.
@@ -75,23 +108,28 @@ class Embeddings:
         A file is read one window of ``chunk_rows()`` rows at a time, each window mapped only while it
         is read, so the mapped pages never exceed one window whatever the spread of ``idx``.
         """
+        idx = np.asarray(idx, np.int64)
         if self.array is not None:
             return np.array(self.array[idx], dtype=np.float32)
         out = np.empty((len(idx), self.d), np.float32)
         rows = self.chunk_rows()
-        cuts = np.searchsorted(idx, np.arange(0, self.n + rows, rows))
-        for w, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
-            if a < b:
-                mm = self._window(w * rows, rows)
-                out[a:b] = mm[idx[a:b] - w * rows]
-                del mm
+        for f, (_, _, m) in enumerate(self.files):
+            lo, hi = np.searchsorted(idx, [self.starts[f], self.starts[f + 1]])
+            local = idx[lo:hi] - self.starts[f]
+            cuts = np.searchsorted(local, np.arange(0, m + rows, rows))
+            for w, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+                if a < b:
+                    mm = self._window(f, w * rows, rows)
+                    out[lo + a:lo + b] = mm[local[a:b] - w * rows]
+                    del mm
         return out
 
-    def _window(self, start: int, rows: int) -> np.memmap:
-        """Map rows ``[start, start + rows)`` of the file (read-only)."""
-        offset = self._offset + start * self.d * self.dtype.itemsize
-        shape = (min(rows, self.n - start), self.d)
-        return np.memmap(self.path, dtype=self.dtype, mode="r", offset=offset, shape=shape)
+    def _window(self, f: int, start: int, rows: int) -> np.memmap:
+        """Map rows ``[start, start + rows)`` of shard ``f`` (read-only)."""
+        path, offset, m = self.files[f]
+        shape = (min(rows, m - start), self.d)
+        return np.memmap(path, dtype=self.dtype, mode="r", offset=offset + start * self.d * self.dtype.itemsize,
+                         shape=shape)
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -155,25 +193,127 @@ class NearestRows:
         return {"assign": b, "cosine": c}
 
 
-def assign(emb: Embeddings, centroids: np.ndarray, backend: str = "local",
-           concurrency: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Stream all rows and return each row's nearest centroid ``(N,)`` and cosine to it ``(N,)``."""
+BOUND_SLACK = 1e-4  # absorbs float32 rounding of the cosines in the exact cross-cluster bound
+
+
+class BoundaryRows:
+    """Row function ``rows -> entries``: each row's own cluster and the clusters where a partner may lie.
+
+    Output columns ``row`` (position in ``rows``), ``cluster``, ``cosine``, ``own`` (1: the row's own
+    cluster, nearest centroid unless ``known`` is given; 0: another cluster that passes the bound of
+    ``semdedup``'s docstring for partners within Euclidean ``radius``). Picklable for Ray.
+    """
+
+    def __init__(self, centroids: np.ndarray, radius: float | None) -> None:
+        self.centroids = np.ascontiguousarray(centroids, dtype=np.float32)  # (k, d)
+        self.radius = radius
+        k = len(self.centroids)
+        self.cc = self.centroids @ self.centroids.T if k * k * 4 <= CHUNK_BYTES else None  # (k, k)
+
+    def __call__(self, rows: np.ndarray, known: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        x = normalize(np.array(rows, dtype=np.float32))  # (n, d)
+        sims = x @ self.centroids.T  # (n, k)
+        n = np.arange(len(x))
+        own = sims.argmax(1).astype(np.int64) if known is None else np.asarray(known, np.int64)
+        s_own = sims[n, own]
+        if known is not None:
+            _check_voronoi(sims, s_own)
+        out = {"row": n, "cluster": own, "cosine": s_own.astype(np.float32), "own": np.ones(len(x), np.int8)}
+        if self.radius is None or len(self.centroids) == 1:
+            return out
+        i, j = self._candidates(sims, s_own, own)
+        return {"row": np.r_[n, i], "cluster": np.r_[own, j], "cosine": np.r_[out["cosine"], sims[i, j]],
+                "own": np.r_[out["own"], np.zeros(len(i), np.int8)]}
+
+    def _candidates(self, sims: np.ndarray, s_own: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(row, cluster)`` with ``x.c_own - x.c_j < radius * |c_own - c_j| + slack``, ``j != own``."""
+        r = float(self.radius)  # type: ignore[arg-type]
+        i, j = np.nonzero(sims > (s_own - (2.0 * r + BOUND_SLACK))[:, None])  # |c_own - c_j| <= 2: a pre-filter
+        keep = j != own[i]
+        i, j = i[keep], j[keep]
+        cc = self.cc[own[i], j] if self.cc is not None else np.einsum(
+            "nd,nd->n", self.centroids[own[i]], self.centroids[j])
+        w = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * cc))  # |c_own - c_j| for unit centroids
+        hit = s_own[i] - sims[i, j] < r * w + BOUND_SLACK
+        return i[hit], j[hit]
+
+
+def _check_voronoi(sims: np.ndarray, s_own: np.ndarray) -> None:
+    bad = s_own < sims.max(1) - BOUND_SLACK
+    if bad.any():
+        raise ValueError(f"clusters.assign is not the nearest-centroid assignment for {int(bad.sum())} row(s) of a "
+                         f"chunk; the exact cross-cluster search needs nearest-centroid clusters (pass "
+                         f"cross_cluster=False to search within clusters only)")
+
+
+@dataclass
+class Boundary:
+    """Rows ``rows (E,)`` that may have a partner in cluster ``cluster (E,)`` (other than their own)."""
+
+    rows: np.ndarray
+    cluster: np.ndarray
+
+
+def scatter_entries(n: int, parts: Any, known: np.ndarray | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, Boundary]:
+    """Collect ``BoundaryRows`` outputs (``row`` already global ids) into ``assign (N,)``, ``cosine (N,)``, boundary."""
+    best = np.empty(n, np.int64) if known is None else np.asarray(known, np.int64)
+    cos = np.empty(n, np.float32)
+    rows, cl = [], []
+    for res in parts:
+        own = res["own"] == 1
+        best[res["row"][own]], cos[res["row"][own]] = res["cluster"][own], res["cosine"][own]
+        rows.append(res["row"][~own])
+        cl.append(res["cluster"][~own])
+    r = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    c = np.concatenate(cl) if cl else np.empty(0, np.int64)
+    return best, cos, Boundary(r.astype(np.int64), c.astype(np.int64))
+
+
+def assign_boundary(emb: Embeddings, centroids: np.ndarray, radius: float | None, known: np.ndarray | None = None,
+                    backend: str = "local", concurrency: int | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray, Boundary]:
+    """One streamed pass: nearest centroid and cosine of every row, and the exact cross-cluster candidates.
+
+    ``known`` (N,): an assignment to keep (checked to be nearest-centroid); ``radius=None``: no candidates.
+    """
     check_embeddings(centroids, emb.d, "centroids")
     check_choice(backend, "backend", ("local", "ray"))
-    best = np.empty(emb.n, np.int64)
-    cos = np.empty(emb.n, np.float32)
-    fn = NearestRows(np.ascontiguousarray(centroids, dtype=np.float32))
-    rows = emb.chunk_rows(per_row_bytes=4 * (emb.d + 2 * len(centroids)))
+    fn = BoundaryRows(centroids, radius)
+    rows = emb.chunk_rows(per_row_bytes=4 * (emb.d + 6 * len(centroids)))
     if backend == "ray":
         from .ray_backend import map_rows
 
-        for res in map_rows(fn, emb, batch_size=min(rows, 8192), concurrency=concurrency):
-            best[res["id"]], cos[res["id"]] = res["assign"], res["cosine"]
-        return best, cos
-    for start, block in emb.chunks(rows):
-        res = fn(block)
-        best[start:start + len(block)], cos[start:start + len(block)] = res["assign"], res["cosine"]
-    return best, cos
+        parts = map_rows(_RayBoundary(fn, known), emb, batch_size=min(rows, 8192), concurrency=concurrency,
+                         with_ids=True)
+        return scatter_entries(emb.n, parts, known)
+
+    def local() -> Iterator[dict[str, np.ndarray]]:
+        for start, block in emb.chunks(rows):
+            res = fn(block, None if known is None else known[start:start + len(block)])
+            res["row"] = res["row"] + start
+            yield res
+
+    return scatter_entries(emb.n, local(), known)
+
+
+class _RayBoundary:
+    """``(ids, rows) -> entries`` with global row ids, for ``map_rows(..., with_ids=True)``."""
+
+    def __init__(self, fn: BoundaryRows, known: np.ndarray | None) -> None:
+        self.fn, self.known = fn, known
+
+    def __call__(self, ids: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
+        res = self.fn(rows, None if self.known is None else self.known[ids])
+        res["row"] = ids[res["row"]]
+        return res
+
+
+def assign(emb: Embeddings, centroids: np.ndarray, backend: str = "local",
+           concurrency: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stream all rows and return each row's nearest centroid ``(N,)`` and cosine to it ``(N,)``."""
+    a, c, _ = assign_boundary(emb, centroids, None, backend=backend, concurrency=concurrency)
+    return a, c
 
 
 def kmeans(embeddings: Any, n_clusters: int, seed: int = 0, niter: int = 20, backend: str = "local",

@@ -137,7 +137,8 @@ def embed(encoder: Encoder, data: Any, out: str | os.PathLike | None = None, bat
         else:
             from .ray_backend import map_rows
 
-            for res in map_rows(_EncodeRows(encoder), rows, batch_size=batch_size, concurrency=concurrency):
+            for res in map_rows(_EncodeRows(encoder), rows, batch_size=batch_size, concurrency=concurrency,
+                                actors=True):  # the encoder loads once per actor, not once per batch
                 sink[res["id"]] = res["out"]
         return _close_sink(sink, tmp, out, overwrite)
     except BaseException:

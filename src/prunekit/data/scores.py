@@ -285,7 +285,7 @@ def _grand_ray(ms: list[nn.Module], ds: Any, batch_size: int, concurrency: int |
     rows = torch.cat([x.reshape(len(x), -1), y[:, None].float()], 1).numpy()
     total = torch.zeros(len(y), dtype=torch.float64)
     for res in map_rows(_GradNorms(ms, "cpu", tuple(x.shape[1:])), rows, batch_size=batch_size,
-                        concurrency=concurrency):
+                        concurrency=concurrency, actors=True):  # models ship once per actor
         total[torch.from_numpy(np.array(res["id"]))] = torch.from_numpy(np.array(res["out"], dtype=np.float64))
     return total / len(ms)
 
