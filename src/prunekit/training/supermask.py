@@ -391,7 +391,7 @@ def write_supermask(folder: Path, state: SupermaskState, body: Mapping[str, Any]
     """The files of ``save_supermask`` into ``folder``, a new folder inside one being written atomically."""
     from ..io import save_tensors, write_manifest
 
-    folder.mkdir(parents=False, exist_ok=False)
+    folder.mkdir(exist_ok=True)
     bits = {f"{k}.mask": torch.from_numpy(pack_bits(m)) for k, m in state.masks.items()}
     bits.update({f"{k}.sign": torch.from_numpy(pack_bits(kept_signs(s, state.masks[k])))
                  for k, s in state.signs.items()})
