@@ -87,10 +87,10 @@ class _Masked(nn.Module):
     """The parametrization W -> W * h(S) (binary) or W * M * sign(S) (sign) of one weight."""
 
     def __init__(self, scores: Tensor, mode: str, k: int, keep: Tensor | None, fixed_keep: Tensor | None = None,
-                 fixed_drop: Tensor | None = None) -> None:
+                 fixed_drop: Tensor | None = None, stochastic: bool = False) -> None:
         super().__init__()
         self.scores = nn.Parameter(scores.clone())
-        self.mode, self.k = mode, k
+        self.mode, self.k, self.stochastic = mode, k, stochastic
         self.register_buffer("keep", keep, persistent=False)
         self.register_buffer("fixed_keep", fixed_keep, persistent=False)
         self.register_buffer("fixed_drop", fixed_drop, persistent=False)
@@ -98,13 +98,17 @@ class _Masked(nn.Module):
     def hard(self) -> tuple[Tensor, Tensor | None]:
         """The current keep mask and, in sign mode, the signs (both without gradient)."""
         if self.mode == "sign":
+            if self.stochastic:  # sigma ~ 2 Bernoulli(sigmoid(s)) - 1
+                p = torch.sigmoid(self.scores.detach())
+                return self.keep, torch.where(torch.rand_like(p) < p, 1.0, -1.0).to(p.dtype)
             return self.keep, sign_of(self.scores)
         return topk_keep(self.scores, self.k, self.fixed_keep, self.fixed_drop), None
 
     def forward(self, w: Tensor) -> Tensor:
         keep, sign = self.hard()
         if sign is not None:
-            return w * keep.to(w.dtype) * _StraightThrough.apply(self.scores, sign)
+            soft = 2 * torch.sigmoid(self.scores) - 1 if self.stochastic else self.scores  # STE through E[sigma]
+            return w * keep.to(w.dtype) * _StraightThrough.apply(soft, sign)
         return w * _StraightThrough.apply(self.scores.abs(), keep.to(w.dtype))  # h ranks |s|: d|s|/ds = sign(s)
 
 
@@ -139,7 +143,9 @@ class Supermask(Callback):
     before they freeze (``model`` keeps them; default: signed-constant for edge-popup, kaiming-normal for
     sign, model for jackpot, which searches a trained model). ``init_scores`` replaces the initial scores
     (federated clients start from the server's). ``restriction`` is the jackpot short-restriction width, a
-    fraction of each layer.
+    fraction of each layer. ``stochastic`` (sign mode): sigma ~ 2 Bernoulli(sigmoid(s)) - 1 at every forward
+    pass, gradients straight through its mean 2 sigmoid(s) - 1 (the probabilistic masks of FedPM, Isik et al.
+    2023, applied to signs); the final signs are one sample.
     """
 
     mode: str
@@ -150,6 +156,7 @@ class Supermask(Callback):
     synflow_iterations: int = 100
     restriction: float = 0.1
     weight_init: str | None = None
+    stochastic: bool = False
     scope: str = "layer"
     seed: int = 0
     exclude: Sequence[str] = DEFAULT_EXCLUDE
@@ -222,7 +229,8 @@ class Supermask(Callback):
         fixed_keep = fixed_drop = None
         if self.mode == "jackpot" and self.restriction < 1.0:
             fixed_keep, fixed_drop = short_restriction(w.detach(), k, self.restriction)
-        masked = _Masked(scores, self.mode, k, None if keep is None else keep.to(w.device), fixed_keep, fixed_drop)
+        masked = _Masked(scores, self.mode, k, None if keep is None else keep.to(w.device), fixed_keep, fixed_drop,
+                         self.stochastic)
         parametrize.register_parametrization(module, attr, masked.to(w.device))
         self._masked[name] = module.parametrizations[attr][0]
 
