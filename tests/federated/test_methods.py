@@ -101,3 +101,17 @@ def test_fedavg_prune_prunes_at_its_round():
 def test_hidenseek_needs_a_pai_mask():
     with pytest.raises(ValueError, match="--pai"):
         SERVERS["hidenseek"](_spec("hidenseek", 0.5, pai="none"))
+
+
+def test_fedtiny_follows_the_cubic_schedule_and_never_regrows():
+    spec = _spec("fedtiny", 0.5)
+    spec.rounds = 4  # prune_round = 2: s_1 = 0.5 (1 - 0.5^3) = 0.4375, s_2 = 0.5
+    srv = SERVERS["fedtiny"](spec)
+    srv.end_round(1)
+    first = {k: m.clone() for k, m in srv.masks.items()}
+    assert sum(int(m.sum()) for m in first.values()) == round(0.5625 * sum(N_W))
+    srv.end_round(2)
+    assert sum(int(m.sum()) for m in srv.masks.values()) == round(0.5 * sum(N_W))
+    assert all((srv.masks[k] <= first[k]).all() for k in first)  # pruned stays pruned
+    srv.end_round(3)
+    assert sum(int(m.sum()) for m in srv.masks.values()) == round(0.5 * sum(N_W))
