@@ -90,6 +90,42 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
+def curves(path: str, dataset: str, alpha: float, sparsity: float) -> str:
+    """Mean client accuracy (%) after each round, and cumulative uplink MB, per method, for one setting."""
+    runs = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    pick = [r for r in runs if r["config"]["dataset"] == dataset and r["config"]["alpha"] == alpha
+            and r["config"]["sparsity"] in (0.0, sparsity)]
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in pick:
+        by[r["config"]["method"]].append(r)
+    if not by:
+        return ""
+    n = min(len(r["per_round"]) for r in pick)
+    head = "| method | " + " | ".join(f"r{i + 1}" for i in range(n)) + " | uplink MB after r1 / r" + str(n) + " |"
+    lines = [head, "|---|" + "---|" * (n + 1)]
+    for m in sorted(by, key=lambda m: METHODS.index(m) if m in METHODS else 9):
+        rs = by[m]
+        accs = [sum(r["per_round"][i]["accuracy"] for r in rs) / len(rs) for i in range(n)]
+        up1 = rs[0]["per_round"][0]["uplink_bytes_cum"] / 1e6
+        upn = rs[0]["per_round"][n - 1]["uplink_bytes_cum"] / 1e6
+        lines.append(f"| {m} (n={len(rs)}) | " + " | ".join(f"{100 * a:.1f}" for a in accs) +
+                     f" | {up1:.3f} / {upn:.3f} |")
+    return f"{dataset}, alpha {alpha:g}, sparsity {sparsity:g} (fedavg dense):\n\n" + "\n".join(lines)
+
+
+def to_store(path: str, db: str) -> None:
+    """Write every run's per-round rows into the SQLite results store ``db`` (for ``prunekit report``)."""
+    from prunekit.bench.store import ResultsStore
+    from prunekit.cli.federated import store_records
+
+    with ResultsStore(db) as store:
+        for line in Path(path).read_text().splitlines():
+            m = json.loads(line)
+            c = m["config"]
+            for rec in store_records(m, f"federated-{c['dataset']}-alpha{c['alpha']:g}"):
+                store.add(rec, replace=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--datasets", nargs="+", default=["digits", "mnist1d"])
@@ -105,9 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--machine", default="2-core shared CPU VM, other jobs running")
     p.add_argument("--out", default="docs/results/federated.jsonl")
     p.add_argument("--table", action="store_true", help="print the tables of --out and exit")
+    p.add_argument("--to-db", help="write the per-round rows of --out into this SQLite store and exit")
     args = p.parse_args(argv)
+    if args.to_db:
+        to_store(args.out, args.to_db)
+        return
     if args.table:
         print(table(args.out))
+        for ds in args.datasets:
+            for a in args.alphas:
+                for sp in args.sparsities:
+                    print("\n" + curves(args.out, ds, a, sp))
         return
     run(args)
 

@@ -39,7 +39,8 @@ def test_federated_run_writes_metrics_and_store_rows(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     (["--alpha", "0"], "--alpha"),
-    (["--sparsity", "1.5"], "--sparsity in (0, 1)"),
+    (["--sparsity", "1.5"], "--sparsity"),
+    (["--sparsity", "0"], "--sparsity in (0, 1)"),
     (["--clients", "5000"], "more than the examples per class allow"),
     (["--pai", "none"], "pruning-at-initialization mask"),
     (["--method", "fedprox"], "--method must be one of"),

@@ -27,8 +27,7 @@ def run(
                                          "non-IID)")] = 0.5,
     rounds: Annotated[int, typer.Option("--rounds", help="communication rounds")] = 30,
     method: Annotated[str, typer.Option("--method", help=METHOD_HELP)] = "hidenseek",
-    sparsity: Annotated[float | None, typer.Option("--sparsity", help="fraction of zeros in (0, 1); not with "
-                                                   "fedavg")] = None,
+    sparsity: c.Sparsity = None,
     seed: c.Seed = 0,
     fraction: Annotated[float, typer.Option("--fraction", help="clients sampled per round, in (0, 1]")] = 1.0,
     local_epochs: Annotated[int, typer.Option("--local-epochs", help="local epochs per round")] = 1,
