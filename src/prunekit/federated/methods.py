@@ -365,6 +365,8 @@ def _weights_update(spec: FedSpec, net: nn.Module, down: Sequence[bytes], data: 
 
 def _supermask_update(spec: FedSpec, net: nn.Module, down: Sequence[bytes], data: tuple, recipe: dict,
                       partition: int, server_round: int) -> list[bytes]:
+    """Train scores started from the global mask (binary) or theta (sign, |s| = c |2 theta - 1|, c =
+    ``spec.extra["score_scale"]``, default 0.05); return mask bits or the kept weights' sign bits."""
     from ..masks import attach
     from ..training.loop import fit
     from ..training.supermask import Supermask, kept_signs

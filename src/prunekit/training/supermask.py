@@ -316,8 +316,8 @@ def _layer_counts(weights: Mapping[str, Tensor], sparsity: float, keep: Mapping[
     from .pai import select_masks
 
     check_choice(scope, "scope", ("layer",))
-    ones = {k: torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) for k, w in weights.items()}
-    chosen = select_masks(ones, sparsity, scope="layer", allocation="uniform")
+    any_scores = {k: torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) for k, w in weights.items()}
+    chosen = select_masks(any_scores, sparsity, scope="layer", allocation="uniform")  # counts depend on shapes only
     return {k: int(m.sum()) for k, m in chosen.items()}
 
 
