@@ -28,7 +28,8 @@ S = 0.5
 OPTIONS = {"synflow": {"iterations": 5}, "snip": {"batch_size": 16}, "grasp": {"batch_size": 16},
            "taylor": {"batch_size": 16}}  # one-shot config fields that keep the test fast
 TRAIN_OPTIONS = {"synflow-init": {"pai_options": {"iterations": 5}}, "rigl": {"update_every": 2},
-                 "set": {"update_every": 2}, "granet": {"update_every": 2}}
+                 "set": {"update_every": 2}, "granet": {"update_every": 2},
+                 "sign-supermask": {"pai_options": {"iterations": 5}}}
 
 
 def _kept_total(masks: dict[str, torch.Tensor]) -> tuple[int, int]:
@@ -88,10 +89,12 @@ def check_calibrated(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.
 # ------------------------------------------------------------------------------------------- training
 def check_training(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Module:
     from prunekit.training import SRSTE, fit, training_callbacks
+    from prunekit.training.supermask import Supermask
 
     cbs = training_callbacks(entry.name, S, data=tiny_data, **TRAIN_OPTIONS.get(entry.name, {}))
     x, _ = tiny_data
     shape = tiny_net(x).shape
+    before = {k: v.clone() for k, v in tiny_net.state_dict().items()}
     fit(tiny_net, tiny_data, epochs=2, batch_size=16, lr=0.05, callbacks=cbs, seed=0)
     assert tiny_net(x).shape == shape
     ms = attached(tiny_net)
@@ -105,6 +108,10 @@ def check_training(entry: Entry, tiny_net: nn.Module, tiny_data: tuple) -> nn.Mo
     assert kept == round((1 - S) * total), entry.name
     for k, p in ms.params.items():
         assert torch.all(p.detach()[~ms.masks[k]] == 0), (entry.name, k)
+    if isinstance(cbs[0], Supermask):  # frozen weights (after a declared re-draw) unchanged; the model is the export
+        st = cbs[0].state
+        assert all(torch.equal(st.frozen[k], v) for k, v in before.items() if k not in st.masks), entry.name
+        assert all(torch.equal(tiny_net.state_dict()[k], v) for k, v in st.export().items()), entry.name
     return tiny_net
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,16 @@ MASKS = "masks.safetensors"
 
 def save_checkpoint(out_dir: str | os.PathLike, model: nn.Module, model_spec: dict[str, Any],
                     masks: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None, *,
-                    overwrite: bool = False) -> Path:
-    """Write the checkpoint folder ``out_dir`` atomically; ``model_spec`` = ``{"name", "kwargs"}``."""
+                    overwrite: bool = False, also: Callable[[Path], None] | None = None) -> Path:
+    """Write the checkpoint folder ``out_dir`` atomically; ``model_spec`` = ``{"name", "kwargs"}``.
+
+    ``also(tmp)`` writes more files into the folder before it is published (e.g. a supermask's bits)."""
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         save_tensors(tmp / WEIGHTS, model.state_dict(), {"format": "prunekit", "kind": KIND})
         if masks:
             save_masks(tmp / MASKS, masks, {"model": model_spec})
+        if also is not None:
+            also(tmp)
         write_manifest(tmp, KIND, {**(extra or {}), "model": model_spec, "has_masks": bool(masks)})
     return Path(out_dir)
 

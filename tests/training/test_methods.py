@@ -15,13 +15,15 @@ from prunekit.training import (
     RigL,
 )
 from prunekit.training.methods import TRAINING_METHODS, training_callbacks
+from prunekit.training.supermask import Supermask
 
 
 def test_each_name_builds_its_callbacks(tiny_data):
     expect = {"dense": [], "gradual": [GradualMagnitude], "movement": [GradualMovement], "rigl": [RigL], "set": [SET],
               "granet": [GraNet],
               "srste": [SRSTE], "static": [PruneAtInit], "snip-init": [PruneAtInit], "grasp-init": [PruneAtInit],
-              "synflow-init": [PruneAtInit], "magnitude-init": [PruneAtInit]}
+              "synflow-init": [PruneAtInit], "magnitude-init": [PruneAtInit], "edge-popup": [Supermask],
+              "sign-supermask": [Supermask], "jackpot": [Supermask]}
     assert set(expect) == set(TRAINING_METHODS) == set(METHODS.names("training"))
     old = {"snip": "snip-init", "grasp": "grasp-init", "synflow": "synflow-init", "magnitude_init": "magnitude-init",
            "gradual_magnitude": "gradual", "gradual_movement": "movement"}  # old spellings still build
@@ -37,7 +39,7 @@ def test_each_name_builds_its_callbacks(tiny_data):
 
 
 def test_bad_names_and_values():
-    with pytest.raises(ValueError, match="unknown training method 'lottery'; accepted: dense, gradual"):
+    with pytest.raises(ValueError, match="unknown training method .lottery.; accepted: dense, edge-popup, gradual"):
         training_callbacks("lottery", 0.9)
     with pytest.raises(ValueError, match="needs a sparsity"):
         training_callbacks("rigl")

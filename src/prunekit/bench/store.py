@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = "prunekit-results.sqlite"
-KINDS = ("model", "data", "llm", "structured")
+KINDS = ("model", "data", "llm", "structured", "federated")
 _JSON_COLUMNS = ("config", "metrics", "per_layer", "timings", "environment")
 _COLUMNS = ("id", "run_key", "experiment", "kind", *_JSON_COLUMNS, "code_version", "created_at")
 _SCHEMA = """

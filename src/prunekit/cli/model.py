@@ -87,10 +87,12 @@ def train(
     checkpoint_dir: Annotated[Path | None, typer.Option(help="save training state here (resumable)")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="steps between training-state checkpoints")] = 500,
     resume: Annotated[bool, typer.Option(help="resume from --checkpoint-dir if it holds a checkpoint")] = False,
+    init: Annotated[Path | None, typer.Option(help="start from this checkpoint folder's weights (jackpot searches "
+                                              "a trained model)")] = None,
     overwrite: c.Overwrite = False,
 ) -> None:
     """Train a zoo model, dense or sparse (RigL, SET, GraNet, SR-STE N:M, gradual, pruning at init); save it."""
-    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir])  # before the registry imports torch
+    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir, init])  # before the registry imports torch
     c.method_kind(method, kinds=("training",))
     c.check_sparsity_pattern(sparsity, pattern, required=method not in ("dense", "srste"))
     if method in ("dense", "srste") and sparsity is not None:
@@ -104,14 +106,19 @@ def train(
     from ..zoo import get_model, input_shape
 
     kwargs = c.model_args(model_arg)
-    net = get_model(model, seed=seed, **kwargs)
-    recipe = recipe_of(model, epochs)
     from ..registry import METHODS
 
     canonical = METHODS.get(method, kind="training").name
+    if canonical == "jackpot" and init is None:
+        raise ValueError("--method jackpot searches a mask over a trained model's weights: pass --init CHECKPOINT")
+    net = get_model(model, seed=seed, **kwargs)
+    if init is not None:
+        _load_init(net, init)
+    recipe = recipe_of(model, epochs)
     needs_data_now = canonical in ("snip-init", "grasp-init")
     data = dataset_of(dataset, model) if needs_data_now else None
-    pai = {"input_shape": list(input_shape(model, **kwargs))} if canonical == "synflow-init" else None
+    pai = {"input_shape": list(input_shape(model, **kwargs))} if canonical in ("synflow-init", "sign-supermask") \
+        else None
     cbs = training_callbacks(method, sparsity, data=data.train if data is not None else None, n=n, m=m,
                              update_every=update_every, update_fraction=update_fraction, allocation=allocation,
                              scope=scope, exclude=c.excluded(exclude), seed=seed, teacher=_teacher(teacher),
@@ -119,9 +126,36 @@ def train(
     data = data if data is not None else dataset_of(dataset, model)
     if data is None:
         raise ValueError(f"no default data set for model {model!r}: pass --dataset")
+    if checkpoint_dir is not None and canonical in SUPERMASKS:
+        raise ValueError(f"--checkpoint-dir does not apply to --method {method} (supermask training is not resumable)")
     _fit(net, data, cbs, recipe, seed, checkpoint_dir, checkpoint_every, resume)
     finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite,
-           {"method": method, "sparsity": sparsity, "recipe": recipe, "seed": seed}, c.excluded(exclude))
+           {"method": method, "sparsity": sparsity, "recipe": recipe, "seed": seed}, c.excluded(exclude),
+           also=_supermask_writer(cbs, {"name": model, "kwargs": kwargs}))
+
+
+SUPERMASKS = ("edge-popup", "sign-supermask", "jackpot")
+
+
+def _supermask_writer(cbs: list[Any], spec: dict[str, Any]) -> Any:
+    """For a supermask method: a writer of its frozen weights and bits into ``OUT/supermask`` (kind supermask)."""
+    from ..training.supermask import Supermask, write_supermask
+
+    sm = next((cb for cb in cbs if isinstance(cb, Supermask)), None)
+    if sm is None or sm.state is None:
+        return None
+    return lambda tmp: write_supermask(tmp / "supermask", sm.state, {"model": spec})
+
+
+def _load_init(net: Any, folder: Path) -> None:
+    """Copy the (baked) weights of the checkpoint ``folder`` into ``net``; its masks are not attached."""
+    from ..checkpoint import load_checkpoint
+
+    src, _, _ = load_checkpoint(folder)
+    try:
+        net.load_state_dict(src.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"--init {folder}: its weights do not fit the model ({str(e)[:300]})") from e
 
 
 def _nm(method: str, pattern: str) -> tuple[int, int]:
@@ -163,7 +197,7 @@ def _teacher(path: Path | None) -> Any:
 
 
 def finish(net: Any, spec: dict[str, Any], data: Any, out: Path, overwrite: bool, extra: dict[str, Any],
-           exclude: list[str]) -> None:
+           exclude: list[str], also: Any = None) -> None:
     """Evaluate, save the checkpoint folder (weights, masks, manifest) and print one labelled summary line."""
     from ..api import sparsity_report
     from ..masks import attached
@@ -175,15 +209,16 @@ def finish(net: Any, spec: dict[str, Any], data: Any, out: Path, overwrite: bool
     ledger = sparsity_report(net, exclude=exclude).ledger  # zeros counted now, labelled, with what was kept and why
     save(out, net, spec, masks, {**extra, "dataset": data.name, "metrics": metrics,
                                  "measured_sparsity": ledger.measured.sparsities()["pruned_weights"],
-                                 "ledger": ledger.to_dict()}, overwrite)
+                                 "ledger": ledger.to_dict()}, overwrite, also)
     typer.echo(f"test accuracy {metrics['accuracy']:.4f}; {ledger.measured.line()}; checkpoint written to {out}")
 
 
-def save(out: Path, net: Any, spec: dict[str, Any], masks: Any, extra: dict[str, Any], overwrite: bool) -> None:
-    """``save_checkpoint`` with ``overwrite=`` where the library accepts it."""
+def save(out: Path, net: Any, spec: dict[str, Any], masks: Any, extra: dict[str, Any], overwrite: bool,
+         also: Any = None) -> None:
+    """``save_checkpoint`` with ``overwrite=`` where the library accepts it (``also`` writes more files)."""
     from ..checkpoint import save_checkpoint
 
-    save_checkpoint(out, net, spec, masks, extra=extra, overwrite=overwrite)
+    save_checkpoint(out, net, spec, masks, extra=extra, overwrite=overwrite, also=also)
 
 
 def lottery(

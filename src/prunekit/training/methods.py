@@ -24,6 +24,7 @@ from .loop import Callback
 from .lottery import IMP, run_imp
 from .nm import SRSTE
 from .pai import PruneAtInit
+from .supermask import Supermask
 
 
 @dataclass
@@ -129,6 +130,25 @@ for _name, _score, _old, _summary in (
         ("magnitude-init", "magnitude", "magnitude_init", "Magnitude masks of the initial weights, fixed.")):
     METHODS.register(_name, kind="training", config=PruneAtInit, summary=_summary, aliases=(_old,))(
         _at_init(_name, _score))
+
+def _supermask(name: str, mode: str) -> Any:
+    def build(sparsity: float | None, o: TrainingOptions) -> list[Callback]:
+        keys = ("pai", "input_shape", "synflow_iterations", "weight_init", "restriction", "init_scores")
+        opts = {k: v for k, v in o.pai_options.items() if k in keys}
+        if "iterations" in o.pai_options:
+            opts.setdefault("synflow_iterations", o.pai_options["iterations"])
+        return [Supermask(mode, _target(sparsity, name), data=o.data, seed=o.seed, exclude=o.exclude, **opts)]
+
+    return build
+
+
+for _name, _mode, _summary in (
+        ("edge-popup", "edge-popup", "Edge-popup supermask over frozen random weights (Ramanujan et al. 2020)."),
+        ("sign-supermask", "sign", "HideNseek sign supermask over SynFlow-kept frozen weights (Vallapuram et al. "
+                                   "2022)."),
+        ("jackpot", "jackpot", "Lottery Jackpots: mask search over trained frozen weights, magnitude init, short "
+                               "restriction (Zhang et al. 2022).")):
+    METHODS.register(_name, kind="training", config=Supermask, summary=_summary)(_supermask(_name, _mode))
 
 METHODS.register("imp", kind="training-driver", config=IMP, aliases=("lottery", "lottery-ticket"))(run_imp)
 
