@@ -127,7 +127,8 @@ def train_after_cut(name: str, data, y_noisy: torch.Tensor, neg_aum: torch.Tenso
 
 
 GRID_KEEPS = (0.9, 0.7, 0.5, 0.3, 0.1)
-GRID_STEPS = {"mnist1d": 500, "digits": 300}  # shorter than data_prune.py's 2000 / 700: the grid fits ~25 CPU min
+GRID_STEPS = {"mnist1d": 300, "digits": 200}  # far shorter than data_prune.py's 2000 / 700: the grid fits the CPU
+VAL_KEEP = 0.5  # the flag fraction is chosen once, at this keep (every candidate fits), and used at every keep
 GRID_METHODS = ("random", "keep-hard", "ccs", "noise-aware", "random+kd", "ccs+kd", "noise-aware+kd")
 DEFAULT_METHODS = GRID_METHODS[:-1]  # noise-aware+kd only on request (--methods)
 CCS_BETA = {0.3: 0.1, 0.2: 0.2, 0.1: 0.3}  # the CCS README's cut-offs (as in data_prune.py), fixed before any run
@@ -141,9 +142,10 @@ def grid(name: str, rate: float, keeps: list[float], seeds: list[int], proxy_see
 
     Scores from ``proxy_seeds`` proxies on the noisy training split (``steps`` each): EL2N (auto epoch)
     for keep-hard, the softmax-margin AUM for CCS (README beta), -AUM for the noise-aware flags. The
-    noise-aware ``flag_fraction`` per keep is chosen by ``choose_flag_fraction`` on a class-stratified
-    20% of the *training* split (noisy labels) held out from proxies and candidate training (one model
-    per candidate, seed 0); the test split is never used for a choice. The KD teacher trains on all
+    noise-aware ``flag_fraction`` is chosen once by ``choose_flag_fraction`` at keep ``VAL_KEEP`` on a
+    class-stratified 20% of the *training* split (noisy labels) held out from the proxy (seed
+    ``proxy_seeds[0]``) and candidate training (one model per candidate, seed 0), and used at every keep
+    (the rule caps it at 1 - keep); the test split is never used for a choice. The KD teacher trains on all
     the noisy training data (seed 0, the same steps).
     """
     from prunekit.training import Distillation, fit
@@ -158,7 +160,8 @@ def grid(name: str, rate: float, keeps: list[float], seeds: list[int], proxy_see
     setup = SETUPS[name]
     make = lambda s: get_model(setup["model"], seed=s)  # noqa: E731
     sc = _grid_scores(name, make, (data.x_train, y_noisy), out / f"{tag}-dynamics", proxy_seeds, steps)
-    fractions = _chosen_fractions(name, data, y_noisy, make, out, tag, proxy_seeds, steps, keeps)
+    chosen = _chosen_fractions(name, data, y_noisy, make, out, tag, proxy_seeds[:1], steps, [VAL_KEEP])[VAL_KEEP]
+    fractions = {k: chosen for k in keeps}
     teacher = None
     if any(m.endswith("+kd") for m in methods):
         teacher_path = out / f"{tag}-teacher.pt"
