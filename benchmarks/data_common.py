@@ -40,17 +40,18 @@ def proxy_epochs(name: str, n_train: int, steps: int | None = None) -> int:
 def train_eval(name: str, data: Any, seed: int, idx: torch.Tensor | None = None, sampler: Any = None,
                y_train: torch.Tensor | None = None, train: tuple[torch.Tensor, torch.Tensor] | None = None,
                test: tuple[torch.Tensor, torch.Tensor] | None = None, steps: int | None = None,
-               callbacks: list[Any] | None = None) -> tuple[float, float]:
+               callbacks: list[Any] | None = None, make_model: Any = None) -> tuple[float, float]:
     """Train a fresh model for the setup's fixed number of steps on ``idx`` (or with ``sampler``); accuracy, s.
 
     ``train`` / ``test`` replace the data set's splits (the validation mode of ``data_prune.py`` trains on
     80% of the training split and tests on the held-out 20%); by default the test split is used.
-    ``steps`` overrides the setup's step count; ``callbacks`` go to ``fit`` (e.g. ``Distillation``).
+    ``steps`` overrides the setup's step count; ``callbacks`` go to ``fit`` (e.g. ``Distillation``);
+    ``make_model(seed)`` replaces the setup's zoo model.
     """
     setup = SETUPS[name]
     x, y = train if train is not None else (data.x_train, data.y_train if y_train is None else y_train)
     pairs = (x, y) if idx is None else (x[idx], y[idx])
-    model = get_model(setup["model"], seed=seed)
+    model = get_model(setup["model"], seed=seed) if make_model is None else make_model(seed)
     t = time.perf_counter()
     fit(model, pairs, steps=steps or setup["steps"], sampler=sampler, seed=seed, callbacks=callbacks or [],
         **setup["fit"])
