@@ -136,6 +136,10 @@ DEFAULT_METHODS = GRID_METHODS[:-1]  # noise-aware+kd only on request (--methods
 CCS_BETA = {0.3: 0.1, 0.2: 0.2, 0.1: 0.3}  # the CCS README's cut-offs (as in data_prune.py), fixed before any run
 KD = {"alpha": 0.5, "temperature": 4.0}  # fixed before any run (the Distillation callback's defaults)
 FLAG_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+# random subsets draw with seed 1000 + run seed: symmetric_noise(seed=0) flips the first rate * N of
+# randperm(N) under seed 0, which is also what select(..., "random", seed=0) keeps (a first run's seed-0
+# random subsets were all-flipped at keep <= rate; those records were discarded)
+RANDOM_SEED_OFFSET = 1000
 
 
 def grid(name: str, rate: float, keeps: list[float], seeds: list[int], proxy_seeds: list[int], out: Path,
@@ -209,8 +213,8 @@ def _grid_scores(name: str, make, train, root: Path, proxy_seeds: list[int], ste
 
 
 def _kept(method: str, sc: dict[str, torch.Tensor], keep: float, seed: int, n: int, flag_fraction: float):
-    if method == "random":
-        return select(torch.zeros(n), keep, "random", seed=seed)
+    if method == "random":  # not seed 0: symmetric_noise(seed=0) flips the head of the same randperm(n, seed 0)
+        return select(torch.zeros(n), keep, "random", seed=RANDOM_SEED_OFFSET + seed)
     if method == "keep-hard":
         return select(sc["el2n"], keep, "keep-hard")
     if method == "ccs":
