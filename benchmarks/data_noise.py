@@ -251,7 +251,7 @@ def _chosen_fractions(name: str, data, y_noisy: torch.Tensor, make, out: Path, t
 
 
 def grid_tables(out: Path) -> str:
-    """One Markdown table per grid log in ``out``: mean (std) test accuracy, noise-aware minus random."""
+    """One Markdown table per grid log in ``out``: mean (std) test accuracy over seeds, and the differences."""
     md = []
     for path in sorted(out.glob("*-grid.jsonl")):
         recs = _records(path)
@@ -259,21 +259,25 @@ def grid_tables(out: Path) -> str:
         keeps = sorted({r["keep"] for r in recs if r["method"] != "all-noisy"}, reverse=True)
         methods = [m for m in GRID_METHODS if any(r["method"] == m for r in recs)]
         r0 = recs[0]
-        md += [f"**{r0['dataset']} ({r0.get('model', '?')}), {r0['rate']:.0%} symmetric noise** ({r0['steps']} steps "
-               "per run), test accuracy %, "
-               f"all noisy data {np.mean(full):.1f} ({np.std(full):.1f}):", "",
-               "| keep | " + " | ".join(methods) + " | noise-aware - random | flag fraction (val) |",
-               "|---" * (len(methods) + 3) + "|"]
+        md += [f"**{r0['dataset']} ({r0.get('model', SETUPS[r0['dataset']]['model'])}), {r0['rate']:.0%} symmetric "
+               f"noise** ({r0['steps']} steps per run), test accuracy %, mean (std) over seeds; all noisy data "
+               f"{np.mean(full):.1f} ({np.std(full):.1f}), {len(full)} seeds:", "",
+               "| keep | seeds | " + " | ".join(methods) + " | noise-aware - random | random+kd - random | "
+               "ccs+kd - ccs |", "|---" * (len(methods) + 5) + "|"]
         for k in keeps:
-            cell, means = [], {}
+            cell, means, seeds = [], {}, set()
             for m in methods:
                 a = [r["accuracy"] * 100 for r in recs if r["method"] == m and r["keep"] == k]
+                seeds |= {r["seed"] for r in recs if r["method"] == m and r["keep"] == k}
                 means[m] = np.mean(a) if a else float("nan")
-                cell.append(f"{np.mean(a):.1f} ({np.std(a):.1f}) n={len(a)}" if a else "")
-            fr = next((r["flag_fraction"] for r in recs if r["method"] == "noise-aware" and r["keep"] == k), None)
-            gain = means.get("noise-aware", np.nan) - means.get("random", np.nan)
-            md.append(f"| {k} | " + " | ".join(cell) + f" | {gain:+.1f} | {fr} |")
-        md.append("")
+                cell.append(f"{np.mean(a):.1f} ({np.std(a):.1f})" if len(a) > 1 else (f"{a[0]:.1f}" if a else ""))
+            diffs = [means.get(a, np.nan) - means.get(b, np.nan) for a, b in
+                     (("noise-aware", "random"), ("random+kd", "random"), ("ccs+kd", "ccs"))]
+            counts = sorted({sum(1 for r in recs if r["method"] == m and r["keep"] == k) for m in methods})
+            md.append(f"| {k} | {'/'.join(map(str, counts))} | " + " | ".join(cell) + " | "
+                      + " | ".join(f"{d:+.1f}" for d in diffs) + " |")
+        fr = next((r["flag_fraction"] for r in recs if r["method"] == "noise-aware"), None)
+        md += ["", f"noise-aware flag fraction (chosen on validation at keep {VAL_KEEP}): {fr}", ""]
     return "\n".join(md)
 
 
