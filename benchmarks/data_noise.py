@@ -2,7 +2,7 @@
 
     nice -n 10 .venv/bin/python benchmarks/data_noise.py --dataset mnist1d --rate 0.2 --out /tmp/datap_bench
     nice -n 10 .venv/bin/python benchmarks/data_noise.py --grid --dataset digits --rate 0.4 --out /tmp/noise_grid
-    .venv/bin/python benchmarks/data_noise.py --table --out /tmp/noise_grid      # Markdown of every grid log
+    .venv/bin/python benchmarks/data_noise.py --table --out /tmp/noise_grid --db /tmp/noise_grid/r.sqlite
 
 ``--grid`` (see ``grid``): accuracy against kept fraction on the noisy training labels for ``random``,
 ``keep-hard`` (EL2N), ``ccs`` and ``noise-aware`` (flag by -AUM with the fraction chosen on held-out
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from data_common import SETUPS, auroc, load, machine, proxy_epochs, symmetric_noise, train_eval
+from data_common import SETUPS, auroc, load, machine, proxy_epochs, store, symmetric_noise, train_eval
 from data_prune import val_split
 
 from prunekit.data import (
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--no-train", action="store_true", help="only the AUROC table")
     ap.add_argument("--grid", action="store_true", help="the kept-fraction grid (methods x keeps x seeds, KD)")
     ap.add_argument("--table", action="store_true", help="print the Markdown tables of every grid log in --out")
+    ap.add_argument("--db", default="", help="with --table: also add every grid run to this results store")
     ap.add_argument("--keeps", nargs="+", type=float, default=list(GRID_KEEPS))
     ap.add_argument("--steps", type=int, default=None, help="grid: SGD steps per run (default: GRID_STEPS)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=GRID_METHODS)
@@ -70,6 +71,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.table:
         print(grid_tables(args.out))
+        if args.db:
+            print(f"{store_grid(args.out, args.db)} runs in the results store {args.db}")
         return
     if args.grid:
         grid(args.dataset, args.rate, args.keeps, args.seeds, args.proxy_seeds, args.out,
@@ -248,6 +251,19 @@ def _chosen_fractions(name: str, data, y_noisy: torch.Tensor, make, out: Path, t
         print(f"{tag} keep {keep}: flag_fraction {ch.flag_fraction} (validation accuracy by fraction: "
               + ", ".join(f"{k}: {v * 100:.1f}" for k, v in ch.values.items()) + ")", flush=True)
     return {float(k): v["flag_fraction"] for k, v in state["chosen"].items()}
+
+
+def store_grid(out: Path, db: str) -> int:
+    """Add every run of the grid logs in ``out`` to the results store ``db`` (kind "data"); the count."""
+    st, n = store(db), 0
+    for path in sorted(out.glob("*-grid.jsonl")):
+        for r in _records(path):
+            keys = ("dataset", "model", "rate", "method", "keep", "seed", "steps", "flag_fraction")
+            cfg = {k: r.get(k) for k in keys}
+            st.add({"experiment": f"data-noise-{r['dataset']}-{r['rate']}", "kind": "data", "config": cfg,
+                    "metrics": {"accuracy": r["accuracy"]}, "timings": {"train_s": r["train_s"]}}, replace=True)
+            n += 1
+    return n
 
 
 def grid_tables(out: Path) -> str:
