@@ -327,13 +327,13 @@ def threshold_samples(labels: Any, num_classes: int, seed: int = 0,
     return torch.where(mask, torch.full_like(y, c), y), mask
 
 
-def flag_noisy(flag_scores: Any, keep_count_: int, flag_fraction: float | None = None,
+def flag_noisy(flag_scores: Any, num_kept: int, flag_fraction: float | None = None,
                threshold: float | None = None) -> NoiseFlags:
     """Flag likely mislabeled examples by a difficulty (``-AUM`` or loss): a ``threshold`` or a top fraction.
 
     ``threshold``: flag every example with ``flag_scores >= threshold`` (``aum_threshold`` gives
     Pleiss et al.'s); else flag the ``floor(flag_fraction * N)`` highest (ties: lower index first).
-    Never flags more than ``N - keep_count_`` (the least suspicious of the flagged are kept then);
+    Never flags more than ``N - num_kept`` (the least suspicious of the flagged are kept then);
     a binding cap is logged and reported (``capped``).
     """
     d = as_scores(flag_scores, "flag_scores")
@@ -349,12 +349,12 @@ def flag_noisy(flag_scores: Any, keep_count_: int, flag_fraction: float | None =
         fr = DEFAULT_FLAG_FRACTION if flag_fraction is None else flag_fraction
         fr = check_nonneg_float(fr, "flag_fraction", upper=1.0, upper_open=True)
         wanted, rule, t = int(math.floor(fr * n + 1e-9)), "fraction", None
-    allowed = min(wanted, n - keep_count_)
+    allowed = min(wanted, n - num_kept)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[hardest(d, allowed)] = True  # the `wanted` flagged are the `wanted` hardest; keep the cap's hardest
     if allowed < wanted:
         log.warning("noise-aware: %d examples flagged but only %d may be dropped to keep %d of %d; the %d least "
-                    "suspicious flagged examples stay in the pool", wanted, allowed, keep_count_, n, wanted - allowed)
+                    "suspicious flagged examples stay in the pool", wanted, allowed, num_kept, n, wanted - allowed)
     return NoiseFlags(mask=mask, rule=rule, threshold=t, wanted=wanted, capped=allowed < wanted)
 
 
