@@ -30,27 +30,31 @@ def load(name: str) -> Any:
     return get_dataset(name, **SETUPS[name]["data"])
 
 
-def proxy_epochs(name: str, n_train: int) -> int:
-    """Epochs of a full-data proxy run with the same number of steps as a subset run."""
+def proxy_epochs(name: str, n_train: int, steps: int | None = None) -> int:
+    """Epochs of a full-data proxy run with the same number of steps as a subset run (``steps``: override)."""
     setup = SETUPS[name]
     steps_per_epoch = -(-n_train // setup["fit"]["batch_size"])
-    return max(1, round(setup["steps"] / steps_per_epoch))
+    return max(1, round((steps or setup["steps"]) / steps_per_epoch))
 
 
 def train_eval(name: str, data: Any, seed: int, idx: torch.Tensor | None = None, sampler: Any = None,
                y_train: torch.Tensor | None = None, train: tuple[torch.Tensor, torch.Tensor] | None = None,
-               test: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[float, float]:
+               test: tuple[torch.Tensor, torch.Tensor] | None = None, steps: int | None = None,
+               callbacks: list[Any] | None = None, make_model: Any = None) -> tuple[float, float]:
     """Train a fresh model for the setup's fixed number of steps on ``idx`` (or with ``sampler``); accuracy, s.
 
     ``train`` / ``test`` replace the data set's splits (the validation mode of ``data_prune.py`` trains on
     80% of the training split and tests on the held-out 20%); by default the test split is used.
+    ``steps`` overrides the setup's step count; ``callbacks`` go to ``fit`` (e.g. ``Distillation``);
+    ``make_model(seed)`` replaces the setup's zoo model.
     """
     setup = SETUPS[name]
     x, y = train if train is not None else (data.x_train, data.y_train if y_train is None else y_train)
     pairs = (x, y) if idx is None else (x[idx], y[idx])
-    model = get_model(setup["model"], seed=seed)
+    model = get_model(setup["model"], seed=seed) if make_model is None else make_model(seed)
     t = time.perf_counter()
-    fit(model, pairs, steps=setup["steps"], sampler=sampler, seed=seed, **setup["fit"])
+    fit(model, pairs, steps=steps or setup["steps"], sampler=sampler, seed=seed, callbacks=callbacks or [],
+        **setup["fit"])
     dt = time.perf_counter() - t
     return evaluate(model, data.test if test is None else test)["accuracy"], dt
 

@@ -15,7 +15,7 @@ S = torch.tensor([0.5, 0.9, 0.1, 0.7, 0.3, 0.9])
 
 
 def test_rule_names():
-    assert SELECTORS.names() == ["ccs", "class-balanced", "dbp", "keep-easy", "keep-hard", "random",
+    assert SELECTORS.names() == ["ccs", "class-balanced", "dbp", "keep-easy", "keep-hard", "noise-aware", "random",
                                  "random-subset"]  # random-subset is the rule's registry name, random its spelling
     with pytest.raises(ValueError, match="accepted: ccs, class-balanced"):
         select(S, 0.5, "hardest")

@@ -20,6 +20,7 @@ TextField = Annotated[str, typer.Option(help="JSON field holding the text (.json
 RayAddress = Annotated[str | None, typer.Option("--ray-address", help="with --backend ray: the Ray cluster to join "
                                                 "(ray.init(address=...), e.g. auto or ray://host:10001; default "
                                                 "$RAY_ADDRESS, else a local Ray)")]
+NOISE_THEN = ("random", "ccs", "keep-easy", "keep-hard")  # noise-aware --then (data.select.NOISE_THEN_RULES)
 
 
 def register(main: typer.Typer) -> None:
@@ -172,7 +173,7 @@ def select(
     keep: c.Keep,
     out: c.Out,
     rule: Annotated[str, typer.Option(help="keep-hard | keep-easy | random | class-balanced | ccs | "
-                                      "dbp")] = "keep-hard",
+                                      "dbp | noise-aware")] = "keep-hard",
     labels: Annotated[Path | None, typer.Option(help="class-balanced: (N,) .npy integer labels")] = None,
     dataset: c.Dataset = None,
     num_classes: Annotated[int | None, typer.Option(help="class-balanced: labels must lie in "
@@ -185,13 +186,21 @@ def select(
     embeddings: Annotated[Path | None, typer.Option(help="dbp: (N, d) .npy embeddings to cluster")] = None,
     clusters: Annotated[int, typer.Option(help="dbp: number of k-means clusters")] = 10,
     temperature: Annotated[float, typer.Option(help="dbp: softmax temperature")] = 0.5,
+    flag_scores: Annotated[Path | None, typer.Option(help="noise-aware: (N,) .npy difficulties that flag mislabeled "
+                                                     "examples, e.g. aum or loss scores (default: --scores)")] = None,
+    flag_fraction: Annotated[float | None, typer.Option(help="noise-aware: drop this fraction with the highest flag "
+                                                        "scores first (default 0.1)")] = None,
+    flag_threshold: Annotated[float | None, typer.Option(help="noise-aware: drop every example whose flag score is "
+                                                         ">= this (AUM threshold samples)")] = None,
+    then: Annotated[str, typer.Option(help="noise-aware: rule on the examples left: random | ccs | keep-easy | "
+                                      "keep-hard", callback=c.choice("--then", NOISE_THEN))] = "random",
     seed: c.Seed = 0,
     backend: c.Backend = "local",
     ray_address: RayAddress = None,
     overwrite: c.Overwrite = False,
 ) -> None:
     """Select the examples to keep from scores and write their indices and a manifest."""
-    c.check_out(out, overwrite=overwrite, inputs=[scores, labels, cutoff_scores, embeddings])
+    c.check_out(out, overwrite=overwrite, inputs=[scores, labels, cutoff_scores, embeddings, flag_scores])
     ran = _backend(backend, ray_address, None if rule == "dbp" else
                    "selection ranks one (N,) score vector in memory: nothing to distribute")
     from ..data.io import save_selection
@@ -219,12 +228,40 @@ def select(
     elif rule == "dbp":
         params.update(_dbp_params(embeddings, clusters, seed, len(s), ran["ran"]), temperature=temperature,
                       within=within)
+    extra: dict[str, Any] = {"scores_file": str(scores)}
+    if rule == "noise-aware":
+        params.update(_noise_params(s, keep, flag_scores, flag_fraction, flag_threshold, then, beta, strata))
+        extra.update(flag_scores_file=str(flag_scores or scores), noise_flags=params.pop("_flags"))
     kept = run_select(s, keep, rule, **params)
-    shown = {k: v for k, v in params.items() if k not in ("labels", "cutoff_scores", "clusters", "complexity")}
+    shown = {k: v for k, v in params.items() if k not in ("labels", "cutoff_scores", "clusters", "complexity",
+                                                           "flag_scores")}
     save_selection(out, kept, num_examples=len(s), method=rule,
                      params={**shown, "keep_fraction": keep}, seed=seed, scores=s,
-                     extra={"scores_file": str(scores), "backend": ran}, overwrite=overwrite)
+                     extra={**extra, "backend": ran}, overwrite=overwrite)
+    if rule == "noise-aware":
+        fl = extra["noise_flags"]
+        typer.echo(f"dropped {fl['dropped']} flagged examples ({fl['rule']}"
+                   f"{'; capped: more were flagged than may go' if fl['capped'] else ''})")
     typer.echo(f"kept {len(kept)} of {len(s)} examples -> {out}")
+
+
+def _noise_params(s: Any, keep: float, flag_scores: Path | None, fraction: float | None, threshold: float | None,
+                  then: str, beta: float, strata: int) -> dict[str, Any]:
+    """The noise-aware rule's parameters, checked, with the flags it will drop (``_flags``) for the manifest."""
+    from ..data.checks import keep_count
+    from ..data.select import flag_noisy
+
+    if fraction is not None and threshold is not None:
+        raise ValueError("pass --flag-fraction or --flag-threshold, not both")
+    d = s if flag_scores is None else _load_vector(flag_scores, "flag_scores")
+    if len(d) != len(s):
+        raise ValueError(f"flag scores file {str(flag_scores)!r} has {len(d)} entries but the scores have {len(s)}; "
+                         "they must match")
+    flags = flag_noisy(d, keep_count(len(s), keep), fraction, threshold)
+    out = {"flag_scores": d, "flag_fraction": fraction, "threshold": threshold, "then": then, "_flags": flags.summary()}
+    if then == "ccs":
+        out.update(beta=beta, strata=strata)
+    return out
 
 
 def _dbp_params(embeddings: Path | None, n_clusters: int, seed: int, n: int, backend: str = "local",

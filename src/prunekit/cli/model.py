@@ -80,10 +80,13 @@ def train(
     update_every: Annotated[int, typer.Option(help="rigl/set/granet: steps between mask updates")] = 100,
     update_fraction: Annotated[float, typer.Option(help="rigl/set/granet: initial drop/grow fraction, "
                                                    "in (0, 1)")] = 0.3,
-    teacher: Annotated[Path | None, typer.Option(help="checkpoint folder of a dense teacher: adds "
-                                                 "distillation")] = None,
+    teacher: Annotated[Path | None, typer.Option("--distill", "--teacher", help="checkpoint folder of a teacher "
+                                                 "(e.g. trained on the full data): adds knowledge distillation, "
+                                                 "loss = (1 - alpha) task + alpha T^2 KL")] = None,
     alpha: Annotated[float, typer.Option(help="distillation weight in [0, 1]")] = 0.5,
     temperature: Annotated[float, typer.Option(help="distillation temperature > 0")] = 4.0,
+    subset: Annotated[Path | None, typer.Option(help="a `prunekit data select` folder: train only on its kept "
+                                                "examples of the data set's training split")] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="save training state here (resumable)")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="steps between training-state checkpoints")] = 500,
     resume: Annotated[bool, typer.Option(help="resume from --checkpoint-dir if it holds a checkpoint")] = False,
@@ -92,7 +95,7 @@ def train(
     overwrite: c.Overwrite = False,
 ) -> None:
     """Train a zoo model, dense or sparse (RigL, SET, GraNet, SR-STE N:M, gradual, pruning at init); save it."""
-    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir, init])  # before the registry imports torch
+    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir, init, subset])  # before the registry imports torch
     c.method_kind(method, kinds=("training",))
     c.check_sparsity_pattern(sparsity, pattern, required=method not in ("dense", "srste"))
     if method in ("dense", "srste") and sparsity is not None:
@@ -115,8 +118,10 @@ def train(
     if init is not None:
         _load_init(net, init)
     recipe = recipe_of(model, epochs)
-    needs_data_now = canonical in ("snip-init", "grasp-init")
+    needs_data_now = canonical in ("snip-init", "grasp-init") or subset is not None
     data = dataset_of(dataset, model) if needs_data_now else None
+    picked = _subset(data, subset, model) if subset is not None else None
+    data = picked[0] if picked is not None else data
     pai = {"input_shape": list(input_shape(model, **kwargs))} if canonical in ("synflow-init", "sign-supermask") \
         else None
     cbs = training_callbacks(method, sparsity, data=data.train if data is not None else None, n=n, m=m,
@@ -129,8 +134,12 @@ def train(
     if checkpoint_dir is not None and canonical in SUPERMASKS:
         raise ValueError(f"--checkpoint-dir does not apply to --method {method} (supermask training is not resumable)")
     _fit(net, data, cbs, recipe, seed, checkpoint_dir, checkpoint_every, resume)
-    finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite,
-           {"method": method, "sparsity": sparsity, "recipe": recipe, "seed": seed}, c.excluded(exclude),
+    extra: dict[str, Any] = {"method": method, "sparsity": sparsity, "recipe": recipe, "seed": seed}
+    if picked is not None:
+        extra["subset"] = picked[1]
+    if teacher is not None:
+        extra["distill"] = {"teacher": str(teacher), "alpha": alpha, "temperature": temperature}
+    finish(net, {"name": model, "kwargs": kwargs}, data, out, overwrite, extra, c.excluded(exclude),
            also=_supermask_writer(cbs, {"name": model, "kwargs": kwargs}))
 
 
@@ -156,6 +165,28 @@ def _load_init(net: Any, folder: Path) -> None:
         net.load_state_dict(src.state_dict(), strict=True)
     except RuntimeError as e:
         raise ValueError(f"--init {folder}: its weights do not fit the model ({str(e)[:300]})") from e
+
+
+
+
+def _subset(data: Any, folder: Path, model: str) -> tuple[Any, dict[str, Any]]:
+    """``data`` with its training split cut to the kept indices of the selection ``folder``; a manifest summary."""
+    from dataclasses import replace
+
+    from ..data.io import load_selection
+
+    if data is None:
+        raise ValueError(f"no default data set for model {model!r}: pass --dataset with --subset")
+    if not (folder / "manifest.json").is_file():
+        raise ValueError(f"--subset {str(folder)!r} is not a selection folder (no manifest.json); "
+                         "make one with `prunekit data select`")
+    kept, man = load_selection(folder, num_examples=len(data.y_train))
+    if len(kept) == 0:
+        raise ValueError(f"--subset {str(folder)!r} keeps no example")
+    sub = replace(data, x_train=data.x_train[kept], y_train=data.y_train[kept])
+    c.say(f"training on {len(kept)} of {len(data.y_train)} examples ({man.get('method')} selection {folder})")
+    return sub, {"path": str(folder), "method": man.get("method"), "num_kept": len(kept),
+                 "num_examples": len(data.y_train)}
 
 
 def _nm(method: str, pattern: str) -> tuple[int, int]:

@@ -8,7 +8,9 @@
   k-means centroid of embeddings, e.g. of a ``train_contrastive`` SimCLR encoder), ``random``.
   Every score is a difficulty: higher = harder.
 - ``select(scores, keep_fraction, rule)`` with rules ``keep-hard``, ``keep-easy``, ``random``,
-  ``class-balanced``, ``ccs``, ``dbp``; ``choose_beta`` picks CCS's cut-off on a validation metric.
+  ``class-balanced``, ``ccs``, ``dbp``, ``noise-aware`` (drop AUM/loss-flagged examples, then random or
+  CCS); ``choose_beta`` / ``choose_flag_fraction`` pick CCS's cut-off / the flagged fraction on a
+  validation metric; ``threshold_samples`` + ``aum_threshold`` give AUM's threshold (Pleiss et al.).
 - ``semdedup`` (embeddings, streamed), ``dsir`` (text), ``RS2Sampler`` (per-epoch random subsets).
 - ``save_selection`` / ``load_selection``: kept indices ``.npy`` plus a JSON manifest.
 """
@@ -36,13 +38,28 @@ from .scores import (
     training_accuracy,
 )
 from .scores import random as random_scores
-from .select import SELECTORS, ccs, class_balanced, dbp, keep_easy, keep_hard, select
+from .select import (
+    SELECTORS,
+    NoiseFlags,
+    aum_threshold,
+    ccs,
+    class_balanced,
+    dbp,
+    flag_noisy,
+    keep_easy,
+    keep_hard,
+    noise_aware,
+    select,
+    threshold_samples,
+)
 from .ssl import SSLEncoder, nt_xent, train_contrastive
-from .tune import BetaChoice, choose_beta
+from .tune import BetaChoice, FlagChoice, choose_beta, choose_flag_fraction
 
 __all__ = [
     "DATA_SCORES", "FIELDS", "SELECTORS", "BetaChoice", "Clusters", "DSIRResult", "DedupResult", "Dynamics",
-    "DynamicsRecorder", "Embeddings", "MiniLMEncoder", "RS2Sampler", "RandomConvEncoder", "area_under_margin", "aum",
+    "DynamicsRecorder", "Embeddings", "FlagChoice", "NoiseFlags", "aum_threshold", "choose_flag_fraction",
+    "flag_noisy", "noise_aware", "threshold_samples", "MiniLMEncoder", "RS2Sampler", "RandomConvEncoder",
+    "area_under_margin", "aum",
     "ccs", "choose_beta", "class_balanced", "cluster_complexity", "dbp", "dsir", "el2n", "embed", "entropy",
     "forgetting", "grand", "hashed_ngrams", "keep_easy", "keep_hard", "kl_reduction", "kmeans", "learned_epoch",
     "load_selection", "loss", "per_example_grad_norm", "prob_aum", "prototype", "random_scores", "record_runs",

@@ -1,5 +1,8 @@
 """Training dynamics: one recorder (a ``fit`` callback or ``update`` calls in any loop) keeps per-example stats.
 
+A Hugging Face ``Trainer`` feeds it through ``prunekit.data.hf_trainer.record_trainer`` (extra
+``transformers``).
+
 Per example and epoch it records the statistics every dynamics score needs.
 
 Layout on disk (a folder): ``dynamics.f32``, a raw float32 memmap shaped ``(epochs, N, F)`` that grows
@@ -150,6 +153,11 @@ class DynamicsRecorder(Callback):
             self.open_epoch = meta.get("open_epoch")
 
     # -- the API for any loop ---------------------------------------------------------------------
+
+    @property
+    def current_epoch(self) -> int | None:
+        """The epoch slot open for ``update`` now, or ``None`` between epochs."""
+        return self._slot if self._mm is not None else None
 
     def start_epoch(self, epoch: int | None = None, keep_rows: bool = False) -> int:
         """Open epoch slot ``epoch`` (default: the next, ``epochs_done``) for ``update``; return it.

@@ -3,12 +3,15 @@
 Scores are difficulties (higher = harder). Rules are named: ``keep-hard`` keeps the highest scores,
 ``keep-easy`` the lowest; ``random`` ignores them; ``class-balanced`` applies a rule per class;
 ``ccs`` samples strata over the score range after a hard cut-off; ``dbp`` sets per-cluster quotas
-from cluster complexity. Ties break toward the lower index, so every rule is deterministic.
+from cluster complexity; ``noise-aware`` first drops the examples flagged as mislabeled (AUM or loss),
+then applies ``random`` or ``ccs`` to the rest. Ties break toward the lower index, so every rule is deterministic.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,6 +29,8 @@ from .checks import (
     keep_count,
     keep_fraction_arg,
 )
+
+log = logging.getLogger(__name__)
 
 SELECTORS = METHODS.view("data-selector")  # kind "data-selector" of METHODS
 WITHIN_RULES = ("keep-hard", "keep-easy", "random", "ccs")
@@ -262,6 +267,132 @@ def dbp(scores: Any, keep_fraction: float, clusters: Any = None, complexity: Any
     sizes = np.bincount(cl.numpy(), minlength=len(complexity))
     quotas = dbp_quotas(complexity, sizes, keep_count(len(s), f), temperature, min_ratio)
     return _balanced_pick(s, cl, int(quotas.sum()), within, _gen(seed), quotas=quotas, ccs_args=ccs_args)
+
+
+NOISE_THEN_RULES = ("random", "ccs", "keep-easy", "keep-hard")
+DEFAULT_FLAG_FRACTION = 0.1
+
+
+@dataclass(frozen=True)
+class NoiseFlags:
+    """Which examples ``flag_noisy`` drops: ``mask`` (N,) bool, the ``rule`` used, its cap if it bound."""
+
+    mask: Tensor
+    rule: str  # "threshold" or "fraction"
+    threshold: float | None
+    wanted: int  # examples the rule flagged before the cap
+    capped: bool  # True when dropping all of them would leave fewer than the examples to keep
+
+    @property
+    def num_flagged(self) -> int:
+        """Examples actually dropped (after the cap)."""
+        return int(self.mask.sum())
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description for manifests and logs."""
+        return {"rule": self.rule, "threshold": self.threshold, "flagged_by_rule": self.wanted,
+                "dropped": self.num_flagged, "capped": self.capped}
+
+
+def aum_threshold(threshold_scores: Any, percentile: float = 99.0) -> float:
+    """Difficulty cut-off from threshold samples: ``-alpha`` with ``alpha`` the ``percentile`` of their AUM.
+
+    Pleiss et al. 2020, Sec. 3: examples re-labelled to an extra, non-existent class ("threshold
+    samples") are mislabeled by construction; an example whose AUM (Eq. 2,
+    ``AUM = 1/T sum_t z_y^(t) - max_{i != y} z_i^(t)``) is at most ``alpha`` = the 99th percentile of
+    their AUMs is flagged. ``threshold_scores`` are the threshold samples' difficulties ``-AUM`` (the
+    ``aum`` score); the returned value is in the same orientation: flag where ``-AUM >= -alpha``.
+    """
+    d = as_scores(threshold_scores, "threshold_scores").double()
+    p = check_nonneg_float(percentile, "percentile", upper=100.0)
+    return -float(torch.quantile(-d, p / 100.0))
+
+
+def threshold_samples(labels: Any, num_classes: int, seed: int = 0,
+                      count: int | None = None) -> tuple[Tensor, Tensor]:
+    """Labels with ``count`` (default ``N // (C + 1)``) random examples moved to a new class ``C``; the mask.
+
+    Pleiss et al. 2020, Sec. 3: train a ``C + 1``-class network on these labels, read the AUM of the
+    re-labelled examples and pass their ``aum`` scores to ``aum_threshold``. Repeat with a disjoint
+    set to score the examples used as threshold samples (the paper trains twice).
+    """
+    c = check_positive_int(num_classes, "num_classes")
+    y = as_labels(labels, len(torch.as_tensor(labels)), c)
+    n = len(y)
+    k = n // (c + 1) if count is None else check_positive_int(count, "count")
+    if k > n:
+        raise ValueError(f"count={count} exceeds the {n} examples")
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[uniform(n, k, _gen(seed))] = True
+    return torch.where(mask, torch.full_like(y, c), y), mask
+
+
+def flag_noisy(flag_scores: Any, num_kept: int, flag_fraction: float | None = None,
+               threshold: float | None = None) -> NoiseFlags:
+    """Flag likely mislabeled examples by a difficulty (``-AUM`` or loss): a ``threshold`` or a top fraction.
+
+    ``threshold``: flag every example with ``flag_scores >= threshold`` (``aum_threshold`` gives
+    Pleiss et al.'s); else flag the ``floor(flag_fraction * N)`` highest (ties: lower index first).
+    Never flags more than ``N - num_kept`` (the least suspicious of the flagged are kept then);
+    a binding cap is logged and reported (``capped``).
+    """
+    d = as_scores(flag_scores, "flag_scores")
+    n = len(d)
+    if threshold is not None and flag_fraction is not None:
+        raise ValueError("pass either threshold or flag_fraction, not both")
+    if threshold is not None:
+        t = float(threshold)
+        if not math.isfinite(t):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        wanted, rule = int((d >= t).sum()), "threshold"
+    else:
+        fr = DEFAULT_FLAG_FRACTION if flag_fraction is None else flag_fraction
+        fr = check_nonneg_float(fr, "flag_fraction", upper=1.0, upper_open=True)
+        wanted, rule, t = int(math.floor(fr * n + 1e-9)), "fraction", None
+    allowed = min(wanted, n - num_kept)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[hardest(d, allowed)] = True  # the `wanted` flagged are the `wanted` hardest; keep the cap's hardest
+    if allowed < wanted:
+        log.warning("noise-aware: %d examples flagged but only %d may be dropped to keep %d of %d; the %d least "
+                    "suspicious flagged examples stay in the pool", wanted, allowed, num_kept, n, wanted - allowed)
+    return NoiseFlags(mask=mask, rule=rule, threshold=t, wanted=wanted, capped=allowed < wanted)
+
+
+@SELECTORS.register("noise-aware")
+def noise_aware(scores: Any, keep_fraction: float, flag_scores: Any = None, flag_fraction: float | None = None,
+                threshold: float | None = None, then: str = "random", beta: float = 0.0, strata: int = 50,
+                seed: int = 0) -> Tensor:
+    """Noisy labels: drop the examples flagged as mislabeled first, then ``then`` (random or CCS) on the rest.
+
+    1. Flag (``flag_noisy``) by ``flag_scores`` (default ``scores``), a difficulty such as ``-AUM``
+       (Pleiss et al. 2020, Eq. 2: ``AUM(x, y) = 1/T sum_t [z_y^(t) - max_{i != y} z_i^(t)]``, low for
+       mislabeled examples) or the mean training loss: the examples with ``flag_scores >= threshold``
+       (``aum_threshold`` of threshold samples, Pleiss et al. Sec. 3) or the ``flag_fraction`` highest
+       (default 0.1; choose it on held-out data with ``tune.choose_flag_fraction``). At most
+       ``N - keep`` are dropped (logged when the cap binds).
+    2. Keep ``round(keep_fraction * N)`` (as every rule) of the unflagged examples by
+       ``then``: ``random`` (uniform), ``ccs`` (Zheng et al. 2023, Algorithm 1: ``strata`` equal-width
+       strata of ``scores``, filled smallest first with ``floor(budget / strata left)``, after an
+       extra cut-off of the ``beta * N`` hardest survivors), ``keep-easy`` or ``keep-hard``.
+
+    Unlike ``keep-hard``, which keeps mostly the flipped labels at low keep, the hardest examples here
+    are removed only as far as the flagging rule says, and the budget is spread over the rest.
+    """
+    s, f = as_scores(scores), keep_fraction_arg(keep_fraction)
+    d = s if flag_scores is None else as_scores(flag_scores, "flag_scores")
+    check_same_length(len(s), d, "flag_scores")
+    check_choice(then, "then", NOISE_THEN_RULES)
+    m = keep_count(len(s), f)
+    flags = flag_noisy(d, m, flag_fraction, threshold)
+    rest = torch.nonzero(~flags.mask).flatten()
+    ccs_args = None
+    if then == "ccs":
+        b = check_nonneg_float(beta, "beta", upper=1.0, upper_open=True)
+        # beta is a fraction of all N examples, as in `ccs`; ccs_positions never cuts below m survivors
+        ccs_args = {"beta": b * len(s) / len(rest), "strata": check_positive_int(strata, "strata")}
+    log.info("noise-aware: dropped %d flagged (%s), %s keeps %d of the %d left", flags.num_flagged, flags.rule, then,
+             m, len(rest))
+    return _sorted(rest[_pick(then, s[rest], m, _gen(seed), ccs_args)])
 
 
 def select(scores: Any, keep_fraction: float, rule: str = "keep-hard", **params: Any) -> Tensor:

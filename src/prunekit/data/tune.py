@@ -1,4 +1,4 @@
-"""Choosing a selector's hyper-parameter on held-out data: CCS's hard cut-off ``beta`` by validation.
+"""Choosing a selector's hyper-parameter on held-out data: CCS's ``beta``, the noise-aware ``flag_fraction``.
 
 Zheng et al. 2023 (CCS, "Coverage-centric Coreset Selection for High Pruning Rates", ICLR) treat
 the cut-off rate ``beta`` as a hyper-parameter found by grid search. ``choose_beta`` runs that grid
@@ -36,13 +36,13 @@ class BetaChoice:
     skipped: tuple[float, ...]
 
 
-def _betas_arg(betas: Sequence[float]) -> list[float]:
-    """``betas`` as a sorted list of unique numbers in [0, 1), or a ``ValueError`` naming ``betas``."""
+def _betas_arg(betas: Sequence[float], name: str = "betas") -> list[float]:
+    """``betas`` as a sorted list of unique numbers in [0, 1), or a ``ValueError`` naming ``name``."""
     if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) == 0:
-        raise ValueError(f"betas must be a non-empty sequence of numbers in [0, 1), got {betas!r}")
-    vals = [check_nonneg_float(b, "betas", upper=1.0, upper_open=True) for b in betas]
+        raise ValueError(f"{name} must be a non-empty sequence of numbers in [0, 1), got {betas!r}")
+    vals = [check_nonneg_float(b, name, upper=1.0, upper_open=True) for b in betas]
     if len(set(vals)) != len(vals):
-        raise ValueError(f"betas must not repeat a value, got {list(betas)!r}")
+        raise ValueError(f"{name} must not repeat a value, got {list(betas)!r}")
     return sorted(vals)
 
 
@@ -91,3 +91,56 @@ def choose_beta(scores: Any, keep_fraction: float, evaluate: Callable[[Tensor], 
         log.info("choose_beta: beta=%.3g -> %.6g", b, values[b])
     best = max(usable, key=lambda b: (values[b], -b))  # highest value; ties -> smaller beta
     return BetaChoice(beta=best, values=values, skipped=skipped)
+
+
+FLAG_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
+
+
+@dataclass(frozen=True)
+class FlagChoice:
+    """Result of ``choose_flag_fraction``: the chosen fraction, each evaluated fraction's value, those skipped."""
+
+    flag_fraction: float
+    values: dict[float, float]
+    skipped: tuple[float, ...]
+
+
+def choose_flag_fraction(scores: Any, keep_fraction: float, evaluate: Callable[[Tensor], float],
+                         fractions: Sequence[float] = FLAG_GRID, **params: Any) -> FlagChoice:
+    """Grid-search the ``noise-aware`` rule's ``flag_fraction`` by a validation metric, as ``choose_beta`` does.
+
+    For every candidate fraction ``<= 1 - keep_fraction`` (a larger one would be capped there, the same
+    subset), select ``select(scores, keep_fraction, "noise-aware", flag_fraction=fr, **params)`` and call
+    ``evaluate(kept_indices)`` (higher = better, e.g. accuracy on a split held out from training).
+    Returns the best fraction, the smaller on ties (less dropped), and every value. ``params`` go to
+    the rule (``flag_scores``, ``then``, ``beta``, ``strata``, ``seed``); ``threshold`` and
+    ``flag_fraction`` are not allowed there.
+    """
+    s, f = as_scores(scores), keep_fraction_arg(keep_fraction)
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be a callable kept_indices -> float, got {type(evaluate).__name__}")
+    for bad in ("threshold", "flag_fraction"):
+        if bad in params:
+            raise ValueError(f"{bad} is not a parameter here: choose_flag_fraction searches flag_fraction; pass "
+                             "the candidates as fractions=...")
+    grid = _betas_arg(fractions, "fractions")
+    usable = [fr for fr in grid if fr <= 1.0 - f + 1e-12]
+    skipped = tuple(fr for fr in grid if fr not in usable)
+    if not usable:
+        raise ValueError(f"every fraction in fractions={list(fractions)} exceeds 1 - keep_fraction = {1.0 - f:.4g}; "
+                         "include one <= 1 - keep_fraction (0.0 always fits)")
+    if skipped:
+        log.info("choose_flag_fraction: skipped %s above 1 - keep_fraction = %.4g", list(skipped), 1.0 - f)
+    values = {fr: _value(evaluate, select(s, f, "noise-aware", flag_fraction=fr, **params), f"flag_fraction={fr}")
+              for fr in usable}
+    best = max(usable, key=lambda fr: (values[fr], -fr))
+    log.info("choose_flag_fraction: %s -> %.3g", values, best)
+    return FlagChoice(flag_fraction=best, values=values, skipped=skipped)
+
+
+def _value(evaluate: Callable[[Tensor], float], kept: Tensor, what: str) -> float:
+    """``evaluate(kept)`` as a float, or a ``ValueError`` if it is not a finite number."""
+    v = evaluate(kept)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
+        raise ValueError(f"evaluate must return a finite number, got {v!r} for {what}")
+    return float(v)
