@@ -95,7 +95,8 @@ def train(
     overwrite: c.Overwrite = False,
 ) -> None:
     """Train a zoo model, dense or sparse (RigL, SET, GraNet, SR-STE N:M, gradual, pruning at init); save it."""
-    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir, init, subset])  # before the registry imports torch
+    # before the registry imports torch
+    c.check_out(out, overwrite=overwrite, inputs=[teacher, checkpoint_dir, init, subset])
     c.method_kind(method, kinds=("training",))
     c.check_sparsity_pattern(sparsity, pattern, required=method not in ("dense", "srste"))
     if method in ("dense", "srste") and sparsity is not None:

@@ -86,7 +86,8 @@ def run_federated(cfg: FedConfig, *, engine: str = "flwr", keep_ray: bool = Fals
         import flwr
         from flwr.simulation import start_simulation
     except ImportError as e:  # the extra is missing
-        raise ImportError(f"federated runs need Flower's simulation engine: pip install 'prunekit[federated]' ({e})") from e
+        raise ImportError("federated runs need Flower's simulation engine: "
+                          f"pip install 'prunekit[federated]' ({e})") from e
     t0 = time.perf_counter()
     server = SERVERS[cfg.method](spec)  # a PaI or mask error here is raised before any client starts
     result = FedResult(cfg.to_dict(), engine=f"flwr {flwr.__version__} simulation (ray)")
