@@ -159,3 +159,98 @@ def delta_stats(delta: State, pruned: State) -> dict[str, Any]:
     after = sum(int((v != 0).sum()) for v in pruned.values())
     return {"delta_entries": n, "nonzero_before": before, "nonzero_after": after,
             "kept_fraction": after / max(1, before)}
+
+
+# ---------------------------------------------------------------- model folders (zoo checkpoints, HF folders)
+
+DELTA_RECORD = "delta.json"
+
+
+def load_folder(path: str | Any) -> tuple[Any, str, dict[str, Any]]:
+    """``(model, kind, manifest)`` of a zoo checkpoint folder (kind ``zoo``) or a ``save_pretrained`` folder
+    (kind ``hf``)."""
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"model folder {p} does not exist")
+    if (p / "config.json").is_file():
+        from .calibrate.io import load_model
+
+        return load_model(p), "hf", {}
+    from .checkpoint import load_checkpoint
+
+    model, man, _ = load_checkpoint(p)
+    return model, "zoo", man
+
+
+def load_family(base: Any, tuned: Sequence[Any]) -> tuple[Any, str, dict[str, Any], list[dict[str, Tensor]]]:
+    """The base model (its kind and manifest) and the state dicts of the fine-tuned folders; kinds must agree."""
+    model, kind, man = load_folder(base)
+    states = []
+    for t in tuned:
+        m, k, _ = load_folder(t)
+        if k != kind:
+            raise ValueError(f"{t} is a {k} folder but the base {base} is a {kind} folder: fine-tunings of one "
+                             "base share its format")
+        states.append({n: v.detach() for n, v in m.state_dict().items()})
+    return model, kind, man, states
+
+
+def save_folder(model: Any, kind: str, manifest: dict[str, Any], out: Any, record: dict[str, Any], *,
+                tokenizer_from: Any = None, overwrite: bool = False) -> Any:
+    """Write ``model`` in the base's format (zoo checkpoint or ``save_pretrained`` + tokenizer) with the delta
+    ``record`` (manifest ``delta`` entry for zoo, ``delta.json`` for HF), atomically."""
+    from .io import atomic_dir, write_json
+
+    if kind == "zoo":
+        from .checkpoint import save_checkpoint
+
+        extra = {k: v for k, v in manifest.items() if k not in ("format", "version", "kind", "model", "has_masks")}
+        return save_checkpoint(out, model, manifest["model"], None, extra={**extra, "delta": record},
+                               overwrite=overwrite)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer_from is not None:
+            _copy_tokenizer(tokenizer_from, tmp)
+        write_json(tmp / DELTA_RECORD, record)
+    return out
+
+
+def _copy_tokenizer(src: Any, dst: Any) -> None:
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(dst)
+    except Exception as e:  # noqa: BLE001 - transformers raises several error types for a missing tokenizer
+        log.warning("no tokenizer copied from %s (%s)", src, e)
+
+
+def output_change(model: Any, base: State, delta: State, inputs: Tensor, reference: Tensor,
+                  batch_size: int = 256) -> float:
+    """Mean squared difference between the outputs of ``base + delta`` and ``reference`` (the fine-tuned
+    model's) on ``inputs``: DAREx-q's label-free criterion for ``q``."""
+    model.load_state_dict(apply_delta(base, delta))
+    with torch.no_grad():
+        out = torch.cat([_logits(model, x) for x in inputs.split(batch_size)])
+    return float((out - reference).pow(2).mean())
+
+
+def _logits(model: Any, x: Tensor) -> Tensor:
+    y = model(input_ids=x) if not x.is_floating_point() else model(x)
+    return (y.logits if hasattr(y, "logits") else y).float()
+
+
+def tune_q_unlabeled(model: Any, base: State, tuned: State, delta: State, rate: float, inputs: Tensor,
+                     seed: int = 0, grid: Sequence[float] | None = None) -> tuple[float, list[tuple[float, float]]]:
+    """DAREx-q without labels: the ``q`` whose pruned model's outputs on held-out ``inputs`` are closest to the
+    fine-tuned model's (``model`` is reloaded; it holds the tuned weights afterwards)."""
+    model.load_state_dict(dict(tuned))
+    model.eval()
+    with torch.no_grad():
+        ref = torch.cat([_logits(model, x) for x in inputs.split(256)])
+    masks = drop_masks(delta, rate, seed)
+    best = tune_q(lambda q: output_change(model, base, {k: v * masks[k] / q for k, v in delta.items()}, inputs, ref),
+                  rate, grid)
+    model.load_state_dict(dict(tuned))
+    return best

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from . import bench, data, llm, model, prune, recover, zoo
+from . import bench, data, delta, llm, model, prune, recover, zoo
 from .common import app_group
 
 app = app_group("Prune neural networks and their training data, on PyTorch.")
-for _group in (model, prune, llm, recover, data, bench, zoo):
+for _group in (model, prune, llm, recover, delta, data, bench, zoo):
     _group.register(app)
 
 
