@@ -154,3 +154,25 @@ def test_cli_bad_flags_fail_before_work(pruned_dir, tmp_path, args, msg):
     out = tmp_path / "x"
     r = runner.invoke(app, ["recover", str(pruned_dir / "pruned"), "--out", str(out), *args])
     assert r.exit_code == 2 and msg in r.output and not out.exists()
+
+
+def test_recover_a_structured_folder_with_the_dense_tokenizer(pruned_dir, tmp_path):
+    from prunekit.calibrate.io import load_model
+    from prunekit.recover import recover_dir
+    from prunekit.structured import Structured, load_structured, remove_, save_structured
+
+    model = load_model(pruned_dir / "dense")
+    ids = {"input_ids": torch.randint(3, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))}
+    plan = remove_(model, ids, Structured(sparsity=0.5))
+    save_structured(model, plan, tmp_path / "slim")
+    texts = (pruned_dir / "train.txt").read_text().split("\n\n")
+    cfg = Recovery("perp", steps=2, seq_len=32, batch_size=2)
+    with pytest.raises(ValueError, match="pass --dense DIR"):
+        recover_dir(tmp_path / "slim", tmp_path / "bad", cfg, texts=texts, eval_texts=texts)
+    m = recover_dir(tmp_path / "slim", tmp_path / "rec", cfg, texts=texts, eval_texts=texts,
+                    dense=pruned_dir / "dense", max_windows=2)
+    assert m["kind"] == "structured" and m["trainable_params"] == 2 * 2 * 32 + 32 and m["ppl_after"] > 0
+    slim = load_structured(tmp_path / "rec")
+    assert slim.config.intermediate_size == 32  # still the slim widths
+    norms = [k for k in slim.state_dict() if "norm" in k]
+    assert any(not torch.equal(slim.state_dict()[k], model.state_dict()[k]) for k in norms)  # PERP trained them
