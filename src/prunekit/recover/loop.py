@@ -68,7 +68,7 @@ def train(model: nn.Module, params: list[nn.Parameter], stream: Tensor, cfg: Rec
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     model.train()
-    t0, losses, step, stopped = time.perf_counter(), [], 0, False
+    t0, c0, losses, step, stopped = time.perf_counter(), time.process_time(), [], 0, False
     for step in range(cfg.steps):
         if cfg.max_minutes is not None and time.perf_counter() - t0 > cfg.max_minutes * 60:
             stopped = True
@@ -91,4 +91,5 @@ def train(model: nn.Module, params: list[nn.Parameter], stream: Tensor, cfg: Rec
     model.eval()
     head, tail = losses[:10], losses[-10:]
     return {"steps_done": step, "stopped_early": stopped, "train_seconds": time.perf_counter() - t0,
+            "train_cpu_seconds": time.process_time() - c0, "threads": torch.get_num_threads(),
             "first_loss": sum(head) / max(1, len(head)), "last_loss": sum(tail) / max(1, len(tail))}
