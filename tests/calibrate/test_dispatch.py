@@ -13,7 +13,11 @@ from prunekit.registry import METHODS
 
 
 def test_plan_takes_solver_and_statistics_from_the_registered_entry():
-    assert SOLVERS == ("calibrated-magnitude", "sparsegpt", "wanda") and Plan is CalibrationPlan
+    assert SOLVERS == ("alps", "calibrated-magnitude", "sparsegpt", "wanda") and Plan is CalibrationPlan
+    from prunekit.calibrate.methods import ALPS
+
+    alps = _plan("alps", ALPS(0.5, error_report=False), None, None)
+    assert (alps.solver, alps.stats) == ("alps", frozenset({"hessian"}))
     sgpt = _plan(None, SparseGPT(0.5, blocksize=16, error_report=False), None, None)
     assert (sgpt.solver, sgpt.stats, sgpt.config.blocksize) == ("sparsegpt", frozenset({"hessian"}), 16)
     wanda = _plan("wanda", Wanda(0.5, error_report=False), None, None)
@@ -34,7 +38,7 @@ def test_one_shot_magnitude_converts_and_unsupported_fields_are_named():
         _plan("calibrated-magnitude", prunekit.Magnitude(0.5, include=["fc"]), None, None)
     with pytest.raises(ValueError, match="scope must be 'layer' or 'row'"):
         _plan("calibrated-magnitude", prunekit.Magnitude(0.5, scope="global"), None, None)
-    with pytest.raises(ValueError, match="unknown calibrated solver 'obs'; accepted: calibrated-magnitude"):
+    with pytest.raises(ValueError, match="unknown calibrated solver 'obs'; accepted: alps, calibrated-magnitude"):
         _plan("obs", Wanda(0.5), None, None)
     with pytest.raises(TypeError, match="method config"):
         _plan("wanda", {"sparsity": 0.5}, None, None)

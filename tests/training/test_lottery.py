@@ -243,3 +243,43 @@ def test_imp_config_ends_exactly_at_its_sparsity_and_validates(tiny_net, tiny_da
         IMP(0.6, optimizer_state="momentum")
     with pytest.raises(ValueError, match="exact_target=True needs target_sparsity"):
         iterative_magnitude(tiny_net, tiny_data, rounds=1, exact_target=True, **RECIPE)
+
+
+class Ends(Callback):
+    """Records the weights at the end of every ``fit`` (each soup ingredient)."""
+
+    def __init__(self) -> None:
+        self.ends: list[dict] = []
+
+    def on_fit_end(self, state):
+        self.ends.append({k: v.detach().clone() for k, v in state.model.state_dict().items()})
+
+
+def test_sparse_model_soup_averages_ingredients_under_one_mask(tiny_net, tiny_data):
+    from prunekit.training.lottery import average_states
+
+    spy = Ends()
+    res = iterative_magnitude(tiny_net, tiny_data, rounds=2, fraction=0.5, rewind_step=None, soup=3,
+                              callbacks=[spy], **RECIPE)
+    assert len(spy.ends) == 1 + 2 * 3  # dense level, then three ingredients per pruned level
+    last = spy.ends[-3:]
+    assert len({tuple(e["fc1.weight"].flatten().tolist()) for e in last}) == 3  # different batch orders
+    want = average_states(last)
+    got = tiny_net.state_dict()
+    assert all(torch.allclose(got[k].float(), want[k].float()) for k in want)
+    masks = res.masks()
+    assert all(torch.equal(got[k] != 0, m) for k, m in masks.items())  # the soup keeps the mask exactly
+    assert res.levels[-1].sparsity == pytest.approx(0.75) and res.settings["soup"] == 3
+    assert res.levels[-1].metrics["soup_ingredients"] == 3
+
+
+def test_average_states_by_hand():
+    from prunekit.training.lottery import average_states
+
+    a = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(3)}
+    b = {"w": torch.tensor([0.0, 4.0]), "n": torch.tensor(5)}
+    out = average_states([a, b])
+    assert torch.equal(out["w"], torch.tensor([0.0, 3.0])) and int(out["n"]) == 3
+    with pytest.raises(ValueError, match="soup must be an integer >= 1"):
+        iterative_magnitude(torch.nn.Linear(2, 2), (torch.zeros(4, 2), torch.zeros(4, dtype=torch.long)), rounds=1,
+                            soup=0, steps=1)

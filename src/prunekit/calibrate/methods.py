@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..masks import Report
+from ..patterns import Pattern
 from ..registry import METHODS
-from .config import CalibratedMagnitude, SparseGPT, Wanda
+from . import solvers as S
+from .config import Calibrated, CalibratedMagnitude, SparseGPT, Wanda, _number, _positive_int
 from .engine import prune_blocks
+from .stats import LayerStats
 
 
 def _need_data(data: Any, what: str) -> Any:
@@ -40,4 +44,40 @@ def prune_calibrated_magnitude(model: nn.Module, config: Any, data: Any = None) 
     return prune_blocks(model, "calibrated-magnitude", config, _need_data(data, "calibrated magnitude"))
 
 
-__all__ = ["CalibratedMagnitude", "prune_calibrated_magnitude", "prune_sparsegpt", "prune_wanda"]
+@dataclass
+class ALPS(Calibrated):
+    """ALPS (Meng et al. 2024): ADMM with an increasing penalty for the support, then PCG on the kept weights.
+
+    ``rho0``: first penalty (on the Hessian scaled to unit mean diagonal); ``iters``: ADMM iterations at most;
+    ``cg_iters``: conjugate-gradient steps of the refinement; ``percdamp``: diagonal damping.
+    """
+
+    reconstructs: ClassVar[bool] = True
+
+    rho0: float = 0.1
+    iters: int = 300
+    cg_iters: int = 50
+    percdamp: float = 0.01
+
+    def validate(self) -> None:
+        super().validate()
+        self.rho0 = _number(self.rho0, "rho0", 0.0, 1e6, lo_open=True)
+        _positive_int(self.iters, "iters")
+        _positive_int(self.cg_iters, "cg_iters")
+        self.percdamp = _number(self.percdamp, "percdamp", 0.0, 10.0)
+
+    def solve(self, W: Tensor, stats: LayerStats, sparsity: float, pattern: Pattern, name: str,
+              mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """ALPS on one weight (``solvers.alps``)."""
+        return S.alps(W, stats, sparsity, pattern, rho0=self.rho0, iters=self.iters, cg_iters=self.cg_iters,
+                      percdamp=self.percdamp, mask=mask, name=name)
+
+
+@METHODS.register("alps", kind="calibrated", config=ALPS, stats=("gram",))
+def prune_alps(model: nn.Module, config: ALPS, data: Any = None) -> Report:
+    """ALPS on every transformer block of ``model`` (Meng et al. 2024)."""
+    return prune_blocks(model, "alps", config, _need_data(data, "ALPS"))
+
+
+__all__ = ["ALPS", "CalibratedMagnitude", "prune_alps", "prune_calibrated_magnitude", "prune_sparsegpt",
+           "prune_wanda"]

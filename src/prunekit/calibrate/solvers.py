@@ -356,6 +356,104 @@ def _group_lowest(wanda_s: Tensor, keep: Tensor, j: Tensor, nm: NM) -> Tensor:
 # error
 
 
+# ----------------------------------------------------------------------------------------------
+# ALPS
+
+
+def _project(Z: Tensor, k: int, pattern: Pattern) -> Tensor:
+    """Keep-mask of the projection onto the sparsity set: the ``k`` largest ``|Z|`` of the layer, or N:M."""
+    if isinstance(pattern, NM):
+        return nm_mask(Z.abs(), pattern.n, pattern.m)
+    keep = torch.zeros(Z.numel(), dtype=torch.bool, device=Z.device)
+    keep[torch.topk(Z.abs().reshape(-1), k, sorted=False).indices] = True
+    return keep.reshape(Z.shape)
+
+
+def _rho_factor(changed: int, k: int) -> float:
+    """ALPS's penalty schedule (Meng et al. 2024, Sec. 3.1): grow rho fast while the support still moves."""
+    if changed >= 0.1 * k:
+        return 1.3
+    return 1.2 if changed >= 0.005 * k else 1.1
+
+
+def alps_admm(W: Tensor, H: Tensor, k: int, pattern: Pattern, rho0: float = 0.1, iters: int = 300,
+              update_every: int = 3) -> Tensor:
+    """ALPS's ADMM (Meng et al. 2024, Alg. 1, Eq. 6-8) for ``min ||(W0 - W) X^T||^2, ||W||_0 <= k``; the mask.
+
+    With ``H = X^T X`` normalized to unit mean diagonal, ``V`` the scaled dual and ``D`` the sparse copy:
+    ``W = (W0 H - V + rho D)(H + rho I)^-1`` (one eigendecomposition serves every rho),
+    ``D = P_k(W + V / rho)``, ``V += rho (W - D)``; every ``update_every`` iterations rho grows by
+    1.3 / 1.2 / 1.1 as the support changed by >= 10% / 0.5% / less of ``k``; stops once the support has
+    not changed for one period and rho > 10 (D and W then agree on it)."""
+    lam, Q = torch.linalg.eigh(H)  # H = Q diag(lam) Q^T
+    lam = lam.clamp_min(0)
+    W0H = W @ H  # (out, in)
+    D, V = W.clone(), torch.zeros_like(W)
+    keep = _project(W, k, pattern)
+    rho, last = rho0, keep
+    for t in range(1, iters + 1):
+        Wt = ((W0H - V + rho * D) @ Q) / (lam + rho)[None, :] @ Q.T  # (out, in)
+        Z = Wt + V / rho
+        keep = _project(Z, k, pattern)
+        D = Z * keep
+        V = V + rho * (Wt - D)
+        if t % update_every == 0:
+            changed = int((keep != last).sum())
+            if changed == 0 and rho > 10:
+                break
+            rho *= _rho_factor(changed, k)
+            last = keep
+    return keep
+
+
+def pcg_on_support(W0: Tensor, H: Tensor, keep: Tensor, W: Tensor | None = None, iters: int = 50,
+                   tol: float = 1e-6) -> Tensor:
+    """ALPS's refinement (Meng et al. 2024, Sec. 3.2): minimize ``tr((W0 - W) H (W0 - W)^T)`` over the weights
+    on ``keep`` with preconditioned conjugate gradients, all rows at once (Jacobi preconditioner diag H)."""
+    m = keep.float()
+    W = (W0 * m).clone() if W is None else W * m
+    Minv = 1.0 / H.diagonal().clamp_min(1e-12)  # (in,)
+    R = ((W0 - W) @ H) * m  # residual = -gradient / 2 on the support
+    Z = R * Minv[None, :]
+    P = Z.clone()
+    rz = (R * Z).sum(1)  # (out,)
+    r0 = R.norm()
+    for _ in range(iters):
+        AP = (P @ H) * m
+        alpha = rz / (P * AP).sum(1).clamp_min(1e-30)
+        W = W + alpha[:, None] * P
+        R = R - alpha[:, None] * AP
+        if R.norm() <= tol * r0.clamp_min(1e-30):
+            break
+        Z = R * Minv[None, :]
+        rz_new = (R * Z).sum(1)
+        P = Z + (rz_new / rz.clamp_min(1e-30))[:, None] * P
+        rz = rz_new
+    return W * m
+
+
+def alps(W: Tensor, stats: LayerStats, sparsity: float | None, pattern: Pattern = Unstructured(),
+         rho0: float = 0.1, iters: int = 300, cg_iters: int = 50, percdamp: float = 0.01, mask: Tensor | None = None,
+         name: str = "weight") -> tuple[Tensor, Tensor]:
+    """ALPS (Meng et al. 2024, arXiv 2406.07831): ADMM with an increasing penalty finds the support, then
+    preconditioned CG re-fits the kept weights to the layer's outputs; a given ``mask`` skips the ADMM.
+
+    Unstructured: exactly ``round((1 - s) * numel)`` weights kept per layer; N:M per group of ``m``."""
+    s = _check(W, sparsity, pattern, name)
+    if stats.H is None:
+        raise ValueError(f"alps needs the Hessian of {name}: gather statistics with needs={{'hessian'}}")
+    W = W.detach().float()  # (out, in)
+    H = stats.H.to(W.device).float()
+    diag = H.diagonal()
+    scale = float(diag[diag > 0].mean()) if bool((diag > 0).any()) else 1.0
+    Hn = H / scale  # unit mean diagonal, so rho0 means the same for every layer
+    Hn = Hn + percdamp * torch.eye(Hn.shape[0], device=W.device)  # damping as SparseGPT's
+    if mask is None:
+        mask = alps_admm(W, Hn, keep_count(W.numel(), s), pattern, rho0, iters)
+    keep = mask.to(W.device)
+    return pcg_on_support(W, Hn, keep, iters=cg_iters), keep
+
+
 def reconstruction_error(W: Tensor, W_new: Tensor, H: Tensor, chunk: int = 256) -> float:
     """Relative output error ||(W - W') X||_F^2 / ||W X||_F^2 = tr(ΔW H ΔW^T) / tr(W H W^T), H = X^T X."""
     W, W_new, H = W.float(), W_new.float(), H.float()

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 
-from . import bench, data, federated, llm, model, prune, robust, tokens, zoo
+from . import bench, data, delta, federated, llm, model, prune, recover, robust, tokens, zoo
 from .common import app_group
 
 app = app_group("Prune neural networks and their training data, on PyTorch.")
-for _group in (model, prune, llm, data, bench, zoo, robust, tokens, federated):
+for _group in (model, prune, llm, recover, delta, data, bench, zoo, robust, tokens, federated):
     _group.register(app)
 
 

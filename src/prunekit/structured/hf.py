@@ -188,3 +188,113 @@ def build_from_source(source: dict[str, Any]) -> nn.Module:
     if cls is None:
         raise ValueError(f"transformers has no model class {source['hf']!r}")
     return cls(cfg)
+
+
+def task_loss(model: nn.Module, inputs: Any) -> tuple[torch.Tensor, str]:
+    """The loss gradient-based importances differentiate, and its name: next-token cross-entropy for a
+    causal LM given ``input_ids`` (the LM loss of LLM-Pruner, Ma et al. 2023, Eq. 2), else the mean squared
+    output (the label-free proxy the Taylor path uses without data)."""
+    from torch.nn import functional as F
+
+    from .trace import call_model, output_tensors
+
+    out = call_model(model, inputs)
+    logits = getattr(out, "logits", None)
+    ids = inputs.get("input_ids") if isinstance(inputs, dict) else None
+    if logits is not None and ids is not None and logits.dim() == 3 and logits.shape[:2] == ids.shape:
+        z = logits[:, :-1].float()  # (B, L-1, V)
+        return F.cross_entropy(z.reshape(-1, z.shape[-1]), ids[:, 1:].reshape(-1)), "lm-cross-entropy"
+    outs = [o.float().pow(2).mean() for o in output_tensors(out) if o.is_floating_point()]
+    if not outs:
+        raise ValueError(f"{type(model).__name__} returned no floating-point output to differentiate")
+    return sum(outs), "mean-squared-output"
+
+
+def grads_of(model: nn.Module, inputs: Any, params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients of :func:`task_loss` for ``params`` only (model in eval mode; ``.grad`` fields untouched)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            loss, name = task_loss(model, inputs)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        model.train(was)
+    log.info("gradient importance from the %s", name)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
+def llm_pruner_elements(model: nn.Module, inputs: Any, second_order: bool = False) -> dict[str, torch.Tensor]:
+    """LLM-Pruner (Ma et al. 2023, "LLM-Pruner: On the Structural Pruning of Large Language Models"): per weight
+    ``g w`` of the LM loss (summed per unit and taken ``|.|`` it is the vector-wise ``|g^T W|`` of Eq. 3), or
+    with ``second_order`` the element-wise ``|g w - (g w)^2 / 2|`` (Eq. 5, diagonal Fisher ``H ~ g g^T``)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    req = {n: p.requires_grad for n, p in named}
+    for _, p in named:
+        p.requires_grad_(True)
+    try:
+        grads = grads_of(model, inputs, [p for _, p in named])
+    finally:
+        for n, p in named:
+            p.requires_grad_(req[n])
+    out = {}
+    for (n, p), g in zip(named, grads):
+        gw = (g * p.detach()).float().cpu()
+        out[n] = (gw - 0.5 * gw * gw).abs() if second_order else gw
+    return out
+
+
+def loraprune_elements(model: nn.Module, inputs: Any, rank: int = 8, seed: int = 0,
+                       adapters: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+    """LoRAPrune (Zhang et al. 2023, "LoRAPrune: Structured Pruning Meets Low-Rank Parameter-Efficient
+    Fine-Tuning", Eq. 7-8): every ``nn.Linear`` ``W`` gets an adapter ``B A``; only ``A`` and ``B`` receive
+    gradients, the weight gradient is estimated as ``dL/dW ~ dL/dB A + B dL/dA`` and the importance of each
+    weight is ``|(W + B A) * (dL/dB A + B dL/dA)|``. ``adapters`` maps a layer to trained ``(A (r, in), B (out, r))``;
+    otherwise ``A ~ N(0, 1/r)`` (seeded), ``B = 0`` as LoRA initializes them, which makes the estimate the
+    rank-``r`` sketch ``(dL/dW) A^T A`` of the gradient (``E[A^T A] = I``), with no weight gradient stored."""
+    gen = torch.Generator().manual_seed(seed)
+    linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    ab, hooks = {}, []
+    for n, m in linears:
+        if adapters is not None and n in adapters:
+            a, b = (t.detach().clone().to(m.weight) for t in adapters[n])
+        elif adapters is None:
+            a = (torch.randn(rank, m.in_features, generator=gen) / rank**0.5).to(m.weight)  # (r, in)
+            b = torch.zeros(m.out_features, rank).to(m.weight)  # (out, r)
+        else:
+            continue
+        a.requires_grad_(True)
+        b.requires_grad_(True)
+        ab[n] = (a, b)
+        hooks.append(m.register_forward_hook(lambda _m, args, y, a=a, b=b: y + args[0] @ a.T @ b.T))
+    req = {p: p.requires_grad for p in model.parameters()}
+    for p in req:
+        p.requires_grad_(False)
+    flat = [t for pair in ab.values() for t in pair]
+    try:
+        grads = grads_of(model, inputs, flat) if flat else []
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, r in req.items():
+            p.requires_grad_(r)
+    out = {}
+    for i, (n, (a, b)) in enumerate(ab.items()):
+        ga, gb = grads[2 * i], grads[2 * i + 1]
+        g_est = gb @ a.detach() + b.detach() @ ga  # (out, in)
+        w = model.get_submodule(n).weight.detach()
+        out[f"{n}.weight"] = ((w + b.detach() @ a.detach()) * g_est).abs().float().cpu()
+    return out
+
+
+def element_scores(model: nn.Module, inputs: Any, importance: str, seed: int = 0) -> tuple[dict[str, torch.Tensor],
+                                                                                          bool]:
+    """Per-weight values of ``importance`` and whether a unit's score is ``|sum|`` (vector-wise) or a sum."""
+    if importance == "loraprune":
+        return loraprune_elements(model, inputs, seed=seed), False
+    if importance == "llm-pruner-element":
+        return llm_pruner_elements(model, inputs, second_order=True), False
+    if importance == "llm-pruner":
+        return llm_pruner_elements(model, inputs), True
+    raise ValueError(f"unknown element-wise importance {importance!r}; accepted: llm-pruner, llm-pruner-element, "
+                     "loraprune")

@@ -168,6 +168,41 @@ def fluctuation(model: nn.Module, graph: Graph, group: Group, variances: dict[st
     return _reduce(vals, reduction)
 
 
+ELEMENT_SCORES = ("llm-pruner", "llm-pruner-element", "loraprune")
+
+
+def from_elements(model: nn.Module, graph: Graph, group: Group, per_elem: dict[str, Tensor], vector: bool,
+                  reduction: str) -> Tensor:
+    """Group score from per-weight values: each member's unit slices summed (``|sum|`` when ``vector``: LLM-Pruner's
+    vector-wise ``|g^T W|``), reduced over the members that have values; L2 where none has."""
+    vals = []
+    for m in group.members:
+        if m.is_param and m.name in per_elem:
+            v = unit_sums(per_elem[m.name].movedim(m.dim, 0), graph.coords(m, group), group.size)
+            vals.append(v.abs() if vector else v)
+    if not vals:
+        log.warning("group %d (%s) has no weight with a gradient estimate; scored by l2", group.id, group.kind)
+        return GROUP_SCORES.get("l2")(model, graph, group, reduction)
+    return _reduce(vals, reduction)
+
+
+def _needs_inputs(name: str) -> Callable[..., Tensor]:
+    def placeholder(model: nn.Module, graph: Graph, group: Group, reduction: str = "mean",
+                    generator: torch.Generator | None = None) -> Tensor:
+        """Registered name; :func:`group_scores` computes it from the example inputs (one backward pass)."""
+        raise ValueError(f"importance {name!r} is computed by group_scores(..., example_inputs=...)")
+
+    return placeholder
+
+
+for _name, _summary in (
+        ("llm-pruner", "LLM-Pruner vector-wise Taylor |g^T W| on the LM loss per member (Ma et al. 2023, Eq. 3)."),
+        ("llm-pruner-element", "LLM-Pruner element-wise |g w - (g w)^2 / 2| (diagonal Fisher, Ma et al. 2023, Eq. 5)."),
+        ("loraprune", "LoRAPrune |(W + BA) * (dB A + B dA)| from LoRA gradients only (Zhang et al. 2023, Eq. 8)."),
+):
+    GROUP_SCORES.register(_name, summary=_summary)(_needs_inputs(_name))
+
+
 def input_variances(model: nn.Module, example_inputs: object) -> dict[str, Tensor]:
     """Per-input-feature variance of every ``nn.Linear`` over the calibration inputs (one forward pass)."""
     from .trace import run_with_hooks
@@ -186,7 +221,15 @@ def input_variances(model: nn.Module, example_inputs: object) -> dict[str, Tenso
 
 def group_scores(model: nn.Module, graph: Graph, groups: list[Group], importance: str, reduction: str,
                  seed: int = 0, example_inputs: object = None) -> dict[int, Tensor]:
-    """Score every unit of every group with criterion ``importance`` (``fluctuation`` needs inputs)."""
+    """Score every unit of every group with criterion ``importance`` (``fluctuation``, ``llm-pruner`` and
+    ``loraprune`` need inputs)."""
+    if importance in ELEMENT_SCORES:
+        if example_inputs is None:
+            raise ValueError(f"importance {importance!r} needs example_inputs (calibration data)")
+        from .hf import element_scores
+
+        per_elem, vector = element_scores(model, example_inputs, importance, seed)
+        return {g.id: from_elements(model, graph, g, per_elem, vector, reduction).float() for g in groups}
     if importance == "fluctuation":
         if example_inputs is None:
             raise ValueError("importance 'fluctuation' needs example_inputs (calibration data)")

@@ -14,6 +14,11 @@ The optimizer state at each level is an explicit policy, ``optimizer_state``:
 
 ``random_reinit_control`` trains the same masks from freshly drawn initial weights: the control that
 tells a winning ticket from a good mask.
+
+``soup=k`` (Sparse Model Soups, Zimmer et al. 2024, "Sparse Model Soups: A Recipe for Improved Pruning via
+Model Averaging", Alg. 1): each level retrains ``k`` copies of the pruned model from the same start with
+different batch orders (seeds), all under the level's one mask, and averages them; the average keeps the
+mask exactly and is what the next level prunes.
 """
 
 from __future__ import annotations
@@ -178,20 +183,23 @@ def iterative_magnitude(
     callbacks: Sequence[Callback] = (),
     keep_masks: bool = True,
     exact_target: bool = False,
+    soup: int = 1,
     **fit_kwargs: Any,
 ) -> IMPResult:
     """IMP: train, prune ``fraction`` of the remaining weights, rewind (or fine-tune), repeat; ``fit_kwargs``
     (``epochs`` or ``steps``, ``lr``, ``optimizer``...) are the recipe of every level.
 
     ``exact_target=True`` (with ``target_sparsity``): the last level prunes to exactly ``target_sparsity``
-    instead of 1 - (1 - fraction)^rounds, which overshoots it unless the two line up."""
+    instead of 1 - (1 - fraction)^rounds, which overshoots it unless the two line up. ``soup=k > 1``: every
+    pruned level trains ``k`` ingredients (seeds ``seed + i``) and keeps their average (Sparse Model Soups)."""
     rounds = _validate(fraction, rounds, target_sparsity, rewind_step, optimizer_state, fit_kwargs, data)
+    _check_soup(soup)
     if exact_target and target_sparsity is None:
         raise ValueError("exact_target=True needs target_sparsity= (the final sparsity)")
     Magnitude(0.5, scope=scope, allocation=allocation, max_layer_sparsity=max_layer_sparsity, exclude=list(exclude))
     schedule = Iterative(fraction, rounds)
     settings = {"fraction": fraction, "rounds": rounds, "rewind_step": rewind_step, "scope": scope,
-                "optimizer_state": optimizer_state, "allocation": allocation}
+                "optimizer_state": optimizer_state, "allocation": allocation, "soup": soup}
     if exact_target:
         settings["target_sparsity"] = float(target_sparsity)  # type: ignore[arg-type]
     rewind = RewindPoint(rewind_step) if rewind_step is not None else None
@@ -205,7 +213,7 @@ def iterative_magnitude(
         if exact_target and target_sparsity is not None:
             s_r = float(target_sparsity) if r == rounds else min(s_r, float(target_sparsity))
         res = _train_level(model, data, s_r, res, rewind, optimizer_state, scope, allocation,
-                           max_layer_sparsity, exclude, callbacks, fit_kwargs)
+                           max_layer_sparsity, exclude, callbacks, fit_kwargs, soup)
         ms = attached(unwrap(model))
         assert ms is not None
         masks = {k: m.detach().clone() for k, m in ms.masks.items()} if keep_masks else None
@@ -216,7 +224,7 @@ def iterative_magnitude(
 
 def _train_level(model: nn.Module, data: Any, sparsity: float, previous: FitResult, rewind: RewindPoint | None,
                  policy: str, scope: str, allocation: str | None, max_layer_sparsity: float, exclude: Sequence[str],
-                 callbacks: Sequence[Callback], fit_kwargs: dict[str, Any]) -> FitResult:
+                 callbacks: Sequence[Callback], fit_kwargs: dict[str, Any], soup: int = 1) -> FitResult:
     net = unwrap(model)
     cfg = Magnitude(sparsity, scope=scope, allocation=allocation, max_layer_sparsity=max_layer_sparsity,
                     exclude=list(exclude))
@@ -225,12 +233,63 @@ def _train_level(model: nn.Module, data: Any, sparsity: float, previous: FitResu
     check_masks_synced(report.masks.masks, f"after pruning to sparsity {sparsity:.4f}")
     if rewind is not None:
         rewind.rewind_(net)
+    if soup > 1:
+        return _train_soup(model, data, report.masks, previous, rewind, policy, callbacks, fit_kwargs, soup)
     opt = _level_optimizer(model, policy, previous.state.optimizer, rewind, fit_kwargs)
     report.masks.watch(opt)
     start = rewind.step if rewind is not None else 0
     device = torch.device(fit_kwargs.get("device", "cpu"))
     state = TrainState(model, opt, 0, 0, device, step=start)
     return fit(model, data, state=state, callbacks=list(callbacks), **fit_kwargs)
+
+
+def _check_soup(soup: int) -> None:
+    if isinstance(soup, bool) or not isinstance(soup, int) or soup < 1:
+        raise ValueError(f"soup must be an integer >= 1 (models averaged per level; 1 = plain IMP), got {soup!r}")
+
+
+def average_states(states: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Uniform soup (Wortsman et al. 2022, "Model soups", Eq. 1): the mean of every floating tensor; integer
+    buffers (BatchNorm step counters) from the first state."""
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point()
+            else v.clone() for k, v in states[0].items()}
+
+
+def _train_soup(model: nn.Module, data: Any, masks: Any, previous: FitResult, rewind: RewindPoint | None,
+                policy: str, callbacks: Sequence[Callback], fit_kwargs: dict[str, Any], k: int) -> FitResult:
+    """Sparse Model Soups (Zimmer et al. 2024, Alg. 1): ``k`` retrains from one start under one mask, averaged."""
+    net = unwrap(model)
+    start_w = {n: v.detach().clone() for n, v in net.state_dict().items()}
+    prev_opt = copy.deepcopy(previous.state.optimizer.state_dict()) if policy == "keep" else None
+    states, res = [], previous
+    base_seed = fit_kwargs.get("seed", 0) or 0
+    for i in range(k):
+        net.load_state_dict(start_w)
+        opt = _level_optimizer(model, "reset" if policy == "keep" else policy, previous.state.optimizer, rewind,
+                               fit_kwargs)
+        if prev_opt is not None:
+            opt.load_state_dict(copy.deepcopy(prev_opt))
+        masks.watch(opt)
+        state = TrainState(model, opt, 0, 0, torch.device(fit_kwargs.get("device", "cpu")),
+                           step=rewind.step if rewind is not None else 0)
+        res = fit(model, data, state=state, callbacks=list(callbacks), **{**fit_kwargs, "seed": base_seed + i})
+        states.append({n: v.detach().clone() for n, v in net.state_dict().items()})
+    net.load_state_dict(average_states(states))
+    masks.apply_()
+    return _soup_metrics(model, res, fit_kwargs, k)
+
+
+def _soup_metrics(model: nn.Module, res: FitResult, fit_kwargs: dict[str, Any], k: int) -> FitResult:
+    """The last ingredient's record with the soup's own validation metrics (where ``val_data`` is given)."""
+    from .loop import evaluate
+
+    final = dict(res.final)
+    final["soup_ingredients"] = float(k)
+    if fit_kwargs.get("val_data") is not None:
+        for key, v in evaluate(model, fit_kwargs["val_data"]).items():
+            final[f"val_{key}"] = v
+    res.history.append(final)
+    return res
 
 
 def lottery_ticket(model: nn.Module, data: Any, sparsity: float, *, rewind_step: int = 0, fraction: float = 0.2,
@@ -250,7 +309,8 @@ class IMP(Config):
     Each level prunes ``fraction`` of the remaining weights by magnitude (the last one exactly to
     ``sparsity``), rewinds the survivors to their values at ``rewind_step`` (``None``: fine-tune the trained
     weights instead) and trains again with the level recipe; ``optimizer_state`` is ``reset``, ``rewind``
-    or ``keep`` (see the module docstring). Levels: the fewest that reach ``sparsity``.
+    or ``keep`` (see the module docstring). Levels: the fewest that reach ``sparsity``. ``soup``: models
+    retrained and averaged per level (Sparse Model Soups, Zimmer et al. 2024; 1 = plain IMP).
     """
 
     sparsity: float = 0.8
@@ -261,9 +321,11 @@ class IMP(Config):
     allocation: str | None = None
     max_layer_sparsity: float = 0.99
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    soup: int = 1
 
     def validate(self) -> None:
         check_sparsity(self.sparsity, "sparsity")
+        _check_soup(self.soup)
         check_fraction(self.fraction, "fraction", high_closed=False)
         check_choice(self.optimizer_state, "optimizer_state", OPTIMIZER_STATE_POLICIES)
         if self.rewind_step is None and self.optimizer_state == "rewind":
@@ -289,7 +351,7 @@ def run_imp(model: nn.Module, config: IMP, data: Any, *, callbacks: Sequence[Cal
                                rewind_step=config.rewind_step, optimizer_state=config.optimizer_state,
                                scope=config.scope, allocation=config.allocation,
                                max_layer_sparsity=config.max_layer_sparsity, exclude=config.exclude,
-                               callbacks=callbacks, exact_target=True, **fit_kwargs)
+                               callbacks=callbacks, exact_target=True, soup=config.soup, **fit_kwargs)
 
 
 ModelFactory = Callable[[], nn.Module]

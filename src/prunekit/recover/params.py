@@ -1,0 +1,87 @@
+"""Which parameters a recovery run trains: PERP's biases + norms, row scales, or every kept weight.
+
+PERP (Zimmer et al. 2023, "PERP: Rethinking the Prune-Retrain Paradigm in the Era of LLMs", Sec. 3)
+retrains only the biases and the normalization layers' parameters after pruning (0.27-0.35% of the
+parameters of the OPT models it studies), leaving every weight matrix and so its sparsity untouched.
+``RowScales`` adds one trainable scale per output row of each pruned linear (``y = s * (W x + b)``);
+merging multiplies the rows of ``W`` and ``b`` by ``s``, which keeps every zero of ``W`` a zero.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """True for LayerNorm / GroupNorm / BatchNorm and the RMSNorm classes of transformers (``*Norm`` with a 1-D
+    weight)."""
+    if isinstance(module, NORM_TYPES):
+        return True
+    w = getattr(module, "weight", None)
+    return type(module).__name__.endswith("Norm") and isinstance(w, nn.Parameter) and w.dim() == 1
+
+
+def perp_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every bias and every normalization parameter of ``model`` (PERP's trainable set), by name."""
+    out: dict[str, nn.Parameter] = {}
+    for mod_name, mod in model.named_modules():
+        for attr, p in mod.named_parameters(recurse=False):
+            if attr == "bias" or is_norm(mod):
+                out[f"{mod_name}.{attr}" if mod_name else attr] = p
+    return out
+
+
+class RowScales:
+    """A trainable scale ``s`` (out,) per listed ``nn.Linear``: ``y = s * linear(x)``; ``merge`` folds it in."""
+
+    def __init__(self, model: nn.Module, layers: list[str]) -> None:
+        self.model, self.scales, self._hooks = model, {}, []
+        for name in layers:
+            mod = model.get_submodule(name)
+            if not isinstance(mod, nn.Linear):
+                raise ValueError(f"linear scale: {name!r} is a {type(mod).__name__}, not an nn.Linear")
+            s = nn.Parameter(torch.ones(mod.out_features, dtype=mod.weight.dtype, device=mod.weight.device))
+            self.scales[name] = s
+            self._hooks.append(mod.register_forward_hook(lambda _m, _a, y, s=s: y * s))
+
+    def parameters(self) -> dict[str, nn.Parameter]:
+        """The scales by ``<layer>.row_scale``."""
+        return {f"{k}.row_scale": s for k, s in self.scales.items()}
+
+    def merge(self) -> None:
+        """Fold every scale into its layer's rows (weight and bias) and remove the hooks."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        with torch.no_grad():
+            for name, s in self.scales.items():
+                mod = self.model.get_submodule(name)
+                mod.weight.mul_(s[:, None])  # (out, in): a zero stays a zero
+                if mod.bias is not None:
+                    mod.bias.mul_(s)
+
+
+def freeze_all(model: nn.Module) -> None:
+    """Set ``requires_grad=False`` on every parameter of ``model``."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def enforce_masks(params: dict[str, nn.Parameter], masks: dict[str, Tensor]) -> None:
+    """Zero the pruned entries (mask False) of every masked parameter, in place."""
+    with torch.no_grad():
+        for name, m in masks.items():
+            if name in params:
+                params[name].mul_(m.to(params[name].dtype))
+
+
+def count(params: dict[str, nn.Parameter] | list[nn.Parameter]) -> int:
+    """Number of scalars in ``params``."""
+    values = params.values() if isinstance(params, dict) else params
+    return sum(p.numel() for p in values)

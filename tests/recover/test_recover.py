@@ -1,0 +1,178 @@
+"""Recovery after pruning on a tiny LLaMA: trainable sets counted by hand, masks kept exactly, CLI end to end."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prunekit.cli import app
+from prunekit.recover import Recovery, pruned_nonzeros, recover_, target_linears
+from prunekit.recover.params import RowScales, perp_parameters
+from prunekit.zoo.tiny_hf import VOCAB, tiny_hf_model
+
+runner = CliRunner()
+STREAM = torch.randint(3, VOCAB, (2000,), generator=torch.Generator().manual_seed(1))
+
+
+def halved(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Zero a seeded random half of every linear weight of the blocks; return the masks (True = keep)."""
+    gen, masks = torch.Generator().manual_seed(0), {}
+    with torch.no_grad():
+        for name in target_linears(model, {}):
+            w = model.get_submodule(name).weight
+            m = torch.rand(w.shape, generator=gen) > 0.5
+            w.mul_(m)
+            masks[f"{name}.weight"] = m
+    return masks
+
+
+def test_perp_trains_only_norms_of_llama():
+    model = tiny_hf_model("LlamaForCausalLM")
+    # LLaMA has no bias: 2 RMSNorms per block (hidden 32) x 2 blocks + the final norm
+    assert sum(p.numel() for p in perp_parameters(model).values()) == 2 * 2 * 32 + 32
+    masks = halved(model)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    info = recover_(model, STREAM, Recovery("perp", steps=3, seq_len=16, batch_size=2, lr=1e-2), masks)
+    assert info["trainable_params"] == 160 and info["steps_done"] == 3 and info["pruned_nonzero"] == 0
+    after = dict(model.named_parameters())
+    changed = {k for k in before if not torch.equal(before[k], after[k].detach())}
+    assert changed and all("norm" in k for k in changed)
+
+
+def test_row_scales_merge_is_exact_and_keeps_zeros():
+    model = tiny_hf_model("LlamaForCausalLM")
+    masks = halved(model)
+    layers = target_linears(model, masks)
+    rs = RowScales(model, layers)
+    with torch.no_grad():
+        for s in rs.parameters().values():
+            s.uniform_(0.5, 1.5)
+    ids = STREAM[:32].reshape(2, 16)
+    hooked = model(input_ids=ids).logits
+    rs.merge()
+    assert torch.allclose(model(input_ids=ids).logits, hooked, atol=1e-5)
+    assert pruned_nonzeros(model, masks) == 0
+    assert sum(s.numel() for s in rs.parameters().values()) == sum(model.get_submodule(n).out_features
+                                                                   for n in layers)
+
+
+def test_masked_lora_keeps_zeros_identical_and_changes_kept_weights():
+    pytest.importorskip("peft")
+    model = tiny_hf_model("LlamaForCausalLM")
+    masks = halved(model)
+    before = {k: model.get_parameter(k).detach().clone() for k in masks}
+    cfg = Recovery("lora", steps=4, seq_len=16, batch_size=2, lr=2e-2, lora_rank=2)
+    info = recover_(model, STREAM, cfg, masks)
+    # rank 2 on every block linear: q,k,v,o (32->32, 32->16, 32->16, 32->32), gate/up (32->64), down (64->32)
+    per_block = sum(2 * (i + o) for i, o in ((32, 32), (32, 16), (32, 16), (32, 32), (32, 64), (32, 64), (64, 32)))
+    assert info["trainable_params"] == 2 * per_block
+    assert not any("lora" in n for n, _ in model.named_parameters())  # merged and unwrapped
+    for k, m in masks.items():
+        w = model.get_parameter(k).detach()
+        assert torch.equal(w == 0, before[k] == 0)  # zeros identical before / after
+        assert not torch.equal(w[m], before[k][m])  # the kept weights did change
+
+
+def test_distill_all_keeps_the_mask_and_needs_a_teacher():
+    model = tiny_hf_model("LlamaForCausalLM")
+    teacher = copy.deepcopy(model)
+    masks = halved(model)
+    cfg = Recovery("distill", steps=3, seq_len=16, batch_size=2, lr=1e-2)
+    with pytest.raises(ValueError, match="teacher"):
+        recover_(copy.deepcopy(model), STREAM, cfg, masks)
+    info = recover_(model, STREAM, cfg, masks, teacher=teacher)
+    assert info["trained"] == "all" and info["trainable_params"] == sum(p.numel() for p in model.parameters())
+    assert pruned_nonzeros(model, masks) == 0
+    assert info["first_loss"] > 0  # the pruned student differs from its teacher
+    from prunekit.recover.loop import kd_loss
+
+    assert float(kd_loss(teacher, 2.0)(teacher, STREAM[:32].reshape(2, 16))) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("bad", [dict(method="sgd"), dict(steps=0), dict(lr=-1.0), dict(distill_params="x")])
+def test_bad_config_names_the_field(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)) if "method" not in bad else "method"):
+        Recovery(**bad)
+
+
+@pytest.fixture(scope="module")
+def pruned_dir(tmp_path_factory):
+    import transformers as T
+
+    from prunekit.calibrate.pipeline import prune_model_dir
+    from prunekit.registry import METHODS
+    from prunekit.zoo.lm import train_tokenizer
+
+    root = tmp_path_factory.mktemp("rec")
+    texts = [f"Return the {w} of x plus {i}; raise ValueError when x is negative." for i, w in
+             enumerate(["sum", "mean", "norm", "square root", "length", "maximum"] * 20)]
+    (root / "train.txt").write_text("\n\n".join(texts))
+    tok = train_tokenizer(texts, 280)
+    cfg = T.LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                        intermediate_size=64, vocab_size=len(tok), max_position_embeddings=64)
+    torch.manual_seed(0)
+    T.LlamaForCausalLM(cfg).save_pretrained(root / "dense")
+    tok.save_pretrained(root / "dense")
+    conf = METHODS.config("calibrated-magnitude", kind="calibrated")(sparsity=0.5)
+    ids = torch.randint(3, len(tok), (4, 32), generator=torch.Generator().manual_seed(0))
+    prune_model_dir(root / "dense", root / "pruned", "calibrated-magnitude", conf, calibration=ids)
+    return root
+
+
+def test_cli_recover_lora_end_to_end(pruned_dir, tmp_path):
+    pytest.importorskip("peft")
+    from prunekit.calibrate.io import load_masks, load_model
+
+    out, db = tmp_path / "rec", tmp_path / "r.sqlite"
+    r = runner.invoke(app, ["recover", str(pruned_dir / "pruned"), "--method", "lora", "--steps", "3",
+                            "--seq-len", "32", "--batch-size", "2", "--max-windows", "2", "--out", str(out),
+                            "--texts", str(pruned_dir / "train.txt"), "--eval-texts", str(pruned_dir / "train.txt"),
+                            "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["ppl_before"] > 0 and m["ppl_after"] > 0 and m["ppl_dense"] > 0 and m["pruned_nonzero"] == 0
+    assert m["dense"] == str(pruned_dir / "dense")  # found through the pruned folder's manifest
+    masks_in, _ = load_masks(pruned_dir / "pruned")
+    masks_out, man = load_masks(out)
+    assert man["recovery"]["method"] == "lora" and man["source_model"] == str(pruned_dir / "dense")
+    w = dict(load_model(out).named_parameters())
+    for k, mk in masks_in.items():
+        assert torch.equal(masks_out[k], mk) and torch.equal(w[k] != 0, mk)
+    rows = sqlite3.connect(db).execute("SELECT experiment, metrics FROM runs").fetchall()
+    assert rows[0][0] == "recover" and json.loads(rows[0][1])["trainable_params"] == m["trainable_params"]
+
+
+@pytest.mark.parametrize("args,msg", [(["--method", "sgd"], "--method must be one of"),
+                                      (["--steps", "0"], "steps must be an integer"),
+                                      (["--texts", "/nope.txt"], "--texts /nope.txt does not exist")])
+def test_cli_bad_flags_fail_before_work(pruned_dir, tmp_path, args, msg):
+    out = tmp_path / "x"
+    r = runner.invoke(app, ["recover", str(pruned_dir / "pruned"), "--out", str(out), *args])
+    assert r.exit_code == 2 and msg in r.output and not out.exists()
+
+
+def test_recover_a_structured_folder_with_the_dense_tokenizer(pruned_dir, tmp_path):
+    from prunekit.calibrate.io import load_model
+    from prunekit.recover import recover_dir
+    from prunekit.structured import Structured, load_structured, remove_, save_structured
+
+    model = load_model(pruned_dir / "dense")
+    ids = {"input_ids": torch.randint(3, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))}
+    plan = remove_(model, ids, Structured(sparsity=0.5))
+    save_structured(model, plan, tmp_path / "slim")
+    texts = (pruned_dir / "train.txt").read_text().split("\n\n")
+    cfg = Recovery("perp", steps=2, seq_len=32, batch_size=2)
+    with pytest.raises(ValueError, match="pass --dense DIR"):
+        recover_dir(tmp_path / "slim", tmp_path / "bad", cfg, texts=texts, eval_texts=texts)
+    m = recover_dir(tmp_path / "slim", tmp_path / "rec", cfg, texts=texts, eval_texts=texts,
+                    dense=pruned_dir / "dense", max_windows=2)
+    assert m["kind"] == "structured" and m["trainable_params"] == 2 * 2 * 32 + 32 and m["ppl_after"] > 0
+    slim = load_structured(tmp_path / "rec")
+    assert slim.config.intermediate_size == 32  # still the slim widths
+    norms = [k for k in slim.state_dict() if "norm" in k]
+    assert any(not torch.equal(slim.state_dict()[k], model.state_dict()[k]) for k in norms)  # PERP trained them

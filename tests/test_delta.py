@@ -1,0 +1,135 @@
+"""Delta pruning and merging: DARE / DAREx-q / magnitude / task arithmetic / TIES by hand, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from prunekit import delta as D
+from prunekit.cli import app
+
+runner = CliRunner()
+
+
+def test_task_vector_and_errors():
+    base = {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}
+    tuned = {"w": torch.tensor([1.5, 1.0]), "n": torch.tensor(3)}
+    assert torch.equal(D.task_vector(base, tuned)["w"], torch.tensor([0.5, -1.0]))
+    assert "n" not in D.task_vector(base, tuned)
+    with pytest.raises(ValueError, match="differ in tensors"):
+        D.task_vector(base, {"w": tuned["w"]})
+    with pytest.raises(ValueError, match="non-floating tensor 'n' differs"):
+        D.task_vector(base, {**tuned, "n": torch.tensor(4)})
+
+
+def test_dare_drops_at_rate_and_rescales_survivors():
+    tau = {"w": torch.full((100_000,), 0.2)}
+    out = D.dare(tau, 0.9, seed=0)["w"]
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.1) < 0.005  # Bernoulli(1 - p) keep
+    assert torch.allclose(out[kept], torch.tensor(2.0))  # 0.2 / (1 - 0.9)
+    assert abs(out.mean().item() - 0.2) < 0.01  # expectation unchanged
+    assert torch.equal(D.dare(tau, 0.9, seed=0)["w"], out)  # seeded
+
+
+def test_darex_q_uses_the_same_mask_with_rescale_one_over_q():
+    tau = {"w": torch.randn(1000, generator=torch.Generator().manual_seed(0))}
+    dare, darex = D.dare(tau, 0.9, seed=3)["w"], D.darex(tau, 0.9, 0.5, seed=3)["w"]
+    assert torch.equal(dare != 0, darex != 0)
+    assert torch.allclose(darex[darex != 0], dare[dare != 0] * 0.1 / 0.5)
+    with pytest.raises(ValueError, match="q must be in"):
+        D.darex(tau, 0.9, 0.0)
+
+
+def test_tune_q_picks_the_lowest_loss_and_grid_spans_dare_to_one():
+    grid = D.q_grid(0.99, 5)
+    assert grid[0] == pytest.approx(0.01) and grid[-1] == pytest.approx(1.0)
+    q, table = D.tune_q(lambda q: (q - 0.1) ** 2, 0.99, grid)
+    assert q == pytest.approx(0.1) and len(table) == 5
+
+
+def test_magnitude_keeps_exact_largest():
+    tau = {"w": torch.tensor([0.1, -0.5, 0.3, -0.05, 0.2, 0.0, 0.4, -0.35, 0.0, 0.01])}
+    out = D.magnitude(tau, 0.7)["w"]
+    assert torch.equal(out, torch.tensor([0.0, -0.5, 0.0, 0.0, 0.0, 0.0, 0.4, -0.35, 0.0, 0.0]))
+
+
+def test_task_arithmetic_and_ties_by_hand():
+    a = {"w": torch.tensor([1.0, -2.0, 0.5, 3.0])}
+    b = {"w": torch.tensor([1.0, 1.0, -0.5, -1.0])}
+    assert torch.equal(D.merge_deltas([a, b], lam=0.5)["w"], torch.tensor([1.0, -0.5, 0.0, 1.0]))
+    # ties at density 1: signs elected from the sums (+, -, 0, +); mean of the agreeing entries
+    assert torch.equal(D.merge_deltas([a, b], "ties", density=1.0)["w"], torch.tensor([1.0, -2.0, 0.0, 3.0]))
+    # density 0.5 trims a to (-2, 3) and b to (1, 1) at positions 0,1 (ties broken by topk): check the elected sum
+    t = D.ties([a, b], 0.5)["w"]
+    assert t[3] == 3.0 and t[2] == 0.0
+    with pytest.raises(ValueError, match="at least two"):
+        D.merge_deltas([a])
+
+
+def test_unlabeled_q_tuning_matches_outputs():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(8, 3)
+    base = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    tuned = {k: v + 0.01 * torch.randn_like(v) for k, v in base.items()}
+    tau = D.task_vector(base, tuned)
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(1))
+    q, table = D.tune_q_unlabeled(net, base, tuned, tau, 0.9, x)
+    assert min(t[1] for t in table) == dict(table)[q]
+    assert all(torch.equal(net.state_dict()[k], tuned[k]) for k in tuned)  # left holding the tuned weights
+
+
+@pytest.fixture
+def family(tmp_path):
+    from prunekit.checkpoint import save_checkpoint
+    from prunekit.zoo import get_model
+
+    spec = {"name": "mlp", "kwargs": {"in_features": 40, "hidden": [16], "num_classes": 10}}
+    base = get_model("mlp", seed=0, **spec["kwargs"])
+    save_checkpoint(tmp_path / "base", base, spec)
+    for i, name in enumerate(("a", "b")):
+        g = torch.Generator().manual_seed(10 + i)
+        with torch.no_grad():
+            for p in base.parameters():
+                p.add_(0.01 * torch.randn(p.shape, generator=g))
+        save_checkpoint(tmp_path / name, base, spec)
+    return tmp_path
+
+
+def test_cli_delta_prune_and_merge(family):
+    from prunekit.checkpoint import load_checkpoint
+
+    out, db = family / "pruned", family / "r.sqlite"
+    r = runner.invoke(app, ["delta", "prune", str(family / "base"), str(family / "a"), "--method", "magnitude",
+                            "--rate", "0.9", "--out", str(out), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    base, _, _ = load_checkpoint(family / "base")
+    pruned, man, _ = load_checkpoint(out)
+    tau = D.task_vector(base.state_dict(), pruned.state_dict())
+    n = sum(v.numel() for v in tau.values())
+    assert sum(int((v != 0).sum()) for v in tau.values()) == man["delta"]["nonzero_after"]
+    assert man["delta"]["nonzero_after"] == pytest.approx(0.1 * n, abs=len(tau))
+    r = runner.invoke(app, ["delta", "merge", str(family / "base"), str(family / "a"), str(family / "b"),
+                            "--lam", "0.5", "--out", str(family / "merged"), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    merged, _, _ = load_checkpoint(family / "merged")
+    a, b = load_checkpoint(family / "a")[0].state_dict(), load_checkpoint(family / "b")[0].state_dict()
+    m = merged.state_dict()
+    assert all(torch.allclose(m[k], (a[k] + b[k]) / 2, atol=1e-6) for k in m)  # base + 0.5 (tau_a + tau_b)
+    rows = sqlite3.connect(db).execute("SELECT experiment FROM runs").fetchall()
+    assert sorted(rows) == [("delta-merge",), ("delta-prune",)]
+    assert json.loads(sqlite3.connect(db).execute("SELECT config FROM runs WHERE experiment='delta-prune'")
+                      .fetchone()[0])["method"] == "magnitude"
+
+
+@pytest.mark.parametrize("args,msg", [(["--rate", "1.0"], "--rate must be a drop fraction"),
+                                      (["--method", "drop"], "--method must be one of"),
+                                      (["--q", "0.5"], "--q is DAREx-q's rescale")])
+def test_cli_delta_bad_flags(family, args, msg):
+    r = runner.invoke(app, ["delta", "prune", str(family / "base"), str(family / "a"), "--out", str(family / "x"),
+                            *args])
+    assert r.exit_code == 2 and msg in r.output and not (family / "x").exists()
