@@ -73,23 +73,9 @@ def choose_beta(scores: Any, keep_fraction: float, evaluate: Callable[[Tensor], 
     s, f = as_scores(scores), keep_fraction_arg(keep_fraction)
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a callable kept_indices -> float, got {type(evaluate).__name__}")
-    grid = _betas_arg(betas)
     p = _rule_params(rule, dict(params))
-    usable = [b for b in grid if b <= 1.0 - f + 1e-12]
-    skipped = tuple(b for b in grid if b not in usable)
-    if not usable:
-        raise ValueError(f"every beta in betas={list(betas)} exceeds 1 - keep_fraction = {1.0 - f:.4g}; "
-                         "include a beta <= 1 - keep_fraction (0.0 always fits)")
-    if skipped:
-        log.info("choose_beta: skipped betas %s above 1 - keep_fraction = %.4g", list(skipped), 1.0 - f)
-    values: dict[float, float] = {}
-    for b in usable:
-        v = evaluate(select(s, f, rule, beta=b, **p))
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v)):
-            raise ValueError(f"evaluate must return a finite number, got {v!r} for beta={b}")
-        values[b] = float(v)
-        log.info("choose_beta: beta=%.3g -> %.6g", b, values[b])
-    best = max(usable, key=lambda b: (values[b], -b))  # highest value; ties -> smaller beta
+    best, values, skipped = _grid_search("beta", _betas_arg(betas), list(betas), f, evaluate,
+                                         lambda b: select(s, f, rule, beta=b, **p))
     return BetaChoice(beta=best, values=values, skipped=skipped)
 
 
@@ -123,19 +109,26 @@ def choose_flag_fraction(scores: Any, keep_fraction: float, evaluate: Callable[[
         if bad in params:
             raise ValueError(f"{bad} is not a parameter here: choose_flag_fraction searches flag_fraction; pass "
                              "the candidates as fractions=...")
-    grid = _betas_arg(fractions, "fractions")
-    usable = [fr for fr in grid if fr <= 1.0 - f + 1e-12]
-    skipped = tuple(fr for fr in grid if fr not in usable)
-    if not usable:
-        raise ValueError(f"every fraction in fractions={list(fractions)} exceeds 1 - keep_fraction = {1.0 - f:.4g}; "
-                         "include one <= 1 - keep_fraction (0.0 always fits)")
-    if skipped:
-        log.info("choose_flag_fraction: skipped %s above 1 - keep_fraction = %.4g", list(skipped), 1.0 - f)
-    values = {fr: _value(evaluate, select(s, f, "noise-aware", flag_fraction=fr, **params), f"flag_fraction={fr}")
-              for fr in usable}
-    best = max(usable, key=lambda fr: (values[fr], -fr))
-    log.info("choose_flag_fraction: %s -> %.3g", values, best)
+    best, values, skipped = _grid_search("flag_fraction", _betas_arg(fractions, "fractions"), list(fractions), f,
+                                         evaluate, lambda fr: select(s, f, "noise-aware", flag_fraction=fr, **params))
     return FlagChoice(flag_fraction=best, values=values, skipped=skipped)
+
+
+def _grid_search(name: str, grid: list[float], given: list[float], keep: float, evaluate: Callable[[Tensor], float],
+                 pick: Callable[[float], Tensor]) -> tuple[float, dict[float, float], tuple[float, ...]]:
+    """Evaluate ``pick(v)`` for every ``v`` of ``grid`` that is ``<= 1 - keep`` (a larger one is capped there:
+    the same subset); return the best ``v`` (the smaller on ties), every value and the skipped ``v``."""
+    usable = [v for v in grid if v <= 1.0 - keep + 1e-12]
+    skipped = tuple(v for v in grid if v not in usable)
+    if not usable:
+        raise ValueError(f"every {name} in {given} exceeds 1 - keep_fraction = {1.0 - keep:.4g}; "
+                         f"include a {name} <= 1 - keep_fraction (0.0 always fits)")
+    if skipped:
+        log.info("choosing %s: skipped %s above 1 - keep_fraction = %.4g", name, list(skipped), 1.0 - keep)
+    values = {v: _value(evaluate, pick(v), f"{name}={v}") for v in usable}
+    best = max(usable, key=lambda v: (values[v], -v))  # highest value; ties -> the smaller
+    log.info("choosing %s: %s -> %.3g", name, values, best)
+    return best, values, skipped
 
 
 def _value(evaluate: Callable[[Tensor], float], kept: Tensor, what: str) -> float:
