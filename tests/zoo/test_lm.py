@@ -43,3 +43,13 @@ def test_training_is_deterministic(tmp_path):
 def test_missing_lm_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="train-lm"):
         load_zoo_lm(tmp_path / "nothing")
+
+
+def test_loading_a_capped_lm_warns(tmp_path, caplog):
+    from dataclasses import replace
+
+    train_lm(tmp_path / "lm", replace(TINY, max_minutes=0.0))  # the cap binds before the first step
+    with caplog.at_level("WARNING", logger="prunekit.zoo.lm"):
+        _, _, record = load_zoo_lm(tmp_path / "lm")
+    assert record["train"]["steps_done"] == 0 < record["recipe"]["steps"]
+    assert "stopped at step 0 of 3" in caplog.text and "not the reference model" in caplog.text

@@ -172,4 +172,10 @@ def load_zoo_lm(cache_dir: str | os.PathLike | None = None) -> tuple[torch.nn.Mo
         raise FileNotFoundError(f"no zoo LM in {d}: train it first with `prunekit zoo train-lm` (about 15 min on CPU)")
     model = LlamaForCausalLM.from_pretrained(d, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
-    return model, tok, json.loads((d / RECORD).read_text())
+    record = json.loads((d / RECORD).read_text())
+    done, planned = record.get("train", {}).get("steps_done"), record.get("recipe", {}).get("steps")
+    if isinstance(done, int) and isinstance(planned, int) and done < planned:
+        log.warning("the zoo LM in %s stopped at step %d of %d (its max_minutes cap): it is not the reference "
+                    "model and its perplexity (%.4g) differs; retrain it on an idle machine with "
+                    "`prunekit zoo train-lm --overwrite`", d, done, planned, record.get("val_ppl", float("nan")))
+    return model, tok, record
