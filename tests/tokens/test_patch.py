@@ -43,7 +43,7 @@ def _pooled(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (h * w).sum(1) / w.sum(1)
 
 
-@pytest.mark.parametrize("method", ("zero-tprune", "attention", "tome"))
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("impl", ("sdpa", "eager"))
 def test_padded_batch_keeps_what_each_sequence_keeps_alone(method, impl):
     model = _bert(impl)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prunekit.tokens.scores import attention_received, lowest, select_tome, select_zero_tprune, weighted_pagerank
+from prunekit.tokens.scores import (
+    attention_received,
+    lowest,
+    position_noise,
+    select_random,
+    select_tome,
+    select_zero_tprune,
+    weighted_pagerank,
+)
 
 # rows are queries, softmax-like (each row sums to 1); token 0 has a self-loop, so the walk is aperiodic
 A4 = torch.tensor([[0.5, 0.5, 0.0, 0.0],
@@ -88,3 +96,58 @@ def test_zero_tprune_removes_exactly_r(r):
     prot[0, 0] = prot[0, 9] = True  # 8 candidates: sources min(2r, 8 - r), at least r
     sel = select_zero_tprune(attn, keys, valid, prot, torch.tensor([r]))
     assert int((~sel.keep).sum()) == r and sel.keep[0, 0] and sel.keep[0, 9]
+
+
+def test_zero_tprune_above_a_third_still_chooses_by_similarity():
+    # 7 candidates (0 protected), remove 4 (> 7/3): importance alone would drop the 4 least attended
+    # tokens 1-4; token 6 duplicates token 5 and token 4 is unique, so the rounds drop 6 instead of 4
+    t = 8
+    keys = torch.eye(t)[None].clone()
+    keys[0, 6] = keys[0, 5]
+    attn = torch.full((1, 1, t, t), 1.0)
+    col = torch.tensor([9.0, 1.0, 1.1, 1.2, 1.3, 5.0, 1.4, 6.0])  # attention each token receives
+    attn = attn * col / col.sum()  # every query attends alike: importance is col / col.sum()
+    valid, prot = torch.ones(1, t, dtype=torch.bool), torch.zeros(1, t, dtype=torch.bool)
+    prot[0, 0] = True
+    sel = select_zero_tprune(attn, keys, valid, prot, torch.tensor([4]))
+    removed = (~sel.keep[0]).nonzero().flatten().tolist()
+    assert len(removed) == 4 and 6 in removed and 0 not in removed
+    assert int(sel.dst[0, 6]) == 5  # represented by its duplicate
+
+
+def test_random_is_a_function_of_position_and_seed_only():
+    pos = torch.arange(12)[None]
+    a, b = position_noise(pos, 0), position_noise(pos[:, :5], 0)
+    assert torch.equal(a[:, :5], b) and not torch.equal(a, position_noise(pos, 1))
+    assert float(a.min()) >= 0 and float(a.max()) < 1 and len(set(a.flatten().tolist())) == 12
+    keys, attn = _keys_and_attn(12)
+    valid, prot = torch.ones(2, 12, dtype=torch.bool), torch.zeros(2, 12, dtype=torch.bool)
+    sel = select_random(attn.expand(2, -1, -1, -1), keys.expand(2, -1, -1), valid, prot, torch.tensor([4, 4]),
+                        positions=pos.expand(2, -1), seed=3)
+    expect = position_noise(pos[0], 3).argsort()[:4].sort().values.tolist()
+    assert (~sel.keep[0]).nonzero().flatten().tolist() == expect and torch.equal(sel.keep[0], sel.keep[1])
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_attend_matches_probabilities_then_pagerank(steps, grad, monkeypatch):
+    from prunekit.tokens import state as S
+
+    monkeypatch.setattr(S, "CHUNK_BYTES", 1)  # one (batch, head) slice per chunk: the chunk loop is exercised
+    g = torch.Generator().manual_seed(0)
+    b, t, heads, d = 2, 6, 3, 4
+    q, k, v = (torch.randn(b, t, heads * d, generator=g, dtype=torch.float64, requires_grad=grad) for _ in range(3))
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    bias = torch.zeros(b, t, dtype=torch.float64).masked_fill(~valid, torch.finfo(torch.float64).min)[:, None, None, :]
+    attn = S.attention_probs(q, k, heads, bias)
+    ctx_ref = (attn @ v.view(b, t, heads, d).transpose(1, 2)).transpose(1, 2).flatten(2)
+    ctx, imp = S.attend(q, k, v, heads, bias, valid, steps)
+    assert torch.allclose(ctx, ctx_ref, atol=1e-12)
+    if steps:
+        assert torch.allclose(imp, weighted_pagerank(attn, valid, iters=steps), atol=1e-12)
+        assert float(imp.detach()[1, 4:].abs().max()) == 0.0  # padding gets no importance
+    else:
+        assert imp is None
+    if grad:
+        ctx.sum().backward()
+        assert q.grad is not None and torch.isfinite(q.grad).all()

@@ -53,3 +53,13 @@ def test_loading_a_capped_lm_warns(tmp_path, caplog):
         _, _, record = load_zoo_lm(tmp_path / "lm")
     assert record["train"]["steps_done"] == 0 < record["recipe"]["steps"]
     assert "stopped at step 0 of 3" in caplog.text and "not the reference model" in caplog.text
+
+
+@pytest.mark.parametrize("flag", [["--max-minutes", "0"], ["--max-minutes", "-1"], ["--steps", "0"]])
+def test_train_lm_cli_refuses_a_bad_cap_before_work(tmp_path, flag):
+    from typer.testing import CliRunner
+
+    from prunekit.cli import app
+
+    res = CliRunner().invoke(app, ["zoo", "train-lm", "--cache-dir", str(tmp_path / "c"), *flag])
+    assert res.exit_code == 2 and flag[0] in res.output and not (tmp_path / "c").exists()

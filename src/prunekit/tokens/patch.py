@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..registry import METHODS
 from .config import TokenPrune
 from .scores import Selection
-from .state import TokenState, attention_probs
+from .state import TokenState, attend, attention_probs
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,30 @@ class TokenPatch:
     last: TokenState | None = field(default=None, repr=False)  # bookkeeping of the latest forward pass
     n_input: Tensor | None = field(default=None, repr=False)  # (B,) real tokens of the latest input
 
-    def choose(self, state: TokenState, keep: float, attn: Tensor, keys: Tensor) -> Selection:
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, heads: int, bias: Tensor | None,
+                  valid: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """A pruning layer's attention output ``(B, T, H*D)`` and what the method reads of it.
+
+        Returns ``(ctx, attn, importance)``: the full probabilities ``attn`` only for a method that
+        needs them (``needs == "probs"``, the default), PageRank ``importance`` for ``pagerank`` /
+        ``received`` methods (``state.attend``, no ``(B, H, T, T)`` tensor), neither for ``none``.
+        """
+        needs = getattr(self.select, "needs", "probs")
+        if needs == "probs":
+            attn = attention_probs(q, k, heads, bias)  # (B, H, T, T)
+            v_h = v.unflatten(-1, (heads, -1)).transpose(1, 2).contiguous()
+            return (attn @ v_h).transpose(1, 2).flatten(2), attn, None
+        steps = {"pagerank": self.config.iters, "received": 1}.get(needs, 0)
+        ctx, importance = attend(q, k, v, heads, bias, valid, steps)
+        return ctx, None, importance
+
+    def choose(self, state: TokenState, keep: float, attn: Tensor | None, keys: Tensor,
+               importance: Tensor | None = None) -> Selection:
         """Run the method on one layer's attention and keys; log when fewer tokens could be removed."""
         n_remove = state.n_remove(keep)
-        gen = torch.Generator().manual_seed(self.config.seed + len(state.counts))
         sel = self.select(attn=attn, keys=keys, valid=state.valid, protected=state.protected, n_remove=n_remove,
-                          generator=gen, iters=self.config.iters)
+                          positions=state.origin, seed=self.config.seed + len(state.counts), iters=self.config.iters,
+                          importance=importance)
         short = int((state.valid.sum(1) - sel.keep.sum(1) < n_remove).sum())
         if short:
             log.info("%s: %d sequence(s) kept more tokens than asked at layer step %d (not enough candidates)",
@@ -113,9 +131,9 @@ def _vit_forward(self: nn.Module, x: Tensor) -> Tensor:
             continue
         x_n, att = block.norm1(h), block.attn
         k = att.k(x_n)  # (B, T, H*D)
-        attn = attention_probs(att.q(x_n), k, att.num_heads, bias)  # (B, H, T, T)
-        h = h + att.o((attn @ _heads(att.v(x_n), att.num_heads)).transpose(1, 2).flatten(2))
-        h, state = state.reduce(h, patch.choose(state, keep, attn, k))
+        ctx, attn, importance = patch.attention(att.q(x_n), k, att.v(x_n), att.num_heads, bias, state.valid)
+        h = h + att.o(ctx)
+        h, state = state.reduce(h, patch.choose(state, keep, attn, k, importance))
         h = _vit_mlp(block, h)
     patch.last, patch.n_input = state, valid.sum(1)
     return self.head(self.norm(h[:, 0]))
@@ -215,13 +233,14 @@ class TokenPrunedEncoder(nn.Module):
 
         sa = layer.attention.self
         q, k, v = sa.query(h), sa.key(h), sa.value(h)  # (B, T, d)
-        attn = attention_probs(q, k, sa.num_attention_heads, state.bias(h.dtype))  # (B, H, T, T)
-        ctx = (attn @ _heads(v, sa.num_attention_heads)).transpose(1, 2).flatten(2)  # (B, T, d)
-        a, state = state.reduce(layer.attention.output(ctx, h), self.patch.choose(state, keep, attn, k))
+        ctx, attn, importance = self.patch.attention(q, k, v, sa.num_attention_heads, state.bias(h.dtype),
+                                                     state.valid)  # ctx (B, T, d)
+        sel = self.patch.choose(state, keep, attn, k, importance)
+        if sel.merge:  # merge what the attention block outputs (ToMe's place)
+            a, state = state.reduce(layer.attention.output(ctx, h), sel)
+        else:  # pruned tokens leave before the output projection: it runs on the kept ones only
+            both, state = state.reduce(torch.cat([ctx, h], dim=-1), sel)
+            a = layer.attention.output(*both.split([ctx.shape[-1], h.shape[-1]], dim=-1))
         h = apply_chunking_to_forward(layer.feed_forward_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, a)
         return h, state
 
-
-def _heads(t: Tensor, heads: int) -> Tensor:
-    """(B, T, H*D) -> (B, H, T, D)."""
-    return t.unflatten(-1, (heads, -1)).transpose(1, 2)

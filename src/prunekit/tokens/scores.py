@@ -28,26 +28,40 @@ class Selection:
     merge: bool = False
 
 
-def weighted_pagerank(attn: Tensor, valid: Tensor | None = None, iters: int = 5, tol: float = 1e-7) -> Tensor:
+CHUNK_BYTES = 1 << 20  # attention slices walked together by the PageRank: small enough to stay in cache
+
+
+def weighted_pagerank(attn: Tensor, valid: Tensor | None = None, iters: int = 5, tol: float = 0.0) -> Tensor:
     """Token importance by Weighted PageRank on the attention graph (Wang et al. 2024, Zero-TPrune, I-stage).
 
     ``s^(t+1)_j = sum_i A_ij s^(t)_i`` from ``s^(0)`` uniform over the real tokens: a token matters when
     tokens that matter attend to it. Rows of ``A`` (B, H, T, T) are softmax-normalized, so the total
-    stays 1. Runs at most ``iters`` steps (stops once no entry moves by more than ``tol``); heads are
-    averaged at the end. Returns ``(B, T)``, zero on padding.
+    stays 1. Runs ``iters`` steps (with ``tol > 0``, a chunk of heads stops earlier once none of its
+    entries moves by more than ``tol``); heads are averaged at the end. Returns ``(B, T)``, zero on
+    padding. The walk runs over a few (batch, head) slices at a time (``CHUNK_BYTES``), all steps on a
+    slice while it is in cache: the same numbers as one batched product per step, faster on a CPU.
     """
     b, h, t, _ = attn.shape
     v = torch.ones(b, t, dtype=torch.bool, device=attn.device) if valid is None else valid
     vf = v.to(attn.dtype)[:, None, :]  # (B, 1, T)
-    s = (vf / vf.sum(-1, keepdim=True).clamp(min=1)).expand(b, h, t).reshape(b * h, 1, t)
+    s0 = (vf / vf.sum(-1, keepdim=True).clamp(min=1)).expand(b, h, t).reshape(b * h, 1, t)
+    zero_pad = None if bool(v.all()) else vf.expand(b, h, t).reshape(b * h, 1, t)
     a = attn.reshape(b * h, t, t)  # padding rows start at 0 and padding columns are zeroed each step
-    for _ in range(iters):
-        nxt = torch.bmm(s, a) * vf.expand(b, h, t).reshape(b * h, 1, t)
-        done = bool((nxt - s).abs().max() <= tol)
-        s = nxt
-        if done:
-            break
-    return s.view(b, h, t).mean(1)
+    step = max(1, CHUNK_BYTES // max(1, t * t * attn.element_size()))
+    out = []
+    for i in range(0, b * h, step):
+        ai, si = a[i:i + step], s0[i:i + step]
+        pad = None if zero_pad is None else zero_pad[i:i + step]
+        for _ in range(iters):
+            nxt = torch.bmm(si, ai)
+            if pad is not None:
+                nxt = nxt * pad
+            done = tol > 0 and bool((nxt - si).abs().max() <= tol)
+            si = nxt
+            if done:
+                break
+        out.append(si)
+    return torch.cat(out).view(b, h, t).mean(1)
 
 
 def attention_received(attn: Tensor, valid: Tensor | None = None) -> Tensor:
@@ -81,49 +95,112 @@ def nearest(sim: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return best, idx
 
 
+def _column_bias(targets: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(B, 1, T)``: 0 on target columns, -inf elsewhere (added to a similarity before a max)."""
+    return torch.zeros(targets.shape, dtype=dtype, device=targets.device).masked_fill(~targets, NEG)[:, None, :]
+
+
+def nearest_value(sim: Tensor, targets: Tensor) -> Tensor:
+    """Every token's largest similarity to a target token ``(B, T)`` (``nearest`` without the index: cheaper)."""
+    return (sim + _column_bias(targets, sim.dtype)).amax(dim=2)
+
+
+def represent(removed: Tensor, keep: Tensor, keys: Tensor | None = None, sim: Tensor | None = None) -> Tensor:
+    """``dst`` ``(B, T)``: each removed token's most similar kept token (key cosine), every other token itself.
+
+    Only the removed tokens' rows of the similarity are formed (from ``keys``, or taken from ``sim``).
+    """
+    b, t = removed.shape
+    own = torch.arange(t, device=removed.device).expand(b, t)
+    r = int(removed.sum(1).max()) if removed.numel() else 0
+    if r == 0:
+        return own
+    rows = (~removed).to(torch.int8).argsort(dim=1, stable=True)[:, :r]  # removed tokens first
+    if sim is None:
+        assert keys is not None
+        k = torch.nn.functional.normalize(keys, dim=-1)
+        part = k.gather(1, rows[..., None].expand(-1, -1, k.shape[2])) @ k.transpose(1, 2)  # (B, r, T)
+    else:
+        part = sim.gather(1, rows[..., None].expand(-1, -1, t))
+    best = (part + _column_bias(keep, part.dtype)).argmax(dim=2)  # (B, r)
+    hit = removed.gather(1, rows)
+    return own.clone().scatter_(1, rows, torch.where(hit, best, rows))
+
+
 def _prune(removed: Tensor, valid: Tensor, keys: Tensor) -> Selection:
     """Drop ``removed``; each removed token is represented by its most similar kept token."""
     keep = valid & ~removed
-    _, idx = nearest(cosine(keys), keep)
-    own = torch.arange(keep.shape[1], device=keep.device).expand_as(idx)
-    return Selection(keep, torch.where(removed, idx, own))
+    return Selection(keep, represent(removed, keep, keys=keys))
 
 
-def select_attention(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
-                     **_: object) -> Selection:
-    """Drop the tokens that receive the least attention (mean over heads and queries)."""
-    removed = lowest(attention_received(attn, valid), valid & ~protected, n_remove)
-    return _prune(removed, valid, keys)
-
-
-def select_random(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
-                  generator: torch.Generator | None = None, **_: object) -> Selection:
-    """Drop uniformly random non-special tokens (seeded by ``generator``)."""
-    score = torch.rand(valid.shape, generator=generator).to(valid.device)
+def select_attention(attn: Tensor | None, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
+                     importance: Tensor | None = None, **_: object) -> Selection:
+    """Drop the tokens that receive the least attention (mean over heads and queries; ``importance`` if given)."""
+    score = importance if importance is not None else attention_received(_need(attn), valid)
     return _prune(lowest(score, valid & ~protected, n_remove), valid, keys)
 
 
-def select_zero_tprune(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
-                       iters: int = 5, **_: object) -> Selection:
+def position_noise(positions: Tensor, seed: int) -> Tensor:
+    """A fixed pseudo-random number in [0, 1) per input position and ``seed`` (a 32-bit integer hash).
+
+    The number depends on the position and the seed only, never on the batch, so a padded batch draws
+    what each sequence alone draws. Hash: two xor-shift-multiply rounds (multiplier ``0x45d9f3b``) on
+    ``position + 0x9E3779B9 * (seed + 1)`` modulo ``2**32``.
+    """
+    m = 0xFFFFFFFF
+    x = (positions.long() + 0x9E3779B9 * (seed + 1)) & m
+    for _ in range(2):
+        x = (((x >> 16) ^ x) * 0x45D9F3B) & m
+    x = (x >> 16) ^ x
+    return x.double() / 2.0 ** 32
+
+
+def select_random(attn: Tensor | None, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
+                  positions: Tensor | None = None, seed: int = 0, **_: object) -> Selection:
+    """Drop uniformly random non-special tokens: the lowest ``position_noise`` of their input positions.
+
+    ``positions`` ``(B, T)``: the input position of the token in each slot (default: the slot index);
+    ``seed`` varies the draw (the token patch adds the pruning step). Batch-invariant.
+    """
+    pos = torch.arange(valid.shape[1], device=valid.device).expand_as(valid) if positions is None else positions
+    return _prune(lowest(position_noise(pos, seed), valid & ~protected, n_remove), valid, keys)
+
+
+def select_zero_tprune(attn: Tensor | None, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
+                       iters: int = 5, importance: Tensor | None = None, **_: object) -> Selection:
     """Zero-TPrune (Wang et al. 2024, CVPR): I-stage Weighted PageRank, S-stage importance-guided similarity.
 
-    I-stage: importance ``s`` by ``weighted_pagerank`` (``s <- A^T s``). S-stage: the least important
-    non-special tokens form the source group, every other real token the target group; each source
-    token's similarity is its largest key cosine to a target token, and the ``r`` most similar
-    (redundant) source tokens are pruned. The source group holds ``max(r, min(2r, n - r))`` of the ``n``
-    candidates, so the ``n - r`` most important stay targets: with ``r >= n / 2`` no similarity choice
-    is left and the ``r`` least important go (the I-stage alone).
+    I-stage: importance ``s`` by ``weighted_pagerank`` (``s <- A^T s``, Sec. 3.1). S-stage (Sec. 3.2):
+    the least important candidates form the source group, every other token still in place the target
+    group; a source token's redundancy is its largest key cosine to a target token, and the most
+    redundant source tokens are pruned. The S-stage runs in rounds: a round removes ``r`` of the ``n``
+    candidates left, at most ``ceil(n / 3)``, from a source group of ``max(r, min(2r, n - r))``, so it
+    always chooses among (up to) twice as many sources as it removes and the most important third stays
+    a target. A request above a third of the tokens therefore takes several rounds (importance is not
+    recomputed; similarity is to the targets left) instead of falling back to importance alone. Each
+    removed token is represented by its most similar kept token. ``importance``: the I-stage scores
+    already computed (``state.attend`` with ``iters`` steps), else they come from ``attn``.
     """
     cand = valid & ~protected
-    s = weighted_pagerank(attn, valid, iters=iters)
-    source = lowest(s, cand, torch.maximum(n_remove, torch.minimum(2 * n_remove, cand.sum(1) - n_remove)))
-    best, idx = nearest(cosine(keys), valid & ~source)
-    removed = lowest(-best, source, n_remove)
-    own = torch.arange(valid.shape[1], device=valid.device).expand_as(idx)
-    return Selection(valid & ~removed, torch.where(removed, idx, own))
+    s = importance if importance is not None else weighted_pagerank(_need(attn), valid, iters=iters)
+    sim = cosine(keys)
+    removed = torch.zeros_like(valid)
+    left = n_remove.clone()
+    while bool((left > 0).any()):
+        live = cand & ~removed
+        n = live.sum(1)
+        r = torch.minimum(left, torch.div(n + 2, 3, rounding_mode="floor"))
+        source = lowest(s, live, torch.maximum(r, torch.minimum(2 * r, n - r)))
+        step = lowest(-nearest_value(sim, valid & ~removed & ~source), source, r)
+        if not bool(step.any()):
+            break  # no candidate left anywhere
+        removed |= step
+        left = left - step.sum(1)
+    keep = valid & ~removed
+    return Selection(keep, represent(removed, keep, sim=sim))
 
 
-def select_tome(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
+def select_tome(attn: Tensor | None, keys: Tensor, valid: Tensor, protected: Tensor, n_remove: Tensor,
                 **_: object) -> Selection:
     """ToMe bipartite soft matching (Bolya et al. 2023, Sec. 3): merge the ``r`` most similar A->B pairs.
 
@@ -139,3 +216,17 @@ def select_tome(attn: Tensor, keys: Tensor, valid: Tensor, protected: Tensor, n_
     removed = lowest(-best, a_set & torch.isfinite(best), n_remove)
     own = pos.expand_as(idx)
     return Selection(valid & ~removed, torch.where(removed, idx, own), merge=True)
+
+
+def _need(attn: Tensor | None) -> Tensor:
+    if attn is None:
+        raise ValueError("this token method needs the attention probabilities (attn) or precomputed importance")
+    return attn
+
+
+# What each method reads of the attention, so the patch computes only that ("probs": the full
+# (B, H, T, T) tensor, the default for a method registered without this attribute).
+select_zero_tprune.needs = "pagerank"  # type: ignore[attr-defined]  # config.iters PageRank steps
+select_attention.needs = "received"  # type: ignore[attr-defined]  # one step
+select_tome.needs = "none"  # type: ignore[attr-defined]
+select_random.needs = "none"  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from .scores import Selection
+from .scores import CHUNK_BYTES, Selection
 
 
 @dataclass
@@ -88,9 +88,62 @@ class TokenState:
 def attention_probs(q: Tensor, k: Tensor, heads: int, bias: Tensor | None) -> Tensor:
     """Softmax attention ``(B, H, T, T)`` from projected queries and keys ``(B, T, H*D)`` (Vaswani et al. Eq. 1)."""
     b, t, _ = q.shape
-    qh = q.view(b, t, heads, -1).transpose(1, 2)  # (B, H, T, D)
-    kh = k.view(b, t, heads, -1).transpose(1, 2)
-    logits = (qh * (qh.shape[-1] ** -0.5)) @ kh.transpose(-1, -2)  # (B, H, T, T)
+    d = q.shape[-1] // heads
+    qh = (q * d ** -0.5).view(b, t, heads, d).transpose(1, 2).contiguous()  # (B, H, T, D), dense for the bmm
+    kt = k.view(b, t, heads, d).permute(0, 2, 3, 1).contiguous()  # (B, H, D, T)
+    logits = qh @ kt  # (B, H, T, T)
     if bias is not None:
         logits += bias
     return logits.softmax(-1)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, bias: Tensor | None, valid: Tensor,
+           steps: int) -> tuple[Tensor, Tensor | None]:
+    """Softmax attention output ``(B, T, H*D)`` and, with ``steps > 0``, Weighted PageRank importance ``(B, T)``.
+
+    The same numbers as ``attention_probs`` followed by ``A @ V`` and ``scores.weighted_pagerank(A,
+    valid, steps)`` (Zero-TPrune's I-stage; ``steps = 1`` is the attention each token receives), but
+    computed a few (batch, head) slices at a time, so each slice's probabilities are used for the
+    output and for every PageRank step while they are in cache and the ``(B, H, T, T)`` tensor is
+    never formed. ``steps = 0``: fused scaled-dot-product attention, no importance.
+    """
+    b, t, _ = q.shape
+    d = q.shape[-1] // heads
+    if steps <= 0:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.view(b, t, heads, d).transpose(1, 2), k.view(b, t, heads, d).transpose(1, 2),
+            v.view(b, t, heads, d).transpose(1, 2), attn_mask=bias)
+        return out.transpose(1, 2).flatten(2), None
+    n = b * heads
+    qh = (q * d ** -0.5).view(b, t, heads, d).transpose(1, 2).reshape(n, t, d)
+    kh = k.view(b, t, heads, d).transpose(1, 2).reshape(n, t, d)
+    vh = v.view(b, t, heads, d).transpose(1, 2).reshape(n, t, d)
+    vf = valid.to(q.dtype)[:, None, :]  # (B, 1, T)
+    s0 = (vf / vf.sum(-1, keepdim=True).clamp(min=1)).expand(b, heads, t).reshape(n, 1, t)
+    pad = None if bool(valid.all()) else vf.expand(b, heads, t).reshape(n, 1, t)
+    bias_n = None if bias is None else bias.expand(b, heads, 1, t).reshape(n, 1, t)
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
+    ctx_parts: list[Tensor] = []
+    score_parts: list[Tensor] = []
+    ctx_out, score_out = (None, None) if grad else (q.new_empty(n, t, d), q.new_empty(n, 1, t))
+    step = max(1, CHUNK_BYTES // max(1, t * t * q.element_size()))
+    for i in range(0, n, step):
+        j = min(n, i + step)
+        logits = torch.bmm(qh[i:j], kh[i:j].transpose(1, 2))
+        if bias_n is not None:
+            logits = logits + bias_n[i:j]
+        a = logits.softmax(-1)
+        s = s0[i:j]
+        for _ in range(steps):
+            s = torch.bmm(s, a)
+            if pad is not None:
+                s = s * pad[i:j]
+        if ctx_out is None or score_out is None:  # autograd: no out= writes
+            ctx_parts.append(torch.bmm(a, vh[i:j]))
+            score_parts.append(s)
+        else:
+            torch.bmm(a, vh[i:j], out=ctx_out[i:j])
+            score_out[i:j] = s
+    ctx = torch.cat(ctx_parts) if ctx_out is None else ctx_out
+    score = torch.cat(score_parts) if score_out is None else score_out
+    return ctx.view(b, heads, t, d).transpose(1, 2).reshape(b, t, heads * d), score.view(b, heads, t).mean(1)
