@@ -48,6 +48,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--method", choices=sorted(SETTINGS), required=True)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=None, help="default: the setting's (SETTINGS)")
+    ap.add_argument("--tag", default=None, help="suffix of the result file (default: the method)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock cap on training (default none: the "
                     "step count decides; CPU seconds are reported)")
     ap.add_argument("--max-windows", type=int, default=64)
@@ -62,15 +64,16 @@ def main() -> None:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     src = pruned_folder(work)
-    cfg = Recovery(steps=a.steps, batch_size=8, seq_len=128, max_minutes=a.minutes, **SETTINGS[a.method])
+    setting = {**SETTINGS[a.method], **({"lr": a.lr} if a.lr is not None else {})}
+    cfg = Recovery(steps=a.steps, batch_size=8, seq_len=128, max_minutes=a.minutes, **setting)
     t0 = time.perf_counter()
     m = recover_dir(src, work / f"rec-{a.method}", cfg, texts=builtin_texts("train"),
                     eval_texts=builtin_texts("validation"), max_windows=a.max_windows, overwrite=True)
-    m["wall_seconds"], m["label"] = time.perf_counter() - t0, a.method
+    m["wall_seconds"], m["label"] = time.perf_counter() - t0, a.tag or a.method
     m["load_avg"] = os.getloadavg()[0]
     print(json.dumps({k: v for k, v in m.items() if k != "config"}, indent=1))
     out = Path(a.out)
-    out.with_name(f"{out.stem}_{a.method}.json").write_text(json.dumps(m, indent=1))
+    out.with_name(f"{out.stem}_{a.tag or a.method}.json").write_text(json.dumps(m, indent=1))
     if a.db:
         from prunekit.bench.store import ResultsStore, RunRecord
 
