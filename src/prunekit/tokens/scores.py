@@ -117,7 +117,8 @@ def represent(removed: Tensor, keep: Tensor, keys: Tensor | None = None, sim: Te
         return own
     rows = (~removed).to(torch.int8).argsort(dim=1, stable=True)[:, :r]  # removed tokens first
     if sim is None:
-        assert keys is not None
+        if keys is None:
+            raise ValueError("represent needs the keys or the similarity matrix")
         k = torch.nn.functional.normalize(keys, dim=-1)
         part = k.gather(1, rows[..., None].expand(-1, -1, k.shape[2])) @ k.transpose(1, 2)  # (B, r, T)
     else:
@@ -148,7 +149,7 @@ def position_noise(positions: Tensor, seed: int) -> Tensor:
     ``position + 0x9E3779B9 * (seed + 1)`` modulo ``2**32``.
     """
     m = 0xFFFFFFFF
-    x = (positions.long() + 0x9E3779B9 * (seed + 1)) & m
+    x = (positions.long() + ((0x9E3779B9 * (seed + 1)) & m)) & m
     for _ in range(2):
         x = (((x >> 16) ^ x) * 0x45D9F3B) & m
     x = (x >> 16) ^ x
