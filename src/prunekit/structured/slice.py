@@ -392,11 +392,13 @@ class _Stop(Exception):
 
 def _signal(model: nn.Module, path: str, ids: Tensor, batch_size: int) -> Tensor:
     """``C = sum_i X_i^T X_i`` of the input of module ``path`` over the calibration ids, float64 ``(D, D)``."""
-    acc: list[Tensor] = []
+    acc: list[Tensor] = []  # [running sum (D, D)], one addition per batch
+    seen = [0]
 
     def hook(_m: nn.Module, args: tuple) -> None:
         x = args[0].detach().double().reshape(-1, args[0].shape[-1])  # (tokens, D)
-        acc.append(x.T @ x)
+        acc[:] = [x.T @ x + (acc[0] if acc else 0)]
+        seen[0] += 1
         raise _Stop
 
     handle = model.get_submodule(path).register_forward_pre_hook(hook)
@@ -408,9 +410,9 @@ def _signal(model: nn.Module, path: str, ids: Tensor, batch_size: int) -> Tensor
                 pass
     finally:
         handle.remove()
-    if len(acc) != math.ceil(ids.shape[0] / batch_size):
+    if seen[0] != math.ceil(ids.shape[0] / batch_size):
         raise RuntimeError(f"SliceGPT: the forward pass never reached {path!r}")
-    return torch.stack(acc).sum(0)
+    return acc[0]
 
 
 def _device(model: nn.Module) -> torch.device:
