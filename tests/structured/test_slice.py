@@ -189,3 +189,12 @@ def test_failure_midway_rolls_back(monkeypatch):
     assert set(model.state_dict()) == set(state)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
     assert torch.equal(_logits(model), dense)
+
+
+@pytest.mark.parametrize("kind", ["llama", "opt"])
+def test_generation_with_kv_cache_matches_dense(kind):
+    dense = _make(kind).double()
+    rotated = copy.deepcopy(dense)
+    slice_(rotated, CALIB, 0.0)
+    want = dense.generate(X[:1, :8], max_new_tokens=6, do_sample=False, use_cache=True)
+    assert torch.equal(rotated.generate(X[:1, :8], max_new_tokens=6, do_sample=False, use_cache=True), want)
