@@ -198,3 +198,15 @@ def test_generation_with_kv_cache_matches_dense(kind):
     slice_(rotated, CALIB, 0.0)
     want = dense.generate(X[:1, :8], max_new_tokens=6, do_sample=False, use_cache=True)
     assert torch.equal(rotated.generate(X[:1, :8], max_new_tokens=6, do_sample=False, use_cache=True), want)
+
+
+def test_error_grows_with_the_sliced_fraction():
+    model = _make("llama")
+    dense = _logits(model)
+    errs, kept = [], []
+    for frac in (0.125, 0.25, 0.5):
+        m = copy.deepcopy(model)
+        rep = slice_(m, CALIB, frac)
+        errs.append(_rel(_logits(m), dense))
+        kept.append(min(rep.kept_variance.values()))
+    assert errs == sorted(errs) and kept == sorted(kept, reverse=True) and errs[0] > 1e-3

@@ -2,29 +2,30 @@
 
 Ashkboos, Croci, Nascimento, Hoefler, Hensman, "SliceGPT: Compress Large Language Models by Deleting Rows
 and Columns", ICLR 2024 (arXiv:2401.15024). Notation: a signal ``X`` is ``(tokens, D)``, rows are tokens.
+The equations are the paper's, numbered (1)-(5) here in the order of its Sec. 3.
 
-1. *Computational invariance* (Sec. 3.1): with a scale-free ``RMSNorm(x) = x / ||x||`` (Eq. 1, here with
-   the model's eps: ``x / sqrt(||x||^2 / D + eps)``) and an orthogonal ``Q``, ``RMSNorm(X Q) = RMSNorm(X) Q``
-   (Eq. 2). A norm's scale ``diag(alpha)`` (and LayerNorm's shift ``beta``) are folded into the next linear
-   layer first: ``W_in <- diag(alpha) W_in``, ``b_in <- b_in + beta W_in``.
-2. *LayerNorm -> RMSNorm* (Sec. 3.2): ``LayerNorm(X) = RMSNorm(X M) diag(alpha) sqrt(D) + 1 beta^T`` with
-   ``M = I - (1/D) 1 1^T`` (Eq. 3). ``M`` is folded into every matrix *writing* the residual stream
+1. *Computational invariance* (Sec. 3.1): with a scale-free ``RMSNorm(x) = x / ||x||`` (here with the
+   model's eps: ``x / sqrt(||x||^2 / D + eps)``) and an orthogonal ``Q``: (1) ``RMSNorm(X Q) Q^T = RMSNorm(X)``.
+   A norm's scale ``diag(alpha)`` (and LayerNorm's shift ``beta``) are folded into the next linear layer
+   first: ``W_in <- diag(alpha) W_in``, ``b_in <- b_in + beta W_in``.
+2. *LayerNorm -> RMSNorm* (Sec. 3.2): (2) ``LayerNorm(X) = RMSNorm(X M) diag(alpha) sqrt(D) + 1 beta^T``
+   with ``M = I - (1/D) 1 1^T``. ``M`` is folded into every matrix *writing* the residual stream
    (embeddings, attention output, MLP output: ``W_out <- W_out M``, ``b_out <- b_out M``), so the stream has
    zero mean and the LayerNorm becomes a scale-free RMSNorm (the ``sqrt(D)`` is the eps-form's ``1/D``).
 3. *A transformation per block* (Sec. 3.3): at every norm input ``l`` (before each attention and MLP, and
-   the final norm) ``C_l = sum_i X_{l,i}^T X_{l,i}`` over the calibration sequences ``i``, ``Q_l`` its
-   eigenvectors by decreasing eigenvalue. Readers of the stream get ``W_in <- Q_l^T W_in``, writers
-   ``W_out <- W_out Q_l``, embeddings ``W_embd <- W_embd Q_0``; the residual from norm input ``l`` to ``l+1``
-   carries the shortcut ``Q_l^T Q_{l+1}``. Without slicing the model computes the same function.
-4. *Slicing* (Sec. 3.4): keep the first ``D' = (1 - fraction) D`` principal directions, i.e. multiply by the
-   deletion matrix ``D_del = [I_{D'}; 0]``: ``W_in <- D_del^T Q^T W_in``, ``W_out <- W_out Q D_del``, shortcuts
+   the final norm) (3) ``C_l = sum_i X_{l,i}^T X_{l,i}`` over the calibration sequences ``i``; ``Q_l`` holds
+   its eigenvectors by decreasing eigenvalue. Readers of the stream get ``W_in <- Q_l^T W_in``, writers
+   ``W_out <- W_out Q_l``, embeddings ``W_embd <- W_embd Q_0``, and the residual from norm input ``l`` to
+   ``l + 1`` carries the shortcut (4) ``Q_l^T Q_{l+1}``. Without slicing the model computes the same function.
+4. *Slicing* (Sec. 3.4): keep the first ``D' = (1 - fraction) D`` principal directions with the deletion
+   matrix ``D_del = [I_{D'}; 0]``: (5) ``W_in <- D_del^T Q^T W_in``, ``W_out <- W_out Q D_del``, shortcuts
    ``D_del^T Q_l^T Q_{l+1} D_del``. The stream error is the dropped variance (the eigenvalues left out).
    As in the paper each ``Q_l`` is computed from the signal of the model already sliced before ``l``.
 
 In PyTorch weights are ``(out, in)`` (``y = x W^T``), so a reader's weight becomes ``W Q`` and a writer's
-``Q^T W``. The norms after slicing still divide by the dense width ``D`` (SliceGPT's ``RMSN``), so the kept
-channels are normalized exactly as before. Tied ``lm_head`` / embeddings are untied (the head reads the
-stream at the last norm, the embedding writes the first one: different rotations), and the report says so.
+``Q^T W``. The norms after slicing still divide by the dense width ``D`` (as the paper's code does), so the
+kept channels are normalized exactly as before. Tied ``lm_head`` / embeddings are untied (the head reads
+the stream at the last norm, the embedding writes the first one: different rotations); the report says so.
 
 Supported: LLaMA-family (``model_type`` llama, mistral, qwen2, qwen3; RMSNorm) and OPT (LayerNorm,
 ``do_layer_norm_before=True``, ``word_embed_proj_dim == hidden_size``) causal LMs of transformers.
@@ -170,7 +171,7 @@ def points(model: nn.Module, fam: Family) -> list[Point]:
 # ------------------------------------------------------------------------------------------ modules
 
 class RMSNorm(nn.Module):
-    """Scale-free RMSNorm over a fixed width ``dim``: ``x / sqrt(||x||^2 / dim + eps)`` (SliceGPT Eq. 1, ``RMSN``).
+    """Scale-free RMSNorm over a fixed width ``dim``: ``x / sqrt(||x||^2 / dim + eps)`` (SliceGPT Sec. 3.1).
 
     ``dim`` stays the dense width after slicing, so the kept channels are scaled as the dense norm scaled them.
     """
@@ -296,7 +297,7 @@ def _untie(model: nn.Module, fam: Family, j: _Journal) -> bool:
 
 
 def _center_writers(model: nn.Module, fam: Family, j: _Journal) -> None:
-    """Fold LayerNorm's mean subtraction ``M = I - 1 1^T / D`` into every writer (SliceGPT Sec. 3.2, Eq. 3)."""
+    """Fold LayerNorm's mean subtraction ``M = I - 1 1^T / D`` into every writer (SliceGPT Sec. 3.2, (2))."""
     n = len(model.get_submodule(fam.layers))
     for path in fam.embeddings:
         e = model.get_submodule(path)
