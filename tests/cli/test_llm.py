@@ -116,6 +116,13 @@ def test_slice_then_eval(model_dir, tmp_path, monkeypatch):
     r = runner.invoke(app, ["llm", "slice", str(model_dir), "--calib-samples", "4", "--seq-len", "16", "--out",
                             str(out)])
     assert r.exit_code == 2 and "--overwrite" in r.output  # the first result survives
+    assert (out / "sliced.safetensors").is_file()
+    r = runner.invoke(app, ["llm", "slice", str(model_dir), "--calib-samples", "4", "--seq-len", "16", "--out",
+                            str(out), "--overwrite", "--no-shortcuts"])
+    assert r.exit_code == 0 and "(0 shortcut matrices)" in r.stdout, r.output
+    assert (out / "model.safetensors").is_file() and not (out / "sliced.safetensors").exists()  # plain folder
+    r = runner.invoke(app, ["llm", "eval", str(out), "--seq-len", "16", "--max-windows", "2"])
+    assert r.exit_code == 0, r.output
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -1,6 +1,7 @@
 """SliceGPT (``prunekit.structured.slice``) on tiny random LLaMA-family and OPT models (no download)."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -210,3 +211,23 @@ def test_error_grows_with_the_sliced_fraction():
         errs.append(_rel(_logits(m), dense))
         kept.append(min(rep.kept_variance.values()))
     assert errs == sorted(errs) and kept == sorted(kept, reverse=True) and errs[0] > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["llama", "opt"])
+def test_one_shared_rotation_without_shortcuts(kind, tmp_path):
+    model = _make(kind).double()
+    dense = _logits(model)
+    rotated = copy.deepcopy(model)
+    assert slice_(rotated, CALIB, 0.0, shortcuts=False).shortcuts == 0
+    assert (_logits(rotated) - dense).abs().max() < 1e-4
+    sliced = _make(kind)
+    rep = slice_(sliced, CALIB, 0.25, shortcuts=False)
+    assert all(getattr(b, "attn_shortcut", None) is None for b in sliced.modules() if isinstance(b, SlicedBlock))
+    out = save_sliced(sliced, rep, tmp_path / "s")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["layout"] == ("plain" if kind == "llama" else "shortcuts")
+    if kind == "llama":  # a plain transformers folder: hidden 24, head_dim kept, same logits
+        plain = transformers.LlamaForCausalLM.from_pretrained(out).eval()
+        assert plain.config.hidden_size == 24 and plain.config.head_dim == 8
+        assert (_logits(plain) - _logits(sliced)).abs().max() < 1e-5
+    assert (_logits(load_sliced(out)) - _logits(sliced)).abs().max() < 1e-5

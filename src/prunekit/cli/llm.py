@@ -260,6 +260,10 @@ def slice_cmd(
     seq_len: Annotated[int, typer.Option(help="tokens per calibration sequence")] = 128,
     batch_size: Annotated[int, typer.Option(help="sequences per forward pass")] = 8,
     round_to: Annotated[int, typer.Option("--round-to", help="kept hidden width rounded to a multiple of this")] = 1,
+    shortcuts: Annotated[bool, typer.Option("--shortcuts/--no-shortcuts", help="a rotation per norm input with "
+                                            "shortcut matrices (default), or one rotation for the whole stream "
+                                            "(LLaMA / Mistral / Qwen2 then save as a plain transformers folder)")
+                         ] = True,
     seed: c.Seed = 0,
     threads: c.Threads = None,
     db: c.Db = None,
@@ -284,7 +288,7 @@ def slice_cmd(
     model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
     cal = calibration_data(tok, calib, calib_samples, seq_len, seed)
     c.say(f"slicing {model_dir}: {cal.nsamples} x {cal.seq_len} calibration tokens")
-    rep = slice_(model, cal.input_ids, fraction, batch_size=batch_size, round_to=round_to)
+    rep = slice_(model, cal.input_ids, fraction, batch_size=batch_size, round_to=round_to, shortcuts=shortcuts)
     saved = save_sliced(model, rep, out, tokenizer=tok, overwrite=overwrite)
     if rep.untied_lm_head:
         c.say("warning: lm_head was tied to the embeddings; the sliced model has its own head")
@@ -293,7 +297,8 @@ def slice_cmd(
                f"{min(rep.kept_variance.values()):.4f}, {rep.seconds:.1f}s -> {saved}")
     from .prune import record
 
-    record(db, out, "llm-slice", {"model": str(model_dir), "fraction": fraction, "calibration": cal.info}, "llm",
+    record(db, out, "llm-slice", {"model": str(model_dir), "fraction": fraction, "shortcuts": shortcuts,
+                                  "calibration": cal.info}, "llm",
            {"hidden_after": rep.hidden_after, "params_after": rep.params_after}, None, {"slice_s": rep.seconds})
 
 

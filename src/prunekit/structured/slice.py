@@ -36,6 +36,7 @@ The sliced model keeps its class but its blocks carry shortcut matrices and scal
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import logging
@@ -391,18 +392,23 @@ class _Stop(Exception):
     """Raised by the capture hook: the rest of the forward pass is not needed."""
 
 
-def _signal(model: nn.Module, path: str, ids: Tensor, batch_size: int) -> Tensor:
-    """``C = sum_i X_i^T X_i`` of the input of module ``path`` over the calibration ids, float64 ``(D, D)``."""
-    acc: list[Tensor] = []  # [running sum (D, D)], one addition per batch
-    seen = [0]
+def _signals(model: nn.Module, paths: list[str], ids: Tensor, batch_size: int, stop: bool = True
+             ) -> dict[str, Tensor]:
+    """``C = sum_i X_i^T X_i`` (float64 ``(D, D)``) of the input of each module in ``paths`` over the calibration
+    ids; with ``stop`` the forward pass ends at the last of them."""
+    acc: dict[str, Tensor] = {}  # running sums, one addition per batch
+    seen = dict.fromkeys(paths, 0)
 
-    def hook(_m: nn.Module, args: tuple) -> None:
-        x = args[0].detach().double().reshape(-1, args[0].shape[-1])  # (tokens, D)
-        acc[:] = [x.T @ x + (acc[0] if acc else 0)]
-        seen[0] += 1
-        raise _Stop
+    def hook(path: str) -> Callable[[nn.Module, tuple], None]:
+        def add(_m: nn.Module, args: tuple) -> None:
+            x = args[0].detach().double().reshape(-1, args[0].shape[-1])  # (tokens, D)
+            acc[path] = x.T @ x + acc[path] if path in acc else x.T @ x
+            seen[path] += 1
+            if stop and path == paths[-1]:
+                raise _Stop
+        return add
 
-    handle = model.get_submodule(path).register_forward_pre_hook(hook)
+    handles = [model.get_submodule(p).register_forward_pre_hook(hook(p)) for p in paths]
     try:
         for batch in ids.split(batch_size):
             try:
@@ -410,10 +416,12 @@ def _signal(model: nn.Module, path: str, ids: Tensor, batch_size: int) -> Tensor
             except _Stop:
                 pass
     finally:
-        handle.remove()
-    if seen[0] != math.ceil(ids.shape[0] / batch_size):
-        raise RuntimeError(f"SliceGPT: the forward pass never reached {path!r}")
-    return acc[0]
+        for h in handles:
+            h.remove()
+    missed = [p for p, n in seen.items() if n != math.ceil(ids.shape[0] / batch_size)]
+    if missed:
+        raise RuntimeError(f"SliceGPT: the forward pass never reached {missed[0]!r}")
+    return acc
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -492,15 +500,20 @@ def _check_args(fraction: Any, batch_size: Any, round_to: Any) -> float:
 
 
 def slice_(model: nn.Module, calibration_ids: Tensor, fraction: float, *, batch_size: int = 8,
-           round_to: int = 1) -> SliceReport:
+           round_to: int = 1, shortcuts: bool = True) -> SliceReport:
     """SliceGPT (Ashkboos et al. 2024) in place: fold the norms, rotate every block onto the principal
     directions of its calibration signal and keep ``(1 - fraction)`` of the hidden width (module docstring).
 
     ``calibration_ids``: ``(samples, seq_len)`` token ids, run ``batch_size`` samples at a time.
     ``fraction`` in [0, 1) of the hidden width removed (0: rotation only, the same function); the kept
-    width is rounded to a multiple of ``round_to``. On any error the model is left exactly as it was.
+    width is rounded to a multiple of ``round_to``. ``shortcuts=False``: one rotation for the whole stream
+    (the eigenvectors of ``sum_l C_l``, the single-``Q`` form of Sec. 3.1), no shortcut matrices, so a
+    LLaMA-family model saves as a plain transformers folder. On any error the model is left as it was.
     """
     frac = _check_args(fraction, batch_size, round_to)
+    if not isinstance(shortcuts, bool):
+        raise ValueError(f"shortcuts must be True (a rotation per norm input) or False (one rotation), "
+                         f"got {shortcuts!r}")
     fam = family_of(model)
     ids = _check_ids(calibration_ids, model)
     if any(isinstance(b, SlicedBlock) for b in model.get_submodule(fam.layers)):
@@ -510,7 +523,7 @@ def slice_(model: nn.Module, calibration_ids: Tensor, fraction: float, *, batch_
     model.eval()
     try:
         with torch.no_grad():
-            report = _slice(model, fam, ids, frac, batch_size, round_to, j)
+            report = _slice(model, fam, ids, frac, batch_size, round_to, shortcuts, j)
     except BaseException:
         j.rollback()
         raise
@@ -523,29 +536,53 @@ def slice_(model: nn.Module, calibration_ids: Tensor, fraction: float, *, batch_
 
 
 def _slice(model: nn.Module, fam: Family, ids: Tensor, frac: float, batch_size: int, round_to: int,
-           j: _Journal) -> SliceReport:
+           shortcuts: bool, j: _Journal) -> SliceReport:
     params_before = sum(p.numel() for p in model.parameters())
     untied = _fold(model, fam, j)
     _install_blocks(model, fam, j)
     pts = points(model, fam)
     d = model.get_submodule(pts[0].norm).dim
     k = _kept_width(d, frac, round_to)
+    kept = (_rotate_per_point if shortcuts else _rotate_shared)(model, pts, ids, k, batch_size, j)
+    return SliceReport(fam.name, frac, d, k, params_before, sum(p.numel() for p in model.parameters()),
+                       2 * len(model.get_submodule(fam.layers)) if shortcuts else 0, untied, int(ids.numel()),
+                       kept, 0.0)
+
+
+def _kept(vals: Tensor, k: int) -> float:
+    return float(vals[:k].sum() / vals.sum()) if float(vals.sum()) > 0 else 1.0
+
+
+def _rotate_per_point(model: nn.Module, pts: list[Point], ids: Tensor, k: int, batch_size: int,
+                      j: _Journal) -> dict[str, float]:
+    """Sec. 3.3-3.4: ``Q_l`` from each norm input's signal in turn, shortcuts ``Q_l^T Q_{l+1}``; kept variance."""
     kept: dict[str, float] = {}
     lift: Tensor | None = None  # D_del^T Q^T of the previous point: its residual, back in dense coordinates
-    for pt in pts:
-        vals, q = _principal(_signal(model, pt.norm, ids, batch_size))
+    for i, pt in enumerate(pts):
+        vals, q = _principal(_signals(model, [pt.norm], ids, batch_size)[pt.norm])
         qk = q[:, :k]  # (D, D')
-        kept[pt.norm] = float(vals[:k].sum() / vals.sum()) if float(vals.sum()) > 0 else 1.0
+        kept[pt.norm] = _kept(vals, k)
         _rotate_writers(model, pt, qk, j)
         _rotate_readers(model, pt, qk, j)
         if lift is not None:
             _set_shortcut(model, pt.shortcut, lift @ qk, j)  # Q_l^T Q_{l+1}, sliced: (D', D')
         lift = qk.T  # (D', D)
-        nxt = pts.index(pt) + 1
-        if nxt < len(pts):
-            _set_shortcut(model, pts[nxt].shortcut, lift, j)  # until the next point is rotated
-    return SliceReport(fam.name, frac, d, k, params_before, sum(p.numel() for p in model.parameters()),
-                       2 * len(model.get_submodule(fam.layers)), untied, int(ids.numel()), kept, 0.0)
+        if i + 1 < len(pts):
+            _set_shortcut(model, pts[i + 1].shortcut, lift, j)  # until the next point is rotated
+    return kept
+
+
+def _rotate_shared(model: nn.Module, pts: list[Point], ids: Tensor, k: int, batch_size: int,
+                   j: _Journal) -> dict[str, float]:
+    """One ``Q`` from ``sum_l C_l`` of the dense (folded) model for every reader and writer: no shortcuts."""
+    c = _signals(model, [pt.norm for pt in pts], ids, batch_size)
+    _, q = _principal(sum(c.values()))
+    qk = q[:, :k]  # (D, D')
+    for pt in pts:
+        _rotate_writers(model, pt, qk, j)
+        _rotate_readers(model, pt, qk, j)
+    return {p: float(torch.trace(qk.T @ c[p] @ qk) / torch.trace(c[p])) if float(torch.trace(c[p])) > 0 else 1.0
+            for p in c}
 
 
 slicegpt = slice_  # the method's name, as an alias
@@ -555,11 +592,15 @@ slicegpt = slice_  # the method's name, as an alias
 
 def save_sliced(model: nn.Module, report: SliceReport, directory: str | os.PathLike, *, tokenizer: Any = None,
                 overwrite: bool = False) -> Path:
-    """Write a sliced model as a folder (kind ``sliced``): the dense ``config.json`` it was built from,
-    ``sliced.safetensors`` (every tensor, shortcuts included), the tokenizer if given, ``manifest.json``.
+    """Write a sliced model as a folder (kind ``sliced`` in ``manifest.json``, the report in it), atomically.
 
-    Plain ``from_pretrained`` refuses the folder (no ``model.safetensors``): load it with :func:`load_sliced`.
-    Written with ``prunekit.io.atomic_dir``: whole or not at all; an existing folder only with ``overwrite``.
+    With shortcut matrices (the default of :func:`slice_`): the dense ``config.json`` it was built from and
+    ``sliced.safetensors`` (every tensor, shortcuts included); plain ``from_pretrained`` refuses the folder
+    (no ``model.safetensors``), :func:`load_sliced` rebuilds it. Without shortcuts (``shortcuts=False``) a
+    LLaMA, Mistral or Qwen2 model is saved as a plain ``save_pretrained`` folder of its class with
+    ``hidden_size`` = the kept width, ``head_dim`` pinned, the norms' ``sqrt(D / D')`` in their weights and
+    ``rms_norm_eps * D / D'`` (the same function). Written with ``prunekit.io.atomic_dir``: whole or not at
+    all; an existing folder is replaced only with ``overwrite``. ``tokenizer`` is saved with it if given.
     """
     from ..io import atomic_dir, save_tensors, write_manifest
 
@@ -567,26 +608,54 @@ def save_sliced(model: nn.Module, report: SliceReport, directory: str | os.PathL
     if not isinstance(report, SliceReport):
         raise TypeError(f"report must be the SliceReport slice_ returned, got {type(report).__name__}")
     if not all(isinstance(b, SlicedBlock) for b in model.get_submodule(fam.layers)):
-        raise ValueError("model: not sliced (its blocks carry no shortcuts); run slice_ first")
+        raise ValueError("model: not sliced; run slice_ first")
+    plain = _plain_model(model, fam, report)
+    body = {"method": "slicegpt", "model_class": type(model).__name__, "family": fam.name,
+            "layout": "plain" if plain is not None else "shortcuts",
+            "weights": "model.safetensors" if plain is not None else WEIGHTS, "hidden_size": report.hidden_before,
+            "sliced_hidden_size": report.hidden_after, "report": report.to_dict()}
     with atomic_dir(directory, overwrite=overwrite) as tmp:
-        model.config.save_pretrained(tmp)
-        save_tensors(tmp / WEIGHTS, model.state_dict(), metadata={"format": "prunekit", "kind": KIND})
+        if plain is not None:
+            plain.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.config.save_pretrained(tmp)
+            save_tensors(tmp / WEIGHTS, model.state_dict(), metadata={"format": "prunekit", "kind": KIND})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        write_manifest(tmp, KIND, {"method": "slicegpt", "model_class": type(model).__name__, "family": fam.name,
-                                   "weights": WEIGHTS, "hidden_size": report.hidden_before,
-                                   "sliced_hidden_size": report.hidden_after, "report": report.to_dict()})
+        write_manifest(tmp, KIND, body)
     return Path(directory)
 
 
+def _plain_model(model: nn.Module, fam: Family, report: SliceReport) -> nn.Module | None:
+    """The sliced model as a plain instance of its class, or None where only the shortcut format holds it
+    (shortcut matrices, OPT's LayerNorm layout, Qwen3's head norms sharing ``rms_norm_eps``)."""
+    pts = points(model, fam)
+    norms = [model.get_submodule(p.norm) for p in pts]
+    eps = {n.eps for n in norms}
+    has_shortcuts = any(model.get_submodule(fam.layers)[0]._parameters.get(a) is not None for a in SHORTCUTS)
+    if has_shortcuts or fam is not LLAMA or model.config.model_type == "qwen3" or len(eps) != 1:
+        return None
+    d, k = report.hidden_before, report.hidden_after
+    cfg = copy.deepcopy(model.config)
+    cfg.hidden_size, cfg.rms_norm_eps, cfg.tie_word_embeddings = k, eps.pop() * d / k, False
+    cfg.head_dim = model.get_submodule(f"{fam.layers}.0.self_attn").head_dim
+    state = model.state_dict()
+    for p in pts:  # HF's norm over D' channels with this weight and eps is the RMSNorm over D
+        state[f"{p.norm}.weight"] = torch.full((k,), math.sqrt(d / k), dtype=state[f"{fam.head}.weight"].dtype)
+    out = type(model)(cfg).to(state[f"{fam.head}.weight"].dtype).eval()
+    out.load_state_dict(state, strict=True)
+    return out
+
+
 def is_sliced_dir(path: str | os.PathLike) -> bool:
-    """Whether ``path`` holds a folder written by :func:`save_sliced`."""
+    """Whether ``path`` holds a folder in :func:`save_sliced`'s shortcut format (plain ones load as usual)."""
     return (Path(path) / WEIGHTS).is_file()
 
 
 def load_sliced(directory: str | os.PathLike) -> nn.Module:
     """Rebuild a model saved by :func:`save_sliced`: the dense class from ``config.json``, the same norms and
-    shortcut blocks, every tensor shape checked against the weights' header before it is read."""
+    shortcut blocks, every tensor shape checked against the weights' header before it is read (a plain
+    folder loads with ``from_pretrained``)."""
     import transformers
 
     from ..io import check_tensor_file, load_tensors, read_manifest
@@ -596,6 +665,8 @@ def load_sliced(directory: str | os.PathLike) -> nn.Module:
     cls = getattr(transformers, str(man.get("model_class")), None)
     if not isinstance(cls, type):
         raise ValueError(f"{d / 'manifest.json'}: model_class {man.get('model_class')!r} is not a transformers class")
+    if man.get("layout") == "plain":
+        return cls.from_pretrained(d, local_files_only=True).eval()
     cfg = transformers.AutoConfig.from_pretrained(d, local_files_only=True)
     file = d / WEIGHTS
     head = check_tensor_file(file, None, what="sliced model weights")
