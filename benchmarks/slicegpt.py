@@ -5,8 +5,10 @@
 
 For each fraction of the hidden width (10 / 25 / 30%): ``prunekit.structured.slice_`` (fold the norms,
 rotate each block onto the principal directions of its calibration signal, keep the first directions),
-and, at the same kept width, the hidden (norm-mixed) group removed as ``prune_normalized=True`` does it
-(l2 group importance, the norm statistics recomputed over the kept channels; heads and MLP untouched).
+the same with one rotation for the whole stream (``shortcuts=False``: no shortcut matrices, a plain
+transformers folder), and, at the same kept width, the hidden (norm-mixed) group removed as
+``prune_normalized=True`` does it (l2 group importance, the norm statistics recomputed over the kept
+channels; heads and MLP untouched).
 Measured: validation perplexity (``prunekit.calibrate.evaluate.perplexity``, 128-token non-overlapping
 windows of the corpus's validation split, the protocol of docs/results/llm.md), parameters and MACs of one
 128-token sequence (``prunekit.accounting.count_macs``, which counts the shortcut matmuls too), and the
@@ -146,6 +148,12 @@ def main() -> None:
         rows.append({"method": "slicegpt", "fraction": frac, "hidden": rep.hidden_after,
                      "min_kept_variance": round(min(rep.kept_variance.values()), 4),
                      **measure(sliced, val, probe, dense_logits, time.perf_counter() - t0)})
+        print(rows[-1], flush=True)
+        one, t0 = copy.deepcopy(model), time.perf_counter()
+        rep1 = slice_(one, calib, frac, shortcuts=False)
+        rows.append({"method": "slicegpt one rotation", "fraction": frac, "hidden": rep1.hidden_after,
+                     "min_kept_variance": round(min(rep1.kept_variance.values()), 4),
+                     **measure(one, val, probe, dense_logits, time.perf_counter() - t0)})
         print(rows[-1], flush=True)
         t0 = time.perf_counter()
         slim = normalized_removal(model, rep.hidden_after, probe)
