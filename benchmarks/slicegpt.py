@@ -45,7 +45,7 @@ def measure(model: torch.nn.Module, val: torch.Tensor, probe: torch.Tensor, dens
     from prunekit.accounting import count_macs
     from prunekit.calibrate.evaluate import perplexity
 
-    ppl = perplexity(model, val, seq_len=128, dataset="stdlib-docstrings")
+    ppl = perplexity(model, val, seq_len=128, batch_size=16, dataset="stdlib-docstrings", tokenizer="zoo-lm BPE")
     row = {"ppl": round(ppl["ppl"], 4), "protocol_hash": ppl["protocol"]["hash"],
            "windows": ppl["protocol"]["n_windows"],
            "params": sum(p.numel() for p in model.parameters()),
