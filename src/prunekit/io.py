@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "prunekit"
 VERSION = 2
-KINDS = ("zoo", "masks", "structured", "hf", "training-state", "data-selection", "supermask")
+KINDS = ("zoo", "masks", "structured", "hf", "training-state", "data-selection", "supermask", "sliced")
 MANIFEST = "manifest.json"
 MIB = 1 << 20
 FAULT_STEPS = {

@@ -96,3 +96,50 @@ def test_model_dir_without_weights(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{}")
     r = runner.invoke(app, ["prune", str(tmp_path / "m"), "--out", str(tmp_path / "o"), "--sparsity", "0.5"])
     assert r.exit_code == 2 and "no weights" in r.output
+
+
+def test_slice_then_eval(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "sliced"
+    r = runner.invoke(app, ["llm", "slice", str(model_dir), "--fraction", "0.25", "--calib-samples", "4",
+                            "--seq-len", "16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "hidden width 32 -> 24" in r.stdout
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["kind"] == "sliced" and man["sliced_hidden_size"] == 24
+    assert man["report"]["calibration_tokens"] == 4 * 16
+    rows = sqlite3.connect(out / "prunekit-results.sqlite").execute("SELECT experiment FROM runs").fetchall()
+    assert rows == [("llm-slice",)]
+    r = runner.invoke(app, ["llm", "eval", str(out), "--seq-len", "16", "--max-windows", "2"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[r.stdout.index("{"):])["ppl"] > 1
+    r = runner.invoke(app, ["llm", "slice", str(model_dir), "--calib-samples", "4", "--seq-len", "16", "--out",
+                            str(out)])
+    assert r.exit_code == 2 and "--overwrite" in r.output  # the first result survives
+    assert (out / "sliced.safetensors").is_file()
+    r = runner.invoke(app, ["llm", "slice", str(model_dir), "--calib-samples", "4", "--seq-len", "16", "--out",
+                            str(out), "--overwrite", "--no-shortcuts"])
+    assert r.exit_code == 0 and "(0 shortcut matrices)" in r.stdout, r.output
+    assert (out / "model.safetensors").is_file() and not (out / "sliced.safetensors").exists()  # plain folder
+    r = runner.invoke(app, ["llm", "eval", str(out), "--seq-len", "16", "--max-windows", "2"])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--fraction", "1.0"], "--fraction must be in [0, 1)"),
+    (["--fraction", "-0.1"], "--fraction must be in [0, 1)"),
+    (["--calib-samples", "0"], "--calib-samples"),
+    (["--seq-len", "65"], "maximum sequence length"),
+])
+def test_slice_bad_flags(model_dir, tmp_path, args, msg):
+    r = runner.invoke(app, ["llm", "slice", str(model_dir), "--out", str(tmp_path / "o"), "--seq-len", "16", *args])
+    assert r.exit_code == 2 and msg in r.output, r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_slice_refuses_an_unsupported_family_before_loading(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "bert"}')
+    (tmp_path / "m" / "model.safetensors").write_text("not read")
+    r = runner.invoke(app, ["llm", "slice", str(tmp_path / "m"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "'bert' is not supported by SliceGPT" in r.output and "opt" in r.output, r.output

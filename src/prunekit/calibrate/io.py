@@ -152,8 +152,9 @@ def check_model_dir(model_dir: str | Path) -> Path:
     if not (p / "config.json").is_file():
         raise ValueError(f"model directory {p} has no config.json (expected a save_pretrained folder)")
     from ..quant.format import is_quantized_dir
+    from ..structured.slice import is_sliced_dir
 
-    if is_quantized_dir(p):
+    if is_quantized_dir(p) or is_sliced_dir(p):
         return p
     if not any((p / f).is_file() for f in WEIGHT_FILES) and not list(p.glob("model-*.safetensors")):
         raise ValueError(f"model directory {p} has no weights ({', '.join(WEIGHT_FILES)})")
@@ -189,6 +190,11 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Mo
 
     if is_quantized_dir(p):  # int8 / int4 weights of ``prunekit llm quantize``, dequantized
         model = load_quantized(p)
+        return model if dtype is None else model.to(dtype)
+    from ..structured.slice import is_sliced_dir, load_sliced
+
+    if is_sliced_dir(p):  # ``prunekit llm slice``: shortcut blocks plain from_pretrained cannot build
+        model = load_sliced(p)
         return model if dtype is None else model.to(dtype)
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
     kw = {"dtype": dtype} if dtype is not None else {}

@@ -16,10 +16,11 @@ llm_app = c.app_group("Post-training pruning of transformers / LLMs: evaluation 
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``llm`` group (``prune`` alias, ``eval``, ``experts``, ``quantize``) to ``app``."""
+    """Add the ``llm`` group (``prune`` alias, ``eval``, ``experts``, ``slice``, ``quantize``) to ``app``."""
     c.alias(llm_app, "prune", llm_prune, "llm prune", "prune MODEL_DIR --method ...")
     c.command(llm_app, "eval")(eval_)
     c.command(llm_app, "experts")(experts)
+    c.command(llm_app, "slice")(slice_cmd)
     c.command(llm_app, "quantize")(quantize)
     app.add_typer(llm_app, name="llm", help="Post-training pruning of transformers / LLMs.")
 
@@ -229,6 +230,84 @@ def experts(
 
     record(db, out, "llm-experts", {"model": str(model_dir), "score": score, "keep": keep}, "llm",
            {"experts_after": rep.experts_after, "params_after": rep.params_after}, None, {})
+
+
+def _fraction(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise typer.BadParameter(f"--fraction must be in [0, 1) (the fraction of the hidden width removed); "
+                                 f"got {value!r}")
+    return value
+
+
+def _check_slice_dir(model_dir: Path) -> Path:
+    """A save_pretrained folder of a supported family, checked from config.json before any weight is read."""
+    import json
+
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"model directory {model_dir} does not exist")
+    from ..calibrate import io
+    from ..structured.slice import MODEL_TYPES
+
+    model_dir = io.check_model_dir(model_dir)
+    mtype = json.loads((model_dir / "config.json").read_text()).get("model_type")
+    if mtype not in MODEL_TYPES:
+        raise ValueError(f"MODEL_DIR {model_dir}: model_type {mtype!r} is not supported by SliceGPT; accepted: "
+                         f"{', '.join(sorted(MODEL_TYPES))} causal LMs")
+    return model_dir
+
+
+def slice_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="a save_pretrained causal LM folder (LLaMA, Mistral, Qwen2/3, "
+                                              "OPT) with its tokenizer")],
+    out: c.Out,
+    fraction: Annotated[float, typer.Option("--fraction", help="fraction of the hidden width removed, in [0, 1) "
+                                            "(0: rotation only, the same function)", callback=_fraction)] = 0.25,
+    calib: Annotated[Path | None, typer.Option(help="text file, folder or saved dataset (default: built-in "
+                                               "corpus)")] = None,
+    calib_samples: Annotated[int, typer.Option("--calib-samples", help="calibration sequences")] = 64,
+    seq_len: Annotated[int, typer.Option(help="tokens per calibration sequence")] = 128,
+    batch_size: Annotated[int, typer.Option(help="sequences per forward pass")] = 8,
+    round_to: Annotated[int, typer.Option("--round-to", help="kept hidden width rounded to a multiple of this")] = 1,
+    shortcuts: Annotated[bool, typer.Option("--shortcuts/--no-shortcuts", help="a rotation per norm input with "
+                                            "shortcut matrices (default), or one rotation for the whole stream "
+                                            "(LLaMA / Mistral / Qwen2 then save as a plain transformers folder)")
+                         ] = True,
+    seed: c.Seed = 0,
+    threads: c.Threads = None,
+    db: c.Db = None,
+    overwrite: c.Overwrite = False,
+) -> None:
+    """SliceGPT: rotate the residual stream onto its principal directions and delete --fraction of the hidden
+    width (Ashkboos et al. 2024); saves a folder `load_sliced` / `llm eval` read."""
+    if calib_samples < 1 or seq_len < 2 or batch_size < 1 or round_to < 1:
+        raise ValueError(f"--calib-samples, --batch-size, --round-to must be >= 1 and --seq-len >= 2, got "
+                         f"{calib_samples}, {batch_size}, {round_to}, {seq_len}")
+    if calib is not None and not calib.exists():
+        raise FileNotFoundError(f"--calib {calib} does not exist")
+    model_dir = _check_slice_dir(model_dir)
+    c.check_out(out, overwrite=overwrite, inputs=[model_dir, calib], expected_bytes=c.folder_bytes(model_dir))
+    c.set_threads(threads)
+    from ..calibrate import io
+    from ..calibrate.data import calibration_data
+    from ..calibrate.workflow import check_seq_len, load_tokenizer
+    from ..structured.slice import save_sliced, slice_
+
+    check_seq_len(model_dir, seq_len)
+    model, tok = io.load_model(model_dir), load_tokenizer(model_dir)
+    cal = calibration_data(tok, calib, calib_samples, seq_len, seed)
+    c.say(f"slicing {model_dir}: {cal.nsamples} x {cal.seq_len} calibration tokens")
+    rep = slice_(model, cal.input_ids, fraction, batch_size=batch_size, round_to=round_to, shortcuts=shortcuts)
+    saved = save_sliced(model, rep, out, tokenizer=tok, overwrite=overwrite)
+    if rep.untied_lm_head:
+        c.say("warning: lm_head was tied to the embeddings; the sliced model has its own head")
+    typer.echo(f"hidden width {rep.hidden_before} -> {rep.hidden_after}, parameters {rep.params_before} -> "
+               f"{rep.params_after} ({rep.shortcuts} shortcut matrices), min kept variance "
+               f"{min(rep.kept_variance.values()):.4f}, {rep.seconds:.1f}s -> {saved}")
+    from .prune import record
+
+    record(db, out, "llm-slice", {"model": str(model_dir), "fraction": fraction, "shortcuts": shortcuts,
+                                  "calibration": cal.info}, "llm",
+           {"hidden_after": rep.hidden_after, "params_after": rep.params_after}, None, {"slice_s": rep.seconds})
 
 
 def _bits(value: int) -> int:
