@@ -76,7 +76,8 @@ def sparsity_of(w: dict[str, torch.Tensor]) -> float:
     return 1.0 - sum(int((t != 0).sum()) for t in w.values()) / sum(t.numel() for t in w.values())
 
 
-def quality_fn(model_dir: Path, fresh: Any, tok: Any, seq_len: int) -> tuple[Any, str]:
+def quality_fn(model_dir: Path, fresh: Any, tok: Any, seq_len: int, max_windows: int | None = None
+               ) -> tuple[Any, str]:
     """``(model -> score, name)``: perplexity for a causal LM, fidelity to the dense model for an encoder."""
     from prunekit.calibrate import evaluate as ev
     from prunekit.calibrate.data import builtin_texts, tokenize_stream
@@ -84,7 +85,7 @@ def quality_fn(model_dir: Path, fresh: Any, tok: Any, seq_len: int) -> tuple[Any
     dense = fresh()
     if hasattr(dense, "lm_head"):
         val = tokenize_stream(builtin_texts("validation"), tok)
-        return (lambda m: ev.perplexity(m, val, seq_len, batch_size=16)["ppl"]), "ppl"
+        return (lambda m: ev.perplexity(m, val, seq_len, batch_size=16, max_windows=max_windows)["ppl"]), "ppl"
     ids, am = ev.encode_texts(tok, builtin_texts("validation")[:256], 128)
     ref = ev.pooled_embeddings(dense, ids, am, 32)
     return (lambda m: ev.embedding_fidelity(ref, ev.pooled_embeddings(m, ids, am, 32))), "fidelity"
@@ -130,6 +131,7 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=1, help="runs of every case, alternating which tool goes first")
     ap.add_argument("--cases", default=None, help="comma-separated case indices (default: all 4)")
+    ap.add_argument("--max-windows", type=int, default=None, help="perplexity on the first N validation windows")
     ap.add_argument("--out", default=None)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 suits a shared machine)")
     a = ap.parse_args()
@@ -147,7 +149,7 @@ def main() -> int:
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
     fresh = lambda: load_model(d)  # noqa: E731
     IDS = calibration_data(tok, None, a.nsamples, a.seq_len, seed=0).input_ids
-    quality, qname = quality_fn(d, fresh, tok, a.seq_len)
+    quality, qname = quality_fn(d, fresh, tok, a.seq_len, a.max_windows)
     dense_q = quality(fresh())
     cases = [CASES[int(i)] for i in a.cases.split(",")] if a.cases else CASES
     rows = []
