@@ -142,3 +142,24 @@ def test_prune_applies_only_one_shot_and_calibrated_methods(tiny_net):
                                          "grasp, magnitude"):
         pk.prune_(tiny_net, Structured(sparsity=0.5))
     assert pk.prune_(tiny_net, pk.Magnitude(0.5)).sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+def test_get_within_a_kind_needs_no_other_engine():
+    reg = MethodRegistry(engines=("prunekit_no_such_engine",))  # loading the engines would raise ImportError
+    reg.register("sgpt_x", kind="calibrated", aliases=("sgpt-old",))(lambda: None)
+    assert reg.get("sgpt_x", kind="calibrated").name == "sgpt_x"
+    assert reg.get("sgpt-old", kind="calibrated").name == "sgpt_x"
+    with pytest.raises(ModuleNotFoundError):
+        reg.get("sgpt_x", kind="oneshot")  # not there: the full lookup, which loads every engine
+    with pytest.raises(ModuleNotFoundError):
+        reg.get("sgpt_x")  # no kind: the full lookup too
+
+
+def test_cli_resolves_a_calibrated_method_of_a_hf_folder_without_the_other_engines(tmp_path):
+    code = ("import sys; from prunekit.cli.prune import path_of; print(path_of(sys.argv[1], 'wanda', False), "
+            "path_of(sys.argv[1], 'calibrated-magnitude', False), "
+            "[m for m in ('prunekit.oneshot', 'prunekit.structured.api', 'prunekit.training.methods') "
+            "if m in sys.modules])")
+    (tmp_path / "config.json").write_text("{}")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "('calibrated', 'wanda') ('calibrated', 'calibrated-magnitude') []"

@@ -114,7 +114,17 @@ class MethodRegistry:
         self._entries[entry.name] = entry
 
     def get(self, name: str, kind: str | None = None) -> Entry:
-        """The entry named ``name`` (or an alias; within ``kind`` if given); unknown -> ValueError listing names."""
+        """The entry named ``name`` (or an alias; within ``kind`` if given); unknown -> ValueError listing names.
+
+        Within a ``kind``, a name or alias already registered there is the answer without importing the
+        other engines (names are unique across kinds and aliases within theirs, so no later registration
+        can change it): the CLI's calibrated path then skips the one-shot, structured and data engines.
+        """
+        if kind is not None and not self._loaded:
+            _check_kind(kind)
+            for e in self.entries(kind, load=False):
+                if name == e.name or name in e.aliases:
+                    return e
         self._ensure_loaded()
         if kind is not None:
             _check_kind(kind)

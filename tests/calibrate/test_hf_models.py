@@ -41,7 +41,8 @@ def test_saved_class_and_every_tensor(name, tmp_path):
     with TensorReader(src) as r:
         source = set(r.names())
     assert set(t["pruned"]) | set(t["kept_identical"]) == source and not set(t["pruned"]) & set(t["kept_identical"])
-    assert t["counts"] == {"pruned": len(t["pruned"]), "kept_identical": len(t["kept_identical"]), "added": 0}
+    assert t["counts"] == {"pruned": len(t["pruned"]), "kept_identical": len(t["kept_identical"]), "added": 0,
+                           "dropped": 0}
     assert set(man["ledger"]["pruned"]) == {r.name for r in report.layers}
     on_disk = {f for n in man["ledger"]["pruned"] for f in t["renamed"].get(n, [n])}  # transformers' save layout
     assert set(t["pruned"]) == on_disk

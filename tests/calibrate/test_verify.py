@@ -57,3 +57,16 @@ def test_bit_identical_compares_bits():
     a = torch.tensor([0.0, float("nan")])
     assert bit_identical(a, a.clone()) and not bit_identical(a, torch.tensor([-0.0, float("nan")]))
     assert not bit_identical(a, a.double())
+
+
+def test_a_non_persistent_buffer_in_the_source_is_listed_as_dropped(tmp_path):
+    src = tmp_path / "src"
+    save_tiny_hf("LlamaForCausalLM", src)
+    sd = load_file(src / "model.safetensors")
+    sd["model.embeddings.position_ids"] = torch.arange(8)[None]  # as a transformers 4.x BERT checkpoint has it
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    _copy_with(src, tmp_path / "out", lambda d: d.pop("model.embeddings.position_ids"))
+    got = compare_saved(src, tmp_path / "out", {}, not_saved={"model.embeddings.position_ids"})
+    assert got["dropped"] == ["model.embeddings.position_ids"] and got["counts"]["dropped"] == 1
+    with pytest.raises(SavedModelMismatch, match="missing from the output"):
+        compare_saved(src, tmp_path / "out", {})  # without the model's word it is still an error

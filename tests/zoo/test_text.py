@@ -1,5 +1,7 @@
 """Tests of the built-in standard-library docstring corpus."""
 
+import json
+
 import pytest
 
 from prunekit.zoo.text import _source_files, corpus_info, stdlib_corpus, stdlib_root, train_val_split
@@ -62,3 +64,47 @@ def test_bad_arguments():
         stdlib_corpus(min_chars=0)
     with pytest.raises(ValueError, match="docs"):
         train_val_split(["only one"])
+
+
+def _fake_stdlib(root):
+    (root / "pkg").mkdir(parents=True)
+    (root / "os.py").write_text('"""' + "Module doc of os, long enough. " * 3 + '"""\n')
+    (root / "pkg" / "m.py").write_text('def f():\n    """' + "Function doc, long enough here. " * 3 + '"""\n')
+    return root
+
+
+def test_docstrings_cached_on_disk_and_rebuilt_when_stale(tmp_path, monkeypatch):
+    from prunekit.zoo import text
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    root = _fake_stdlib(tmp_path / "lib")
+    fresh = text._extract_docs(root, 20)
+    assert len(fresh) == 2 and fresh[0].startswith("Module doc")
+    text._all_docs.cache_clear()
+    assert text._all_docs(str(root), 20) == fresh
+    (path,) = (tmp_path / "cache" / "corpus").glob("stdlib-docstrings-*.json")
+    calls = []
+    monkeypatch.setattr(text, "_extract_docs", lambda r, m: calls.append(r) or ("parsed",))
+    text._all_docs.cache_clear()
+    assert text._all_docs(str(root), 20) == fresh and calls == []  # read back, not parsed
+    obj = json.loads(path.read_text())
+    obj["docs"][0] = "tampered"
+    path.write_text(json.dumps(obj))  # digest no longer matches: parsed again and rewritten
+    text._all_docs.cache_clear()
+    assert text._all_docs(str(root), 20) == ("parsed",) and len(calls) == 1
+    assert json.loads(path.read_text())["docs"] == ["parsed"]
+    text._all_docs.cache_clear()
+    assert text._all_docs(str(root), 21) == ("parsed",) and len(calls) == 2  # another key, another file
+    text._all_docs.cache_clear()
+
+
+def test_unwritable_cache_only_costs_the_parse(tmp_path, monkeypatch):
+    from prunekit.zoo import text
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(blocker))  # a file: corpus/ cannot be created below it
+    root = _fake_stdlib(tmp_path / "lib")
+    text._all_docs.cache_clear()
+    assert text._all_docs(str(root), 20) == text._extract_docs(root, 20)
+    text._all_docs.cache_clear()

@@ -92,7 +92,9 @@ def save_hf_pruned(model: nn.Module, out_dir: str | Path, masks: dict[str, Any],
             from .verify import compare_saved, file_masks
 
             on_disk, renamed = file_masks(model, packed)
-            manifest = {**manifest, "tensors": {**compare_saved(source_dir, tmp, on_disk), "renamed": renamed}}
+            not_saved = {n for n, _ in model.named_buffers()} - set(model.state_dict())
+            manifest = {**manifest, "tensors": {**compare_saved(source_dir, tmp, on_disk, not_saved),
+                                                "renamed": renamed}}
         body = {k: v for k, v in manifest.items() if k not in ("format", "version", "kind")}
         write_manifest(tmp, KIND, {**body, "layers": layers})
     return out

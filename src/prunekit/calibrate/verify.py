@@ -72,22 +72,27 @@ def bit_identical(a: Tensor, b: Tensor) -> bool:
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
 
 
-def compare_saved(source_dir: str | Path, out_dir: str | Path, pruned: dict[str, Any]) -> dict[str, Any]:
+def compare_saved(source_dir: str | Path, out_dir: str | Path, pruned: dict[str, Any],
+                  not_saved: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
     """Compare every tensor of ``source_dir`` with ``out_dir``; ``pruned`` maps tensor names to bool masks
     (or bit-packed ``(uint8 bits, shape)`` pairs).
+
+    ``not_saved`` names buffers the loaded model holds but does not save (non-persistent, e.g. BERT's
+    ``embeddings.position_ids`` that checkpoints of transformers 4.x still carry): absent from the output,
+    they are listed under ``"dropped"`` with a logged warning instead of failing the check.
 
     Returns ``{"kept_identical": [...], "pruned": [...], "counts": {...}, "counted_sparsity": zeros / numel
     over the pruned tensors as saved}``. Raises ``SavedModelMismatch`` when a source tensor is missing from
     the output, an unpruned tensor changed, a pruned weight is non-zero where its mask is False, or a
     pruned name is not in the output.
     """
-    kept, done, missing, changed, leaks = [], [], [], [], []
+    kept, done, missing, changed, leaks, dropped = [], [], [], [], [], []
     zeros = numel = 0
     with TensorReader(source_dir) as src, TensorReader(out_dir) as out:
         out_names = set(out.names())
         for name in src.names():
             if name not in out_names:
-                missing.append(name)
+                (dropped if name in not_saved else missing).append(name)
                 continue
             new = out.get(name)
             if name in pruned:
@@ -108,11 +113,15 @@ def compare_saved(source_dir: str | Path, out_dir: str | Path, pruned: dict[str,
     if bad:
         raise SavedModelMismatch("the saved model does not match its source: " +
                                  "; ".join(f"{k}: {v[:5]}{' ...' if len(v) > 5 else ''}" for k, v in bad.items()))
+    if dropped:
+        log.warning("%d tensors of the source are non-persistent buffers of the model, rebuilt on load and not "
+                    "saved: %s", len(dropped), dropped[:5])
     if added:
         log.warning("the saved model has %d tensors the source files lack: %s", len(added), added[:5])
     log.info("saved model checked: %d tensors pruned, %d bit-identical to the source", len(done), len(kept))
-    return {"kept_identical": kept, "pruned": done, "added": added,
-            "counts": {"pruned": len(done), "kept_identical": len(kept), "added": len(added)},
+    return {"kept_identical": kept, "pruned": done, "added": added, "dropped": dropped,
+            "counts": {"pruned": len(done), "kept_identical": len(kept), "added": len(added),
+                       "dropped": len(dropped)},
             "counted_zeros": zeros, "counted_numel": numel, "counted_sparsity": zeros / numel if numel else 0.0}
 
 

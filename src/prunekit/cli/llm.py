@@ -30,10 +30,11 @@ def make_config(method: str, sparsity: float | None, pattern: str, owl: bool, ow
     """The calibrated method's config from CLI flags (every check happens here, before any work)."""
     from ..registry import METHODS
 
-    if method not in METHODS.spellings("calibrated"):
+    try:
+        entry = METHODS.get(method, kind="calibrated")
+    except ValueError:
         raise ValueError(f"--method must be a calibrated method for a Hugging Face model "
-                         f"({', '.join(METHODS.names('calibrated'))}), got {method!r}")
-    entry = METHODS.get(method, kind="calibrated")
+                         f"({', '.join(METHODS.names('calibrated'))}), got {method!r}") from None
     c.check_sparsity_pattern(sparsity, pattern)
     if not owl and (owl_m is not None or owl_lambda is not None):
         raise ValueError("--owl-m / --owl-lambda need --owl")

@@ -45,10 +45,32 @@ def path_of(source: str, method: str | None, structured: bool) -> tuple[str, str
         return kind, DEFAULT_METHOD[kind]
     if is_hf_folder(source) and method == "magnitude":
         return "calibrated", "calibrated_magnitude"  # magnitude of a HF model goes through the calibration engine
+    if is_hf_folder(source):
+        hit = calibrated_name(method)
+        if hit is not None:
+            return "calibrated", hit
     kind = c.method_kind(method)
     if kind == "training":
         raise ValueError(f"--method {method} is a sparse-training method: use `prunekit train MODEL --method {method}`")
     return kind, method if kind == "structured" else c.canonical_method(method, kind)
+
+
+def calibrated_name(method: str) -> str | None:
+    """The registered name of calibrated method ``method`` (``-`` read as ``_``), found without importing the
+    other engines; ``None`` if it is not a calibrated method's name (an alias or another kind: the full lookup)."""
+    import importlib
+
+    from ..registry import METHODS
+
+    importlib.import_module("prunekit.calibrate.methods")
+    for name in (method, method.replace("-", "_")):
+        try:
+            entry = METHODS.get(name, kind="calibrated")
+        except ValueError:
+            continue
+        if entry.name == name:
+            return name
+    return None
 
 
 def prune(

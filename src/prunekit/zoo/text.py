@@ -4,6 +4,11 @@ The corpus is read with ``ast`` from the ``.py`` files under ``sysconfig.get_pat
 no module is imported. Order is deterministic (files sorted by relative path, then docstrings in
 source order: module, classes, functions). Test folders and installed packages are skipped. The
 content depends on the Python version, which ``corpus_info`` records.
+
+Parsing the whole standard library takes seconds (5-15 s on a loaded 2-core machine), so the extracted
+docstrings are kept in ``$PRUNEKIT_CACHE/corpus/`` (default ``~/.cache/prunekit``; one JSON file per
+interpreter, stdlib folder and ``min_chars``, with a sha256 of its content checked on every read). A
+missing, stale or corrupt file is rebuilt; a cache folder that cannot be written only costs the re-parse.
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
 import logging
 import math
+import os
 import sys
 import sysconfig
 import warnings
@@ -24,6 +31,7 @@ SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3", "ensurepip"}
 )
 JOIN = "\n\n"
+CACHE_VERSION = 1  # bump when the extraction rules change
 
 
 def stdlib_root() -> Path:
@@ -57,10 +65,20 @@ def _docstrings(source: str) -> list[str]:
 
 @functools.lru_cache(maxsize=4)
 def _all_docs(root: str, min_chars: int) -> tuple[str, ...]:
-    """Every distinct docstring of at least ``min_chars`` characters, deterministic order."""
+    """Every distinct docstring of at least ``min_chars`` characters, deterministic order (disk-cached)."""
+    path, key = _cache_file(Path(root), min_chars)
+    docs = _read_cache(path, key)
+    if docs is None:
+        docs = _extract_docs(Path(root), min_chars)
+        _write_cache(path, key, docs)
+    return docs
+
+
+def _extract_docs(root: Path, min_chars: int) -> tuple[str, ...]:
+    """Parse every source file under ``root``; its distinct docstrings of at least ``min_chars`` characters."""
     seen: set[str] = set()
     docs: list[str] = []
-    for path in _source_files(Path(root)):
+    for path in _source_files(root):
         try:
             source = path.read_text(encoding="utf-8")
             found = _docstrings(source)
@@ -72,6 +90,59 @@ def _all_docs(root: str, min_chars: int) -> tuple[str, ...]:
                 seen.add(d)
                 docs.append(d)
     return tuple(docs)
+
+
+def corpus_cache_dir() -> Path:
+    """``$PRUNEKIT_CACHE/corpus`` (default ``~/.cache/prunekit/corpus``), the same root as the zoo's cache."""
+    env = os.environ.get("PRUNEKIT_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "prunekit") / "corpus"
+
+
+def _cache_file(root: Path, min_chars: int) -> tuple[Path, dict[str, object]]:
+    """The cache file of ``root`` / ``min_chars`` and the key it must hold (interpreter, folder, its stamps)."""
+    stamps = []
+    for p in (root, root / "os.py", root / "ast.py"):
+        try:
+            st = p.stat()
+            stamps.append([p.name, st.st_size if p.is_file() else 0, st.st_mtime_ns])
+        except OSError:
+            stamps.append([p.name, None, None])
+    key = {"version": CACHE_VERSION, "python": sys.version, "root": str(root), "min_chars": min_chars,
+           "stamps": stamps, "skip": sorted(SKIP_DIRS)}
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return corpus_cache_dir() / f"stdlib-docstrings-{name}.json", key
+
+
+def _digest(docs: tuple[str, ...] | list[str]) -> str:
+    return hashlib.sha256(JOIN.join(docs).encode()).hexdigest()
+
+
+def _read_cache(path: Path, key: dict[str, object]) -> tuple[str, ...] | None:
+    """The cached docstrings, or ``None`` (logged) when the file is missing, for another key or corrupt."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.info("corpus cache %s unreadable (%s); re-parsing the standard library", path, e)
+        return None
+    obj = obj if isinstance(obj, dict) else {}
+    docs = obj.get("docs")
+    if obj.get("key") != key or not isinstance(docs, list) or not all(isinstance(d, str) for d in docs) \
+            or obj.get("sha256") != _digest(docs):
+        log.info("corpus cache %s is stale or corrupt; re-parsing the standard library", path)
+        return None
+    return tuple(docs)
+
+
+def _write_cache(path: Path, key: dict[str, object], docs: tuple[str, ...]) -> None:
+    """Store ``docs`` atomically; a folder that cannot be written is logged and skipped."""
+    from ..io import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps({"key": key, "sha256": _digest(docs), "docs": list(docs)}))
+    except OSError as e:
+        log.info("corpus cache not written to %s (%s); the next run parses the standard library again", path, e)
 
 
 def stdlib_corpus(max_docs: int | None = None, min_chars: int = 200) -> list[str]:
