@@ -26,6 +26,35 @@ def test_task_vector_and_errors():
         D.task_vector(base, {**tuned, "n": torch.tensor(4)})
 
 
+def test_split_tuned_strips_the_prefix_and_keeps_the_new_head_whole():
+    base = {"enc.w": torch.tensor([1.0, 2.0]), "emb": torch.tensor([0.0, 1.0]), "ids": torch.tensor([0, 1])}
+    tuned = {"bert.enc.w": torch.tensor([1.5, 2.0]), "bert.emb": torch.tensor([0.0, 0.5]),
+             "bert.ids": torch.tensor([0, 1]), "classifier.weight": torch.tensor([[3.0, -1.0]])}
+    shared, new, prefix = D.split_tuned(base, tuned)
+    assert prefix == "bert." and set(shared) == set(base) and list(new) == ["classifier.weight"]
+    tau = D.task_vector(base, shared)
+    assert torch.equal(tau["enc.w"], torch.tensor([0.5, 0.0])) and torch.equal(tau["emb"], torch.tensor([0.0, -0.5]))
+    back = D.rebuild(base, tau, new, prefix)
+    assert set(back) == set(tuned) and all(torch.equal(back[k], tuned[k]) for k in tuned)
+    half = D.rebuild(base, tau, new, prefix, scale=0.5)
+    assert torch.equal(half["bert.enc.w"], torch.tensor([1.25, 2.0]))
+    assert torch.equal(half["classifier.weight"], tuned["classifier.weight"])  # the head is not scaled
+    assert D.split_tuned(base, {k[5:] if k.startswith("bert.") else k: v for k, v in tuned.items()})[2] == ""
+
+
+def test_split_tuned_errors_name_the_problem():
+    base = {"a.w": torch.zeros(2), "b": torch.zeros(1)}
+    with pytest.raises(ValueError, match="no prefix maps"):
+        D.split_tuned(base, {"x.c.w": torch.zeros(2)})
+    with pytest.raises(ValueError, match="no tuned counterpart under prefix 'm.'"):
+        D.split_tuned(base, {"m.a.w": torch.zeros(2)}, prefix="m.")
+    with pytest.raises(ValueError, match="several prefixes"):
+        D.split_tuned(base, {"p.a.w": torch.zeros(2), "p.b": torch.zeros(1), "q.a.w": torch.zeros(2),
+                             "q.b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="collide"):
+        D.rebuild(base, {}, {"b": torch.ones(1)})
+
+
 def test_dare_drops_at_rate_and_rescales_survivors():
     tau = {"w": torch.full((100_000,), 0.2)}
     out = D.dare(tau, 0.9, seed=0)["w"]

@@ -2,7 +2,15 @@
 
 import pytest
 
-from prunekit.zoo.text import _source_files, corpus_info, stdlib_corpus, stdlib_root, train_val_split
+from prunekit.zoo.text import (
+    _all_sourced,
+    _source_files,
+    corpus_info,
+    stdlib_corpus,
+    stdlib_root,
+    stdlib_sources,
+    train_val_split,
+)
 
 
 def test_corpus_is_deterministic_and_filtered():
@@ -16,6 +24,21 @@ def test_corpus_is_deterministic_and_filtered():
 
 def test_max_docs_is_a_prefix():
     assert stdlib_corpus(max_docs=5) == stdlib_corpus(max_docs=20)[:5]
+
+
+def test_sources_name_file_and_kind(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text(
+        '"""Module doc here."""\n\nclass C:\n    """Class doc here."""\n\n    async def f(self):\n'
+        '        """Function doc."""\n\ndef g():\n    """Module doc here."""\n'
+    )
+    (tmp_path / "a.py").write_text('def h():\n    """Short"""\n')
+    got = _all_sourced(str(tmp_path), 6)
+    assert got == (("Module doc here.", "pkg/mod.py", "module"), ("Class doc here.", "pkg/mod.py", "class"),
+                   ("Function doc.", "pkg/mod.py", "function"))  # "Short" too short, g's doc a repeat
+    real = stdlib_sources(max_docs=40)
+    assert [d for d, _, _ in real] == stdlib_corpus(max_docs=40)
+    assert all((stdlib_root() / f).is_file() and k in ("module", "class", "function") for _, f, k in real)
 
 
 def test_corpus_is_large_enough_for_training():

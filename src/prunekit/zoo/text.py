@@ -38,8 +38,12 @@ def _source_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _docstrings(source: str) -> list[str]:
-    """Docstrings of a module, its classes and functions, in source order."""
+KINDS = {ast.Module: "module", ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}
+
+
+def _docstrings(source: str) -> list[tuple[str, str]]:
+    """``(kind, docstring)`` of a module, its classes and functions (kind ``module|class|function``), in source
+    order."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid escape sequences in old files
         tree = ast.parse(source)
@@ -51,15 +55,16 @@ def _docstrings(source: str) -> list[str]:
     for n in nodes:
         doc = ast.get_docstring(n, clean=True)
         if doc:
-            out.append(doc.strip())
+            out.append((KINDS[type(n)], doc.strip()))
     return out
 
 
 @functools.lru_cache(maxsize=4)
-def _all_docs(root: str, min_chars: int) -> tuple[str, ...]:
-    """Every distinct docstring of at least ``min_chars`` characters, deterministic order."""
+def _all_sourced(root: str, min_chars: int) -> tuple[tuple[str, str, str], ...]:
+    """``(docstring, file, kind)`` of every distinct docstring of at least ``min_chars`` characters, in corpus
+    order (a docstring seen twice keeps its first file)."""
     seen: set[str] = set()
-    docs: list[str] = []
+    docs: list[tuple[str, str, str]] = []
     for path in _source_files(Path(root)):
         try:
             source = path.read_text(encoding="utf-8")
@@ -67,11 +72,17 @@ def _all_docs(root: str, min_chars: int) -> tuple[str, ...]:
         except (SyntaxError, UnicodeDecodeError, ValueError, OSError) as e:
             log.debug("skipping %s: %s", path, e)
             continue
-        for d in found:
+        rel = path.relative_to(root).as_posix()
+        for kind, d in found:
             if len(d) >= min_chars and d not in seen:
                 seen.add(d)
-                docs.append(d)
+                docs.append((d, rel, kind))
     return tuple(docs)
+
+
+def _all_docs(root: str, min_chars: int) -> tuple[str, ...]:
+    """Every distinct docstring of at least ``min_chars`` characters, deterministic order."""
+    return tuple(d for d, _, _ in _all_sourced(root, min_chars))
 
 
 def stdlib_corpus(max_docs: int | None = None, min_chars: int = 200) -> list[str]:
@@ -84,6 +95,13 @@ def stdlib_corpus(max_docs: int | None = None, min_chars: int = 200) -> list[str
     if not docs:
         raise ValueError(f"no docstring of at least min_chars={min_chars} characters under {stdlib_root()}")
     return list(docs if max_docs is None else docs[:max_docs])
+
+
+def stdlib_sources(max_docs: int | None = None, min_chars: int = 200) -> list[tuple[str, str, str]]:
+    """``stdlib_corpus`` with where each docstring comes from: ``(docstring, file, kind)``, ``file`` relative
+    to the standard library (``email/parser.py``), ``kind`` one of ``module``, ``class``, ``function``."""
+    docs = stdlib_corpus(max_docs, min_chars)  # checks the arguments
+    return list(_all_sourced(str(stdlib_root()), min_chars)[: len(docs)])
 
 
 def _rank(doc: str, seed: int) -> str:
