@@ -292,7 +292,8 @@ def output_change(model: Any, base: State, delta: State, inputs: Tensor, referen
 
 def _logits(model: Any, x: Tensor) -> Tensor:
     y = model(input_ids=x) if not x.is_floating_point() else model(x)
-    return (y.logits if hasattr(y, "logits") else y).float()
+    out = y.logits if hasattr(y, "logits") else getattr(y, "last_hidden_state", y)  # an encoder's own output
+    return out.float()
 
 
 def tune_q_unlabeled(model: Any, base: State, tuned: State, delta: State, rate: float, inputs: Tensor,
