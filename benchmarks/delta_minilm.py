@@ -173,7 +173,7 @@ def main() -> None:
     base = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
     meta = {"command": "nice -n 10 python benchmarks/delta_minilm.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()),
+        for k, v in vars(args).items() if v is not None),
             "machine": f"2-core shared CPU VM, other jobs running ({platform.machine()}), torch {torch.__version__}, "
                        f"{args.threads} thread(s)", "corpus": corpus_info(args.min_chars)}
     res: dict[str, Any] = {"meta": meta, "tasks": {}, "prune": [], "merge": []}
