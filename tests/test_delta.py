@@ -26,6 +26,35 @@ def test_task_vector_and_errors():
         D.task_vector(base, {**tuned, "n": torch.tensor(4)})
 
 
+def test_split_tuned_strips_the_prefix_and_keeps_the_new_head_whole():
+    base = {"enc.w": torch.tensor([1.0, 2.0]), "emb": torch.tensor([0.0, 1.0]), "ids": torch.tensor([0, 1])}
+    tuned = {"bert.enc.w": torch.tensor([1.5, 2.0]), "bert.emb": torch.tensor([0.0, 0.5]),
+             "bert.ids": torch.tensor([0, 1]), "classifier.weight": torch.tensor([[3.0, -1.0]])}
+    shared, new, prefix = D.split_tuned(base, tuned)
+    assert prefix == "bert." and set(shared) == set(base) and list(new) == ["classifier.weight"]
+    tau = D.task_vector(base, shared)
+    assert torch.equal(tau["enc.w"], torch.tensor([0.5, 0.0])) and torch.equal(tau["emb"], torch.tensor([0.0, -0.5]))
+    back = D.rebuild(base, tau, new, prefix)
+    assert set(back) == set(tuned) and all(torch.equal(back[k], tuned[k]) for k in tuned)
+    half = D.rebuild(base, tau, new, prefix, scale=0.5)
+    assert torch.equal(half["bert.enc.w"], torch.tensor([1.25, 2.0]))
+    assert torch.equal(half["classifier.weight"], tuned["classifier.weight"])  # the head is not scaled
+    assert D.split_tuned(base, {k[5:] if k.startswith("bert.") else k: v for k, v in tuned.items()})[2] == ""
+
+
+def test_split_tuned_errors_name_the_problem():
+    base = {"a.w": torch.zeros(2), "b": torch.zeros(1)}
+    with pytest.raises(ValueError, match="no prefix maps"):
+        D.split_tuned(base, {"x.c.w": torch.zeros(2)})
+    with pytest.raises(ValueError, match="no tuned counterpart under prefix 'm.'"):
+        D.split_tuned(base, {"m.a.w": torch.zeros(2)}, prefix="m.")
+    with pytest.raises(ValueError, match="several prefixes"):
+        D.split_tuned(base, {"p.a.w": torch.zeros(2), "p.b": torch.zeros(1), "q.a.w": torch.zeros(2),
+                             "q.b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="collide"):
+        D.rebuild(base, {}, {"b": torch.ones(1)})
+
+
 def test_dare_drops_at_rate_and_rescales_survivors():
     tau = {"w": torch.full((100_000,), 0.2)}
     out = D.dare(tau, 0.9, seed=0)["w"]
@@ -133,3 +162,46 @@ def test_cli_delta_bad_flags(family, args, msg):
     r = runner.invoke(app, ["delta", "prune", str(family / "base"), str(family / "a"), "--out", str(family / "x"),
                             *args])
     assert r.exit_code == 2 and msg in r.output and not (family / "x").exists()
+
+
+def _perturbed(model, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_cli_delta_prune_of_a_task_model_keeps_its_head_whole(tmp_path):
+    from transformers import BertForSequenceClassification
+
+    from prunekit.zoo.tiny_hf import save_tiny_hf, tiny_hf_model
+
+    base = save_tiny_hf("BertModel", tmp_path / "base")
+    tuned = tiny_hf_model("BertForSequenceClassification", seed=1)
+    tuned.bert.load_state_dict(base.state_dict())
+    _perturbed(tuned, 0.01, 2).save_pretrained(tmp_path / "tuned")
+    r = runner.invoke(app, ["delta", "prune", str(tmp_path / "base"), str(tmp_path / "tuned"), "--method",
+                            "magnitude", "--rate", "0.75", "--out", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    assert "2 tuned tensors the base lacks kept whole (classifier.bias, classifier.weight)" in r.output
+    out = BertForSequenceClassification.from_pretrained(tmp_path / "out").state_dict()
+    want = tuned.state_dict()
+    assert torch.equal(out["classifier.weight"], want["classifier.weight"])
+    b = base.state_dict()
+    tau = {k: out["bert." + k] - b[k] for k in b if b[k].is_floating_point()}
+    n = sum(v.numel() for v in tau.values())
+    assert sum(int((v != 0).sum()) for v in tau.values()) == pytest.approx(0.25 * n, abs=len(tau))
+    rec = json.loads((tmp_path / "out" / "delta.json").read_text())
+    assert rec["prefix"] == "bert." and rec["kept_whole"] == ["classifier.bias", "classifier.weight"]
+
+
+def test_unlabeled_q_tuning_on_an_encoder_without_logits():
+    from prunekit.zoo.tiny_hf import tiny_hf_model, tiny_ids
+
+    enc = tiny_hf_model("BertModel")
+    base = {k: v.detach().clone() for k, v in enc.state_dict().items()}
+    tuned = {k: v.detach().clone() for k, v in _perturbed(enc, 0.02, 3).state_dict().items()}
+    tau = D.task_vector(base, tuned)
+    q, table = D.tune_q_unlabeled(enc, base, tuned, tau, 0.9, tiny_ids(n=4, seq=8), grid=[0.1, 0.5, 1.0])
+    assert q in (0.1, 0.5, 1.0) and all(loss > 0 for _, loss in table)  # last_hidden_state compared

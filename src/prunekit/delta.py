@@ -11,6 +11,10 @@ fine-tuned model is ``tau = theta_tuned - theta_base`` for every floating-point 
   fail at extreme ``p``.
 - ``magnitude``: keep the ``1 - p`` largest ``|tau|`` entries of each tensor, no rescale.
 
+A task model that wraps the base under a prefix and adds a new head (``BertForSequenceClassification``
+over a ``BertModel`` base) is split with ``split_tuned`` (the head kept whole: it has no base to be a
+delta of) and put back with ``rebuild``.
+
 Merging: ``task_arithmetic`` adds ``lam * sum_i tau_i`` (Ilharco et al. 2023, Eq. 2), with each delta
 DARE-dropped first if asked (Yu et al. 2024, Sec. 4.3); ``ties`` is TIES-merging (Yadav et al. 2023,
 "TIES-Merging: Resolving Interference When Merging Models", Sec. 3): trim each delta to its top
@@ -57,6 +61,56 @@ def task_vector(base: State, tuned: State) -> dict[str, Tensor]:
         elif not torch.equal(t, b):
             raise ValueError(f"non-floating tensor {k!r} differs between base and tuned model (cannot be a delta)")
     return out
+
+
+def split_tuned(base: State, tuned: State, prefix: str | None = None) \
+        -> tuple[dict[str, Tensor], dict[str, Tensor], str]:
+    """``(shared, new, prefix)``: the tuned tensors the base has, named as in the base, and the others kept whole.
+
+    A task model wraps its base under a prefix (``bert.`` in ``BertForSequenceClassification``) and adds a
+    head the base lacks; the head has no delta, so it is returned whole in ``new`` (and logged). ``prefix``
+    is found when not given: the one string that, put before every base name, names a tuned tensor.
+    """
+    if not base:
+        raise ValueError("the base state dict is empty")
+    if prefix is None:
+        prefix = _find_prefix(base, tuned)
+    missing = sorted(k for k in base if prefix + k not in tuned)
+    if missing:
+        raise ValueError(f"{len(missing)} base tensors have no tuned counterpart under prefix {prefix!r} "
+                         f"(first {missing[:5]}); both must come from one base")
+    shared = {k: tuned[prefix + k] for k in base}
+    taken = {prefix + k for k in base}
+    new = {k: v for k, v in tuned.items() if k not in taken}
+    if new:
+        log.info("%d tuned tensors (%d entries) are not in the base and are kept whole (no delta): %s",
+                 len(new), sum(v.numel() for v in new.values()), sorted(new)[:8])
+    return shared, new, prefix
+
+
+def _find_prefix(base: State, tuned: State) -> str:
+    """The prefix ``p`` with ``p + name`` in ``tuned`` for every base name ("" first); an error if none or two."""
+    if all(k in tuned for k in base):
+        return ""
+    probe = max(base, key=len)  # the longest name gives the fewest accidental matches
+    found = {t[: len(t) - len(probe)] for t in tuned if t.endswith("." + probe)}  # each ends with "."
+    fits = sorted(p for p in found if all(p + k in tuned for k in base))
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise ValueError(f"no prefix maps the base tensors onto the tuned ones (e.g. base {probe!r} matches no "
+                         "tuned name): both must come from one base")
+    raise ValueError(f"several prefixes fit the base tensors ({fits}); pass prefix= explicitly")
+
+
+def rebuild(base: State, delta: State, new: State | None = None, prefix: str = "", scale: float = 1.0) \
+        -> dict[str, Tensor]:
+    """The tuned model's state dict from ``split_tuned``'s parts: ``prefix + (base + scale * delta)`` and ``new``."""
+    out = {prefix + k: v for k, v in apply_delta(base, delta, scale).items()}
+    clash = sorted(set(out) & set(new or {}))
+    if clash:
+        raise ValueError(f"new tensors {clash[:5]} collide with base tensors under prefix {prefix!r}")
+    return {**out, **{k: v.clone() for k, v in (new or {}).items()}}
 
 
 def drop_masks(delta: State, rate: float, seed: int = 0) -> dict[str, Tensor]:
@@ -238,7 +292,8 @@ def output_change(model: Any, base: State, delta: State, inputs: Tensor, referen
 
 def _logits(model: Any, x: Tensor) -> Tensor:
     y = model(input_ids=x) if not x.is_floating_point() else model(x)
-    return (y.logits if hasattr(y, "logits") else y).float()
+    out = y.logits if hasattr(y, "logits") else getattr(y, "last_hidden_state", y)  # an encoder's own output
+    return out.float()
 
 
 def tune_q_unlabeled(model: Any, base: State, tuned: State, delta: State, rate: float, inputs: Tensor,

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from prunekit.zoo.text import _source_files, corpus_info, stdlib_corpus, stdlib_root, train_val_split
+from prunekit.zoo.text import (
+    _all_sourced,
+    _source_files,
+    corpus_info,
+    stdlib_corpus,
+    stdlib_root,
+    stdlib_sources,
+    train_val_split,
+)
 
 
 def test_corpus_is_deterministic_and_filtered():
@@ -18,6 +26,21 @@ def test_corpus_is_deterministic_and_filtered():
 
 def test_max_docs_is_a_prefix():
     assert stdlib_corpus(max_docs=5) == stdlib_corpus(max_docs=20)[:5]
+
+
+def test_sources_name_file_and_kind(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text(
+        '"""Module doc here."""\n\nclass C:\n    """Class doc here."""\n\n    async def f(self):\n'
+        '        """Function doc."""\n\ndef g():\n    """Module doc here."""\n'
+    )
+    (tmp_path / "a.py").write_text('def h():\n    """Short"""\n')
+    got = _all_sourced(str(tmp_path), 6)
+    assert got == (("Module doc here.", "pkg/mod.py", "module"), ("Class doc here.", "pkg/mod.py", "class"),
+                   ("Function doc.", "pkg/mod.py", "function"))  # "Short" too short, g's doc a repeat
+    real = stdlib_sources(max_docs=40)
+    assert [d for d, _, _ in real] == stdlib_corpus(max_docs=40)
+    assert all((stdlib_root() / f).is_file() and k in ("module", "class", "function") for _, f, k in real)
 
 
 def test_corpus_is_large_enough_for_training():
@@ -78,24 +101,26 @@ def test_docstrings_cached_on_disk_and_rebuilt_when_stale(tmp_path, monkeypatch)
 
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
     root = _fake_stdlib(tmp_path / "lib")
-    fresh = text._extract_docs(root, 20)
-    assert len(fresh) == 2 and fresh[0].startswith("Module doc")
-    text._all_docs.cache_clear()
-    assert text._all_docs(str(root), 20) == fresh
+    fresh = text._extract_sourced(root, 20)
+    assert len(fresh) == 2 and fresh[0][0].startswith("Module doc") and fresh[0][2] == "module"
+    text._all_sourced.cache_clear()
+    assert text._all_sourced(str(root), 20) == fresh
+    assert text._all_docs(str(root), 20) == tuple(d for d, _, _ in fresh)
     (path,) = (tmp_path / "cache" / "corpus").glob("stdlib-docstrings-*.json")
     calls = []
-    monkeypatch.setattr(text, "_extract_docs", lambda r, m: calls.append(r) or ("parsed",))
-    text._all_docs.cache_clear()
-    assert text._all_docs(str(root), 20) == fresh and calls == []  # read back, not parsed
+    parsed = (("parsed", "x.py", "module"),)
+    monkeypatch.setattr(text, "_extract_sourced", lambda r, m: calls.append(r) or parsed)
+    text._all_sourced.cache_clear()
+    assert text._all_sourced(str(root), 20) == fresh and calls == []  # read back, not parsed
     obj = json.loads(path.read_text())
-    obj["docs"][0] = "tampered"
+    obj["docs"][0][0] = "tampered"
     path.write_text(json.dumps(obj))  # digest no longer matches: parsed again and rewritten
-    text._all_docs.cache_clear()
-    assert text._all_docs(str(root), 20) == ("parsed",) and len(calls) == 1
-    assert json.loads(path.read_text())["docs"] == ["parsed"]
-    text._all_docs.cache_clear()
-    assert text._all_docs(str(root), 21) == ("parsed",) and len(calls) == 2  # another key, another file
-    text._all_docs.cache_clear()
+    text._all_sourced.cache_clear()
+    assert text._all_sourced(str(root), 20) == parsed and len(calls) == 1
+    assert json.loads(path.read_text())["docs"] == [["parsed", "x.py", "module"]]
+    text._all_sourced.cache_clear()
+    assert text._all_sourced(str(root), 21) == parsed and len(calls) == 2  # another key, another file
+    text._all_sourced.cache_clear()
 
 
 def test_unwritable_cache_only_costs_the_parse(tmp_path, monkeypatch):
@@ -105,6 +130,6 @@ def test_unwritable_cache_only_costs_the_parse(tmp_path, monkeypatch):
     blocker.write_text("x")
     monkeypatch.setenv("PRUNEKIT_CACHE", str(blocker))  # a file: corpus/ cannot be created below it
     root = _fake_stdlib(tmp_path / "lib")
-    text._all_docs.cache_clear()
-    assert text._all_docs(str(root), 20) == text._extract_docs(root, 20)
-    text._all_docs.cache_clear()
+    text._all_sourced.cache_clear()
+    assert text._all_sourced(str(root), 20) == text._extract_sourced(root, 20)
+    text._all_sourced.cache_clear()

@@ -60,11 +60,16 @@ def prune(
 
     model, kind, man, (state,) = D.load_family(base, [tuned])
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    tau = D.task_vector(base_state, state)
-    rec: dict[str, Any] = {"method": method, "rate": rate, "seed": seed, "base": str(base), "tuned": str(tuned)}
-    data = _data(kind, man, dataset, base)
+    shared, head, prefix = D.split_tuned(base_state, state)
+    tau = {prefix + k: v for k, v in D.task_vector(base_state, shared).items()}
+    if head or prefix:  # a task model over the base (BertForSequenceClassification over BertModel): save that
+        model = D.load_folder(tuned)[0]
+        base_state = D.rebuild(base_state, {}, head, prefix)  # the base under the tuned names, the head whole
+    rec: dict[str, Any] = {"method": method, "rate": rate, "seed": seed, "base": str(base), "tuned": str(tuned),
+                           "prefix": prefix, "kept_whole": sorted(head)}
+    data = _data(kind, man, dataset, base) if kind == "zoo" or (method == "darex" and q is None) else {}
     if method == "darex" and q is None:
-        if data["inputs"] is None:
+        if data.get("inputs") is None:
             raise ValueError(f"--method darex needs --q or held-out inputs to tune q: {tuned} names no data set; "
                              "pass --dataset NAME")
         q, table = D.tune_q_unlabeled(model, base_state, state, tau, rate, data["inputs"], seed)
@@ -109,7 +114,7 @@ def merge(
     model.load_state_dict(D.apply_delta(base_state, merged))
     rec: dict[str, Any] = {"method": method, "lam": lam, "rate": rate, "density": density, "seed": seed,
                            "base": str(base), "models": [str(a), str(b)]}
-    rec.update(_accuracy(model, _data(kind, man, None, base), None, "merged"))
+    rec.update(_accuracy(model, _data(kind, man, None, base), None, "merged") if kind == "zoo" else {})
     D.save_folder(model, kind, man, out, rec, tokenizer_from=a if kind == "hf" else None, overwrite=overwrite)
     typer.echo(f"merged {a} and {b} into {base} ({method}) -> {out}" +
                (f"; test accuracy {rec['accuracy_merged']:.4f}" if "accuracy_merged" in rec else ""))
@@ -153,14 +158,16 @@ def _line(rec: dict[str, Any], out: Path) -> str:
     acc = (f"; test accuracy tuned {rec['accuracy_tuned']:.4f}, pruned {rec['accuracy_pruned']:.4f}"
            if "accuracy_pruned" in rec else "")
     q = f", q={rec['q']:.4g}" if rec.get("q") is not None else ""
+    whole = (f"; {len(rec['kept_whole'])} tuned tensors the base lacks kept whole ({', '.join(rec['kept_whole'][:4])})"
+             if rec.get("kept_whole") else "")
     return (f"delta {rec['method']} at rate {rec['rate']}{q}: kept {rec['nonzero_after']:,} of "
-            f"{rec['nonzero_before']:,} nonzero delta entries{acc} -> {out}")
+            f"{rec['nonzero_before']:,} nonzero delta entries{acc}{whole} -> {out}")
 
 
 def _record(db: Path | None, out: Path, experiment: str, rec: dict[str, Any], kind: str) -> None:
     from .prune import record
 
-    keys = ("method", "rate", "seed", "base", "tuned", "models", "lam", "density")
+    keys = ("method", "rate", "seed", "base", "tuned", "models", "lam", "density", "prefix", "kept_whole")
     config = {k: rec[k] for k in keys if k in rec}
     metrics = {k: v for k, v in rec.items() if k not in config and k != "q_table"}
     record(db, out, experiment, config, "llm" if kind == "hf" else "model", metrics)

@@ -31,7 +31,7 @@ SKIP_DIRS = frozenset(
     {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "lib2to3", "ensurepip"}
 )
 JOIN = "\n\n"
-CACHE_VERSION = 1  # bump when the extraction rules change
+CACHE_VERSION = 2  # bump when the extraction rules or the file format change
 
 
 def stdlib_root() -> Path:
@@ -46,8 +46,12 @@ def _source_files(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _docstrings(source: str) -> list[str]:
-    """Docstrings of a module, its classes and functions, in source order."""
+KINDS = {ast.Module: "module", ast.ClassDef: "class", ast.FunctionDef: "function", ast.AsyncFunctionDef: "function"}
+
+
+def _docstrings(source: str) -> list[tuple[str, str]]:
+    """``(kind, docstring)`` of a module, its classes and functions (kind ``module|class|function``), in source
+    order."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # invalid escape sequences in old files
         tree = ast.parse(source)
@@ -59,25 +63,26 @@ def _docstrings(source: str) -> list[str]:
     for n in nodes:
         doc = ast.get_docstring(n, clean=True)
         if doc:
-            out.append(doc.strip())
+            out.append((KINDS[type(n)], doc.strip()))
     return out
 
 
 @functools.lru_cache(maxsize=4)
-def _all_docs(root: str, min_chars: int) -> tuple[str, ...]:
-    """Every distinct docstring of at least ``min_chars`` characters, deterministic order (disk-cached)."""
+def _all_sourced(root: str, min_chars: int) -> tuple[tuple[str, str, str], ...]:
+    """``(docstring, file, kind)`` of every distinct docstring of at least ``min_chars`` characters, in corpus
+    order (a docstring seen twice keeps its first file); disk-cached."""
     path, key = _cache_file(Path(root), min_chars)
-    docs = _read_cache(path, key)
-    if docs is None:
-        docs = _extract_docs(Path(root), min_chars)
-        _write_cache(path, key, docs)
-    return docs
+    rows = _read_cache(path, key)
+    if rows is None:
+        rows = _extract_sourced(Path(root), min_chars)
+        _write_cache(path, key, rows)
+    return rows
 
 
-def _extract_docs(root: Path, min_chars: int) -> tuple[str, ...]:
-    """Parse every source file under ``root``; its distinct docstrings of at least ``min_chars`` characters."""
+def _extract_sourced(root: Path, min_chars: int) -> tuple[tuple[str, str, str], ...]:
+    """Parse every source file under ``root``: ``(docstring, file, kind)`` of its distinct docstrings."""
     seen: set[str] = set()
-    docs: list[str] = []
+    docs: list[tuple[str, str, str]] = []
     for path in _source_files(root):
         try:
             source = path.read_text(encoding="utf-8")
@@ -85,11 +90,17 @@ def _extract_docs(root: Path, min_chars: int) -> tuple[str, ...]:
         except (SyntaxError, UnicodeDecodeError, ValueError, OSError) as e:
             log.debug("skipping %s: %s", path, e)
             continue
-        for d in found:
+        rel = path.relative_to(root).as_posix()
+        for kind, d in found:
             if len(d) >= min_chars and d not in seen:
                 seen.add(d)
-                docs.append(d)
+                docs.append((d, rel, kind))
     return tuple(docs)
+
+
+def _all_docs(root: str, min_chars: int) -> tuple[str, ...]:
+    """Every distinct docstring of at least ``min_chars`` characters, deterministic order."""
+    return tuple(d for d, _, _ in _all_sourced(root, min_chars))
 
 
 def corpus_cache_dir() -> Path:
@@ -113,12 +124,12 @@ def _cache_file(root: Path, min_chars: int) -> tuple[Path, dict[str, object]]:
     return corpus_cache_dir() / f"stdlib-docstrings-{name}.json", key
 
 
-def _digest(docs: tuple[str, ...] | list[str]) -> str:
-    return hashlib.sha256(JOIN.join(docs).encode()).hexdigest()
+def _digest(rows: tuple[tuple[str, str, str], ...] | list[list[str]]) -> str:
+    return hashlib.sha256(JOIN.join("\0".join(r) for r in rows).encode()).hexdigest()
 
 
-def _read_cache(path: Path, key: dict[str, object]) -> tuple[str, ...] | None:
-    """The cached docstrings, or ``None`` (logged) when the file is missing, for another key or corrupt."""
+def _read_cache(path: Path, key: dict[str, object]) -> tuple[tuple[str, str, str], ...] | None:
+    """The cached rows, or ``None`` (logged) when the file is missing, for another key or corrupt."""
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -127,20 +138,21 @@ def _read_cache(path: Path, key: dict[str, object]) -> tuple[str, ...] | None:
         log.info("corpus cache %s unreadable (%s); re-parsing the standard library", path, e)
         return None
     obj = obj if isinstance(obj, dict) else {}
-    docs = obj.get("docs")
-    if obj.get("key") != key or not isinstance(docs, list) or not all(isinstance(d, str) for d in docs) \
-            or obj.get("sha256") != _digest(docs):
+    rows = obj.get("docs")
+    ok = isinstance(rows, list) and all(
+        isinstance(r, list) and len(r) == 3 and all(isinstance(x, str) for x in r) for r in rows)
+    if obj.get("key") != key or not ok or obj.get("sha256") != _digest(rows):
         log.info("corpus cache %s is stale or corrupt; re-parsing the standard library", path)
         return None
-    return tuple(docs)
+    return tuple((d, f, k) for d, f, k in rows)
 
 
-def _write_cache(path: Path, key: dict[str, object], docs: tuple[str, ...]) -> None:
-    """Store ``docs`` atomically; a folder that cannot be written is logged and skipped."""
+def _write_cache(path: Path, key: dict[str, object], rows: tuple[tuple[str, str, str], ...]) -> None:
+    """Store ``rows`` atomically; a folder that cannot be written is logged and skipped."""
     from ..io import atomic_write_text
 
     try:
-        atomic_write_text(path, json.dumps({"key": key, "sha256": _digest(docs), "docs": list(docs)}))
+        atomic_write_text(path, json.dumps({"key": key, "sha256": _digest(rows), "docs": [list(r) for r in rows]}))
     except OSError as e:
         log.info("corpus cache not written to %s (%s); the next run parses the standard library again", path, e)
 
@@ -155,6 +167,13 @@ def stdlib_corpus(max_docs: int | None = None, min_chars: int = 200) -> list[str
     if not docs:
         raise ValueError(f"no docstring of at least min_chars={min_chars} characters under {stdlib_root()}")
     return list(docs if max_docs is None else docs[:max_docs])
+
+
+def stdlib_sources(max_docs: int | None = None, min_chars: int = 200) -> list[tuple[str, str, str]]:
+    """``stdlib_corpus`` with where each docstring comes from: ``(docstring, file, kind)``, ``file`` relative
+    to the standard library (``email/parser.py``), ``kind`` one of ``module``, ``class``, ``function``."""
+    docs = stdlib_corpus(max_docs, min_chars)  # checks the arguments
+    return list(_all_sourced(str(stdlib_root()), min_chars)[: len(docs)])
 
 
 def _rank(doc: str, seed: int) -> str:
