@@ -17,6 +17,11 @@ sequences of 128 tokens. torch-pruning 1.6.1 runs at the channel ratio bisected 
 onnxruntime column: every (not "deployed") model exported with ``prunekit.structured.export_onnx``'s exporter
 (checked against PyTorch on the inputs) and timed in onnxruntime (same threads), all models round-robin;
 ``--no-ort`` skips it.
+
+``--models timm`` (or any of resnet50, mobilenetv3_large_100, deit_tiny, convnext_atto, swin_tiny): the five timm
+models of issue 12 (``pretrained=False``, seed 0, eval mode), batch 8 at the default input size, one thread, the same
+variants, rounds per model in ``TIMM_REPEATS``; torch-pruning through ``structured_timm._tp`` (see ``tp_timm``).
+Needs timm (``.bench-env``); ``--report FILE`` prints a results file's table.
 """
 
 from __future__ import annotations
