@@ -141,19 +141,23 @@ def _first_output(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else output_tensors(out)[0]
 
 
-def tp_to_macs(model: nn.Module, inputs: Any, target: float, iters: int = 10, **kw: Any) -> tuple[nn.Module, float]:
-    """torch-pruning has channel ratios only: bisect the ratio until MACs fall to ``target`` (or below)."""
+def tp_to_macs(model: nn.Module, inputs: Any, target: float, iters: int = 10, prune: Any = None,
+               **kw: Any) -> tuple[nn.Module, float]:
+    """torch-pruning has channel ratios only: bisect the ratio until MACs fall to ``target`` (or below).
+
+    ``prune(model, inputs, ratio, **kw)`` prunes in place and returns the model (default :func:`tp_prune`)."""
+    prune = prune or tp_prune
     base = count_macs(model, inputs)
     lo, hi, best, best_r = 0.0, 0.95, None, None
     for _ in range(iters):
         mid = (lo + hi) / 2
-        m = tp_prune(copy.deepcopy(model), inputs, mid, **kw)
+        m = prune(copy.deepcopy(model), inputs, mid, **kw)
         if count_macs(m, inputs) / base <= target:
             hi, best, best_r = mid, m, mid
         else:
             lo = mid
     if best is None:
-        best, best_r = tp_prune(copy.deepcopy(model), inputs, hi, **kw), hi
+        best, best_r = prune(copy.deepcopy(model), inputs, hi, **kw), hi
     return best, best_r
 
 

@@ -141,22 +141,39 @@ def _classifier(model):
     return lin[-1:]
 
 
-def _tp(model, x, ratio: float) -> dict[str, Any]:
+def _hidden_writers(model) -> list:
+    """The layers that write a transformer's residual-stream widths: patch embeddings and patch-merging
+    reductions (``patch_embed``, ``downsample``); ignoring them keeps the hidden widths whole, as prunekit does."""
+    from torch import nn
+
+    return [m for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
+            and any(part in ("patch_embed", "downsample") for part in n.split("."))]
+
+
+def _tp(model, x, ratio: float, heads_mode: str = "heads", keep_hidden: bool = False) -> dict[str, Any]:
+    """torch-pruning 1.6.1 at channel ratio ``ratio``; attention heads removed whole (``heads_mode="heads"``) or
+    its default, head dims thinned (``"dims"``); ``keep_hidden`` ignores :func:`_hidden_writers` too; then the
+    attribute fixes its timm example makes (``num_heads``, ``head_dim``, and timm 1.0's ``attn_dim``, which sizes
+    the attention output reshape)."""
     import torch_pruning as tp
     from torch import nn
 
     heads = {m.qkv: m.num_heads for m in model.modules()
              if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)}
+    whole = heads_mode == "heads" and bool(heads)
     pruner = tp.pruner.BasePruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=ratio, ignored_layers=_classifier(model), num_heads=heads,
-                                  prune_num_heads=bool(heads), prune_head_dims=False,
-                                  head_pruning_ratio=ratio if heads else 0.0)
+                                  pruning_ratio=ratio, num_heads=heads,
+                                  ignored_layers=_classifier(model) + (_hidden_writers(model) if keep_hidden else []),
+                                  prune_num_heads=whole, prune_head_dims=not whole,
+                                  head_pruning_ratio=ratio if whole else 0.0)
     pruner.step()
     for m in model.modules():
         if getattr(m, "qkv", None) in pruner.num_heads:
             m.num_heads = pruner.num_heads[m.qkv]
             if hasattr(m, "head_dim"):
                 m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+            if isinstance(getattr(m, "attn_dim", None), int):
+                m.attn_dim = m.num_heads * m.head_dim
     return {}
 
 
