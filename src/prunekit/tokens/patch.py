@@ -51,6 +51,9 @@ class TokenPatch:
             attn = attention_probs(q, k, heads, bias)  # (B, H, T, T)
             v_h = v.unflatten(-1, (heads, -1)).transpose(1, 2).contiguous()
             return (attn @ v_h).transpose(1, 2).flatten(2), attn, None
+        if needs not in ("pagerank", "received", "none"):
+            raise ValueError(f"token method {self.config.method!r} declares needs={needs!r}; accepted: "
+                             "'probs', 'pagerank', 'received', 'none'")
         steps = {"pagerank": self.config.iters, "received": 1}.get(needs, 0)
         ctx, importance = attend(q, k, v, heads, bias, valid, steps)
         return ctx, None, importance
