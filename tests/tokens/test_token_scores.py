@@ -131,9 +131,10 @@ def test_random_is_a_function_of_position_and_seed_only():
 @pytest.mark.parametrize("grad", [False, True])
 @pytest.mark.parametrize("steps", [0, 1, 3])
 def test_attend_matches_probabilities_then_pagerank(steps, grad, monkeypatch):
+    from prunekit.tokens import scores
     from prunekit.tokens import state as S
 
-    monkeypatch.setattr(S, "CHUNK_BYTES", 1)  # one (batch, head) slice per chunk: the chunk loop is exercised
+    monkeypatch.setattr(scores, "CHUNK_BYTES", 1)  # one (batch, head) slice per chunk: the chunk loop is exercised
     g = torch.Generator().manual_seed(0)
     b, t, heads, d = 2, 6, 3, 4
     q, k, v = (torch.randn(b, t, heads * d, generator=g, dtype=torch.float64, requires_grad=grad) for _ in range(3))

@@ -43,25 +43,42 @@ def weighted_pagerank(attn: Tensor, valid: Tensor | None = None, iters: int = 5,
     """
     b, h, t, _ = attn.shape
     v = torch.ones(b, t, dtype=torch.bool, device=attn.device) if valid is None else valid
-    vf = v.to(attn.dtype)[:, None, :]  # (B, 1, T)
-    s0 = (vf / vf.sum(-1, keepdim=True).clamp(min=1)).expand(b, h, t).reshape(b * h, 1, t)
-    zero_pad = None if bool(v.all()) else vf.expand(b, h, t).reshape(b * h, 1, t)
+    s0, pad = pagerank_start(v, h, attn.dtype)
     a = attn.reshape(b * h, t, t)  # padding rows start at 0 and padding columns are zeroed each step
-    step = max(1, CHUNK_BYTES // max(1, t * t * attn.element_size()))
     out = []
-    for i in range(0, b * h, step):
-        ai, si = a[i:i + step], s0[i:i + step]
-        pad = None if zero_pad is None else zero_pad[i:i + step]
-        for _ in range(iters):
-            nxt = torch.bmm(si, ai)
-            if pad is not None:
-                nxt = nxt * pad
-            done = tol > 0 and bool((nxt - si).abs().max() <= tol)
-            si = nxt
-            if done:
-                break
-        out.append(si)
+    for i, j in chunks(b * h, t, attn.element_size()):
+        out.append(pagerank_walk(s0[i:j], a[i:j], iters, None if pad is None else pad[i:j], tol))
     return torch.cat(out).view(b, h, t).mean(1)
+
+
+def chunks(n: int, t: int, element_size: int) -> list[tuple[int, int]]:
+    """``[(i, j), ...]`` covering ``n`` slices of ``T x T`` elements, about ``CHUNK_BYTES`` at a time."""
+    step = max(1, CHUNK_BYTES // max(1, t * t * element_size))
+    return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def pagerank_start(valid: Tensor, heads: int, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """``s^(0)`` uniform over the real tokens ``(B*H, 1, T)``, and the padding mask of each step (None: no pads)."""
+    b, t = valid.shape
+    vf = valid.to(dtype)[:, None, :]  # (B, 1, T)
+    s0 = (vf / vf.sum(-1, keepdim=True).clamp(min=1)).expand(b, heads, t).reshape(b * heads, 1, t)
+    return s0, None if bool(valid.all()) else vf.expand(b, heads, t).reshape(b * heads, 1, t)
+
+
+def pagerank_walk(s: Tensor, a: Tensor, steps: int, pad: Tensor | None = None, tol: float = 0.0) -> Tensor:
+    """``steps`` Weighted PageRank steps ``s <- s A`` on slices ``a`` ``(N, T, T)`` from ``s`` ``(N, 1, T)``.
+
+    ``pad`` zeroes padding after each step; with ``tol > 0`` the walk stops once no entry moves by more.
+    """
+    for _ in range(steps):
+        nxt = torch.bmm(s, a)
+        if pad is not None:
+            nxt = nxt * pad
+        done = tol > 0 and bool((nxt - s).abs().max() <= tol)
+        s = nxt
+        if done:
+            break
+    return s
 
 
 def attention_received(attn: Tensor, valid: Tensor | None = None) -> Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from .scores import CHUNK_BYTES, Selection
+from .scores import Selection, chunks, pagerank_start, pagerank_walk
 
 
 @dataclass
@@ -118,32 +118,15 @@ def attend(q: Tensor, k: Tensor, v: Tensor, heads: int, bias: Tensor | None, val
     qh = (q * d ** -0.5).view(b, t, heads, d).transpose(1, 2).reshape(n, t, d)
     kh = k.view(b, t, heads, d).transpose(1, 2).reshape(n, t, d)
     vh = v.view(b, t, heads, d).transpose(1, 2).reshape(n, t, d)
-    vf = valid.to(q.dtype)[:, None, :]  # (B, 1, T)
-    s0 = (vf / vf.sum(-1, keepdim=True).clamp(min=1)).expand(b, heads, t).reshape(n, 1, t)
-    pad = None if bool(valid.all()) else vf.expand(b, heads, t).reshape(n, 1, t)
+    s0, pad = pagerank_start(valid, heads, q.dtype)
     bias_n = None if bias is None else bias.expand(b, heads, 1, t).reshape(n, 1, t)
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v))
-    ctx_parts: list[Tensor] = []
-    score_parts: list[Tensor] = []
-    ctx_out, score_out = (None, None) if grad else (q.new_empty(n, t, d), q.new_empty(n, 1, t))
-    step = max(1, CHUNK_BYTES // max(1, t * t * q.element_size()))
-    for i in range(0, n, step):
-        j = min(n, i + step)
+    ctx, score = [], []
+    for i, j in chunks(n, t, q.element_size()):
         logits = torch.bmm(qh[i:j], kh[i:j].transpose(1, 2))
         if bias_n is not None:
             logits = logits + bias_n[i:j]
         a = logits.softmax(-1)
-        s = s0[i:j]
-        for _ in range(steps):
-            s = torch.bmm(s, a)
-            if pad is not None:
-                s = s * pad[i:j]
-        if ctx_out is None or score_out is None:  # autograd: no out= writes
-            ctx_parts.append(torch.bmm(a, vh[i:j]))
-            score_parts.append(s)
-        else:
-            torch.bmm(a, vh[i:j], out=ctx_out[i:j])
-            score_out[i:j] = s
-    ctx = torch.cat(ctx_parts) if ctx_out is None else ctx_out
-    score = torch.cat(score_parts) if score_out is None else score_out
-    return ctx.view(b, heads, t, d).transpose(1, 2).reshape(b, t, heads * d), score.view(b, heads, t).mean(1)
+        ctx.append(torch.bmm(a, vh[i:j]))
+        score.append(pagerank_walk(s0[i:j], a, steps, None if pad is None else pad[i:j]))
+    out = torch.cat(ctx).view(b, heads, t, d).transpose(1, 2).reshape(b, t, heads * d)
+    return out, torch.cat(score).view(b, heads, t).mean(1)
