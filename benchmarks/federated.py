@@ -42,7 +42,8 @@ def grid(args: argparse.Namespace) -> list[FedConfig]:
                             continue  # dense: one run per data set, alpha and seed
                         out.append(FedConfig(dataset=ds, clients=args.clients, alpha=alpha, rounds=args.rounds,
                                              method=m, sparsity=None if m == "fedavg" else s, seed=seed,
-                                             fraction=args.fraction, local_epochs=args.local_epochs))
+                                             fraction=args.fraction, local_epochs=args.local_epochs,
+                                             vote_rate=args.vote_rate))
     return out
 
 
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--local-epochs", type=int, default=1)
+    p.add_argument("--vote-rate", type=float, default=0.25, help="supermask servers' vote memory (FedConfig.vote_rate)")
     p.add_argument("--engine", default="local", choices=["local", "flwr"])
     p.add_argument("--machine", default="2-core shared CPU VM, other jobs running")
     p.add_argument("--out", default="docs/results/federated.jsonl")

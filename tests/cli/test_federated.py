@@ -45,6 +45,8 @@ def test_federated_run_writes_metrics_and_store_rows(tmp_path):
     (["--pai", "none"], "pruning-at-initialization mask"),
     (["--method", "fedprox"], "--method must be one of"),
     (["--method", "fedavg"], "does not apply to --method fedavg"),
+    (["--vote-rate", "0"], "--vote-rate must be a number in (0, 1]"),
+    (["--vote-rate", "1.5"], "--vote-rate must be a number in (0, 1]"),
 ])
 def test_federated_bad_input_before_any_client(tmp_path, flags, message):
     base = {"--method": "hidenseek", "--sparsity": "0.9"}

@@ -10,13 +10,13 @@ from prunekit.federated.methods import SERVERS, FedSpec, client_accuracy, client
 from prunekit.federated.payload import bits, floats, payload_bytes, quantized, unfloats, unquantized
 
 
-def _spec(method: str, sparsity: float = 0.5, pai: str = "magnitude") -> FedSpec:
+def _spec(method: str, sparsity: float = 0.5, pai: str = "magnitude", vote_rate: float = 1.0) -> FedSpec:
     g = torch.Generator().manual_seed(0)
     y = torch.arange(4).repeat_interleave(20)
     x = torch.randn(4, 8, generator=g)[y] * 2 + 0.5 * torch.randn(80, 8, generator=g)
     splits = client_splits(y, 2, 1.0, seed=0)
     return FedSpec(method, "mlp", {"in_features": 8, "hidden": [16], "num_classes": 4}, sparsity, 0, x, y, splits,
-                   rounds=2, batch_size=16, pai=pai)
+                   rounds=2, batch_size=16, pai=pai, extra={"vote_rate": vote_rate})
 
 
 # weights: 16 x 8 = 128 and 4 x 16 = 64; biases 16 and 4; 212 floats in all
@@ -73,17 +73,34 @@ def test_hidenseek_theta_is_the_weighted_mean_of_sign_bits():
     minus = bits([torch.zeros(x, dtype=torch.bool) for x in k])
     srv.aggregate([(plus, 30), (minus, 10)])
     assert all(torch.allclose(t, torch.full_like(t, 0.75)) for t in srv.theta.values())
+    mem = SERVERS["hidenseek"](_spec("hidenseek", 0.5, vote_rate=0.25))  # theta_0 = 1: 0.75 * 1 + 0.25 * 0.75
+    mem.aggregate([(plus, 30), (minus, 10)])
+    assert all(torch.allclose(t, torch.full_like(t, 0.9375)) for t in mem.theta.values())
+    mem.aggregate([(minus, 1)])  # 0.75 * 0.9375 + 0.25 * 0
+    assert all(torch.allclose(t, torch.full_like(t, 0.703125)) for t in mem.theta.values())
 
 
 def test_binary_supermask_votes_keep_exact_counts():
     spec = _spec("binary-supermask", 0.5)
     srv = SERVERS["binary-supermask"](spec)
-    down = srv.downlink()
-    assert payload_bytes(down) == sum(math.ceil(n / 8) for n in N_W)
+    down = srv.downlink()  # the mask as bits + the keep votes as one byte per weight
+    assert payload_bytes(down) == sum(math.ceil(n / 8) for n in N_W) + sum(N_W)
     replies = [client_update(spec, down, p, 1) for p in range(2)]
-    assert all(payload_bytes(r.payload) == payload_bytes(down) for r in replies)
+    assert all(payload_bytes(r.payload) == sum(math.ceil(n / 8) for n in N_W) for r in replies)
     srv.aggregate([(r.payload, r.examples) for r in replies])
     assert {n: int(m.sum()) for n, m in srv.masks.items()} == srv.k
+
+
+def test_binary_supermask_vote_memory_hand_computed():
+    spec = _spec("binary-supermask", 0.5, vote_rate=0.5)
+    srv = SERVERS["binary-supermask"](spec)
+    first = {n: m.clone() for n, m in srv.masks.items()}  # v_0 = the initial mask (0 / 1)
+    ones = bits([torch.ones(n, dtype=torch.bool) for n in N_W])
+    zeros = bits([torch.zeros(n, dtype=torch.bool) for n in N_W])
+    srv.aggregate([(ones, 3), (zeros, 1)])  # this round's mean: 0.75 everywhere
+    for n in srv.wnames:  # v_1 = 0.5 v_0 + 0.5 * 0.75: 0.875 where kept before, 0.375 elsewhere
+        assert torch.allclose(srv.votes[n], torch.where(first[n], 0.875, 0.375))
+        assert torch.equal(srv.masks[n], first[n])  # the memory keeps the old top-k
 
 
 def test_fedavg_prune_prunes_at_its_round():

@@ -38,6 +38,9 @@ def run(
                                      "none")] = "synflow",
     prune_round: Annotated[int | None, typer.Option("--prune-round", help="fedavg-prune prunes after this round; "
                                                     "fedtiny reaches --sparsity by it (default: rounds // 2)")] = None,
+    vote_rate: Annotated[float, typer.Option("--vote-rate", help="binary-supermask / hidenseek servers: weight of "
+                                             "this round's votes against the earlier rounds' (0, 1]; 1: no "
+                                             "memory")] = 0.25,
     engine: Annotated[str, typer.Option("--engine", help="flwr (Flower's Ray simulation) | local (the same code "
                                         "in one process)")] = "flwr",
     cpus: Annotated[int, typer.Option("--cpus", help="CPUs Ray may use (one virtual client each)")] = 2,
@@ -54,7 +57,7 @@ def run(
 
     cfg = FedConfig(dataset=dataset, clients=clients, alpha=alpha, rounds=rounds, method=method, sparsity=sparsity,
                     seed=seed, fraction=fraction, local_epochs=local_epochs, batch_size=batch_size, lr=lr, pai=pai,
-                    prune_round=prune_round, cpus=cpus).validate()
+                    prune_round=prune_round, vote_rate=vote_rate, cpus=cpus).validate()
     from ..federated.simulate import make_spec
 
     make_spec(cfg)  # the client split is checked (clients vs examples per class) before any client starts

@@ -29,6 +29,7 @@ class FedConfig:
     lr: float | None = None
     pai: str = "synflow"
     prune_round: int | None = None
+    vote_rate: float = 0.25  # supermask servers: v_t = (1 - rate) v_(t-1) + rate * this round's mean vote
     model: str = "mlp"
     hidden: tuple[int, ...] = (256, 128)
     cpus: int = 2  # Ray's CPUs (one client per CPU at a time)
@@ -60,6 +61,10 @@ class FedConfig:
                                                  1 <= self.prune_round <= self.rounds):
             raise ValueError(f"--prune-round must be an integer in [1, --rounds={self.rounds}], "
                              f"got {self.prune_round!r}")
+        if isinstance(self.vote_rate, bool) or not isinstance(self.vote_rate, (int, float)) or \
+                not 0.0 < float(self.vote_rate) <= 1.0:
+            raise ValueError(f"--vote-rate must be a number in (0, 1] (1: no memory of earlier rounds' votes), "
+                             f"got {self.vote_rate!r}")
         if self.lr is not None and not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise ValueError(f"--lr must be a number > 0, got {self.lr!r}")
         return self
