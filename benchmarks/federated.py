@@ -91,8 +91,43 @@ def table(path: str) -> str:
     return "\n".join(lines)
 
 
-def curves(path: str, dataset: str, alpha: float, sparsity: float) -> str:
-    """Mean client accuracy (%) after each round, and cumulative uplink MB, per method, for one setting."""
+def bar_table(path: str) -> str:
+    """The issue's bar per setting: HideNseek vs binary supermask (final client accuracy, seed by seed) and
+    HideNseek's uplink against dense FedAvg's."""
+    runs = [json.loads(line) for line in Path(path).read_text().splitlines()]
+    by: dict[tuple, dict[int, dict]] = defaultdict(dict)
+    for r in runs:
+        c = r["config"]
+        by[(c["dataset"], c["alpha"], c["method"], c["sparsity"])][c["seed"]] = r
+    lines = ["| data set | alpha | sparsity | hidenseek acc (%) | binary-supermask acc (%) | seeds hidenseek > binary |"
+             " hidenseek - binary (pts) | last 5 rounds: hidenseek / binary (%) | seeds hidenseek > binary, last 5 |"
+             " dense fedavg acc (%) | hidenseek uplink / dense |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def last5(r: dict) -> float:
+        accs = [x["accuracy"] for x in r["per_round"][-5:]]
+        return sum(accs) / len(accs)
+
+    for (ds, al, m, sp) in sorted(k for k in by if k[2] == "hidenseek"):
+        h, b = by[(ds, al, m, sp)], by.get((ds, al, "binary-supermask", sp), {})
+        d = by.get((ds, al, "fedavg", 0.0), {})
+        seeds = sorted(set(h) & set(b))
+        wins = sum(h[s]["accuracy"] > b[s]["accuracy"] for s in seeds)
+        diff = sum(h[s]["accuracy"] - b[s]["accuracy"] for s in seeds) / max(1, len(seeds))
+        wins5 = sum(last5(h[s]) > last5(b[s]) for s in seeds)
+        h5 = sum(last5(r) for r in h.values()) / len(h)
+        b5 = sum(last5(r) for r in b.values()) / max(1, len(b))
+        dense_up = sum(r["uplink_bytes"] for r in d.values()) / len(d) if d else float("nan")
+        up = sum(r["uplink_bytes"] for r in h.values()) / len(h)
+        lines.append(f"| {ds} | {al:g} | {sp:g} | {_ms([r['accuracy'] for r in h.values()])} | "
+                     f"{_ms([r['accuracy'] for r in b.values()])} | {wins}/{len(seeds)} | {100 * diff:+.1f} | "
+                     f"{100 * h5:.1f} / {100 * b5:.1f} | {wins5}/{len(seeds)} | "
+                     f"{_ms([r['accuracy'] for r in d.values()])} | {up / dense_up:.4f} |")
+    return "\n".join(lines)
+
+
+def curves(path: str, dataset: str, alpha: float, sparsity: float, every: int = 1) -> str:
+    """Mean client accuracy (%) after every ``every``-th round, and cumulative uplink MB, per method."""
     runs = [json.loads(line) for line in Path(path).read_text().splitlines()]
     pick = [r for r in runs if r["config"]["dataset"] == dataset and r["config"]["alpha"] == alpha
             and r["config"]["sparsity"] in (0.0, sparsity)]
@@ -102,11 +137,12 @@ def curves(path: str, dataset: str, alpha: float, sparsity: float) -> str:
     if not by:
         return ""
     n = min(len(r["per_round"]) for r in pick)
-    head = "| method | " + " | ".join(f"r{i + 1}" for i in range(n)) + " | uplink MB after r1 / r" + str(n) + " |"
-    lines = [head, "|---|" + "---|" * (n + 1)]
+    shown = [i for i in range(n) if i == 0 or (i + 1) % every == 0 or i == n - 1]
+    head = "| method | " + " | ".join(f"r{i + 1}" for i in shown) + " | uplink MB after r1 / r" + str(n) + " |"
+    lines = [head, "|---|" + "---|" * (len(shown) + 1)]
     for m in sorted(by, key=lambda m: METHODS.index(m) if m in METHODS else 9):
         rs = by[m]
-        accs = [sum(r["per_round"][i]["accuracy"] for r in rs) / len(rs) for i in range(n)]
+        accs = [sum(r["per_round"][i]["accuracy"] for r in rs) / len(rs) for i in shown]
         up1 = rs[0]["per_round"][0]["uplink_bytes_cum"] / 1e6
         upn = rs[0]["per_round"][n - 1]["uplink_bytes_cum"] / 1e6
         lines.append(f"| {m} (n={len(rs)}) | " + " | ".join(f"{100 * a:.1f}" for a in accs) +
@@ -143,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--machine", default="2-core shared CPU VM, other jobs running")
     p.add_argument("--out", default="docs/results/federated.jsonl")
     p.add_argument("--table", action="store_true", help="print the tables of --out and exit")
+    p.add_argument("--every", type=int, default=5, help="--table: curves show every N-th round")
     p.add_argument("--to-db", help="write the per-round rows of --out into this SQLite store and exit")
     args = p.parse_args(argv)
     if args.to_db:
@@ -150,10 +187,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.table:
         print(table(args.out))
+        print("\n" + bar_table(args.out))
         for ds in args.datasets:
             for a in args.alphas:
                 for sp in args.sparsities:
-                    print("\n" + curves(args.out, ds, a, sp))
+                    print("\n" + curves(args.out, ds, a, sp, args.every))
         return
     run(args)
 
