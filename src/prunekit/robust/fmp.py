@@ -33,6 +33,9 @@ from .channels import feature_layers, feature_maps
 
 log = logging.getLogger(__name__)
 
+OBJECTIVES = ("feature", "loss")
+RULES = ("progressive", "fraction")
+
 
 @dataclass
 class FMPConfig:
@@ -44,6 +47,9 @@ class FMPConfig:
     steps: int = 1
     prune_fraction: float = 0.1
     layers: list[str] | None = None
+    objective: str = "feature"
+    rule: str = "progressive"
+    max_drop: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("eps", "alpha"):
@@ -52,6 +58,14 @@ class FMPConfig:
                 raise ValueError(f"FMP {name} must be a positive number (a fraction of the input range), got {v!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"FMP steps must be an integer >= 1 (1 = FGSM), got {self.steps!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"FMP objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.rule not in RULES:
+            raise ValueError(f"FMP rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if isinstance(self.max_drop, bool) or not isinstance(self.max_drop, (int, float)) \
+                or not 0.0 <= self.max_drop < 1.0:
+            raise ValueError(f"FMP max_drop (clean accuracy the pruning may cost) must be in [0, 1), got "
+                             f"{self.max_drop!r}")
         if not 0.0 < float(self.prune_fraction) < 1.0:
             raise ValueError(f"FMP prune_fraction must be in (0, 1), got {self.prune_fraction!r}")
 
@@ -82,13 +96,38 @@ def reverse_perturbation(model: nn.Module, layer: str, channel: int, x: Tensor, 
     return delta.detach()
 
 
+def feature_perturbation(model: nn.Module, layer: str, channel: int, x: Tensor, eps: float, alpha: float,
+                         steps: int, start: Tensor, bounds: tuple[float, float]) -> Tensor:
+    """``delta`` ``(B, *x.shape[1:])`` moving map ``channel`` of ``layer`` away from its clean value: from the
+    random start ``alpha * start`` (``start`` in {-1, +1}), ``steps`` signed-gradient steps of ``eps / steps``
+    ascending ``MSE(F_k(x + delta), F_k(x))`` within ``[-eps, eps]``, ``x + delta`` kept in ``bounds``."""
+    with torch.no_grad():
+        clean = feature_maps(model, layer, x)[:, channel]  # (B, *spatial)
+    lo, hi = bounds
+    delta = (alpha * start).clamp(-eps, eps)
+    delta = (x + delta).clamp(lo, hi) - x
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        moved = feature_maps(model, layer, x + delta)[:, channel]
+        (grad,) = torch.autograd.grad(nn.functional.mse_loss(moved, clean), delta)
+        delta = (delta.detach() + (eps / steps) * grad.sign()).clamp(-eps, eps)
+        delta = (x + delta).clamp(lo, hi) - x
+    return delta.detach()
+
+
 def layer_sensitivity(model: nn.Module, layer: str, x: Tensor, y: Tensor, eps: float, alpha: float,
-                      steps: int) -> tuple[Tensor, Tensor]:
+                      steps: int, objective: str = "loss", seed: int = 0) -> tuple[Tensor, Tensor]:
     """Per feature map of ``layer``: ``(accuracy (C,), mean cross-entropy (C,))`` on the perturbed clean set."""
     channels = dict(model.named_modules())[layer].out_channels
     acc, loss = torch.zeros(channels), torch.zeros(channels)
+    gen = torch.Generator().manual_seed(seed)
+    start = torch.randint(0, 2, x.shape, generator=gen).to(x) * 2 - 1  # (B, *example): one random sign per value
+    bounds = (float(x.min()), float(x.max()))
     for k in range(channels):
-        delta = reverse_perturbation(model, layer, k, x, y, eps, alpha, steps)
+        if objective == "feature":
+            delta = feature_perturbation(model, layer, k, x, eps, alpha, steps, start, bounds)
+        else:
+            delta = reverse_perturbation(model, layer, k, x, y, eps, alpha, steps)
         with torch.no_grad():
             out = model(x + delta)  # (B, classes)
             acc[k] = (out.argmax(-1) == y).float().mean()
@@ -107,7 +146,7 @@ def fmp_scores(model: nn.Module, x: Tensor, y: Tensor, config: FMPConfig | None 
     out: dict[str, dict[str, Any]] = {}
     try:
         for layer in cfg.layers or feature_layers(model):
-            acc, loss = layer_sensitivity(model, layer, x, y, eps, alpha, cfg.steps)
+            acc, loss = layer_sensitivity(model, layer, x, y, eps, alpha, cfg.steps, cfg.objective)
             order = sorted(range(len(acc)), key=lambda k: (float(acc[k]), -float(loss[k])))
             out[layer] = {"accuracy": acc.tolist(), "loss": loss.tolist(), "order": order}
     finally:
@@ -123,3 +162,32 @@ def maps_to_prune(scores: dict[str, dict[str, Any]], fraction: float) -> dict[st
         k = min(c - 1, max(1, round(fraction * c)))
         drop[layer] = sorted(s["order"][:k])
     return drop
+
+
+def progressive_maps(model: nn.Module, scores: dict[str, dict[str, Any]], held: tuple[Tensor, Tensor],
+                     max_drop: float, fraction: float) -> tuple[dict[str, list[int]], dict[str, Any]]:
+    """Progressive pruning in FMP's order while the clean accuracy holds (clean data only).
+
+    Layers from the last convolution to the first; within a layer its maps most sensitive first, at most
+    ``max(1, floor(fraction * C))`` of them (never all): a map is pruned when the accuracy on the held-out clean
+    set ``held`` with it and every map chosen so far zeroed stays at or above the unpruned accuracy minus
+    ``max_drop``; the first map that would break that ends the layer's walk. Returns the maps and a trace."""
+    from .channels import accuracy_without
+
+    base = accuracy_without(model, {}, *held)
+    chosen: dict[str, list[int]] = {layer: [] for layer in scores}
+    trace: dict[str, Any] = {"base": base, "limit": base - max_drop, "stopped": {}}
+    for layer in reversed(list(scores)):
+        order = scores[layer]["order"]
+        cap = min(len(order) - 1, max(1, math.floor(fraction * len(order))))
+        trace["stopped"][layer] = "cap"
+        for k in order[:cap]:
+            trial = {**chosen, layer: [*chosen[layer], k]}
+            if accuracy_without(model, trial, *held) < base - max_drop:
+                trace["stopped"][layer] = f"clean accuracy (map {k})"
+                break
+            chosen[layer].append(k)
+    trace["accuracy_after"] = accuracy_without(model, chosen, *held)
+    log.info("FMP progressive pruning: %s (held-out clean accuracy %.4f -> %.4f)", chosen, base,
+             trace["accuracy_after"])
+    return {k: sorted(v) for k, v in chosen.items()}, trace
