@@ -24,7 +24,7 @@ from prunekit.robust.backdoor import BackdoorConfig, backdoored, defend_and_meas
 from prunekit.robust.defenses import DefenseConfig
 from prunekit.robust.fmp import FMPConfig
 
-FROZEN = DefenseConfig()  # the frozen recipe (chosen on development seed 100): see docs/results/robustness.md
+FROZEN = DefenseConfig()  # the frozen recipe (chosen on development seeds 100, 101): see docs/results/robustness.md
 DEFENSES = {"none": ("none", FROZEN), "finetune": ("finetune", FROZEN),
             "fine-pruning": ("fine-pruning", FROZEN), "fmp": ("fmp", FROZEN),
             "fmp-fixed": ("fmp", dataclasses.replace(FROZEN, fmp=FMPConfig(rule="fraction", prune_fraction=0.1))),
@@ -32,7 +32,7 @@ DEFENSES = {"none": ("none", FROZEN), "finetune": ("finetune", FROZEN),
             "anp": ("anp", FROZEN)}
 for _d in (0.05, 0.2, 0.3):  # development variants of the progressive rule's clean-accuracy budget
     DEFENSES[f"fmp-drop{round(100 * _d)}"] = ("fmp", dataclasses.replace(FROZEN, fmp=FMPConfig(max_drop=_d)))
-DEFAULT_DEFENSES = ("none", "finetune", "fine-pruning", "fmp", "fmp-fixed")
+DEFAULT_DEFENSES = ("none", "finetune", "fine-pruning", "fmp", "fmp-fixed", "fmp-loss")
 EPOCHS = {"mnist1d": 20, "digits": 30}  # training epochs of each backdoored model
 
 

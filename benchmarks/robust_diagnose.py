@@ -21,7 +21,7 @@ import torch
 
 from prunekit.robust.backdoor import BackdoorConfig, backdoored
 from prunekit.robust.channels import feature_layers, prune_channels_
-from prunekit.robust.defenses import DefenseConfig, clean_finetune
+from prunekit.robust.defenses import DefenseConfig, clean_finetune, defend_
 from prunekit.robust.fmp import FMPConfig, fmp_scores, maps_to_prune
 from prunekit.robust.metrics import backdoor_metrics, predict
 
@@ -70,10 +70,11 @@ def ranks(order: list[int], maps: list[int]) -> list[int]:
     return [order.index(k) for k in maps]
 
 
-def case(dataset: str, attack: str, rate: float, seed: int, model: str | None, epochs: int, alpha: float,
+def case(dataset: str, attack: str, rate: float, seed: int, model: str | None, epochs: int | None,
+         alpha: float | None,
          finetune: DefenseConfig, width: int | None = None) -> dict:
-    cfg = BackdoorConfig(dataset=dataset, model=model, attack=attack, poison=rate, seed=seed, epochs=epochs,
-                         alpha=alpha, width=width)
+    cfg = BackdoorConfig(dataset=dataset, model=model, attack=attack, poison=rate, seed=seed,
+                         epochs=epochs or {"mnist1d": 20, "digits": 30}[dataset], alpha=alpha, width=width)
     t = time.perf_counter()
     bd = backdoored(cfg)
     d = bd.data
@@ -99,6 +100,10 @@ def case(dataset: str, attack: str, rate: float, seed: int, model: str | None, e
         clean_finetune(pruned, bd.clean, finetune, seed)
         f = backdoor_metrics(pruned, d.x_test, d.y_test, bd.trigger, 0)
         print(f"  {obj:7s} prune 10%/layer: after pruning {p}; after fine-tuning {f}")
+    frozen = copy.deepcopy(bd.model)
+    rep = defend_(frozen, "fmp", bd.clean, finetune, seed)
+    res["fmp_frozen"] = {**backdoor_metrics(frozen, d.x_test, d.y_test, bd.trigger, 0), "pruned": rep["pruned"]}
+    print(f"  fmp (frozen recipe: progressive rule): {res['fmp_frozen']}")
     chosen, path = greedy_oracle(bd, 0)
     res["greedy_oracle"] = path
     print(f"  greedy oracle (test ASR): {[(p['map'], round(p['asr'], 3), round(p['clean'], 3)) for p in path]}")
@@ -126,10 +131,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=100)
     p.add_argument("--model", default=None)
     p.add_argument("--width", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--alpha", type=float, default=0.2)
+    p.add_argument("--epochs", type=int, default=None, help="default: 20 on MNIST-1D, 30 on digits")
+    p.add_argument("--alpha", type=float, default=None, help="blend opacity (default: the data set's)")
     p.add_argument("--ft-epochs", type=int, default=10)
-    p.add_argument("--ft-lr", type=float, default=0.01)
+    p.add_argument("--ft-lr", type=float, default=0.003)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.seed in (0, 1, 2):

@@ -83,7 +83,7 @@ def backdoor(
     epochs: EpochsOpt = None,
     finetune_epochs: Annotated[int, typer.Option(help="clean fine-tuning epochs of the defense",
                                                  callback=_positive("--finetune-epochs", 0))] = 10,
-    finetune_lr: Annotated[float, typer.Option(help="clean fine-tuning learning rate")] = 0.01,
+    finetune_lr: Annotated[float, typer.Option(help="clean fine-tuning learning rate")] = 0.003,
     fmp_eps: Annotated[float, typer.Option(help="FMP perturbation budget, a fraction of the input range")] = 0.06,
     fmp_alpha: Annotated[float, typer.Option(help="FMP step size, a fraction of the input range")] = 0.02,
     fmp_steps: Annotated[int, typer.Option(help="FMP steps (1 = FGSM, more = PGD)",
@@ -99,10 +99,10 @@ def backdoor(
     fmp_objective: Annotated[str, typer.Option(help="feature (perturb the input to move one map: the released "
                                                "code) | loss (ascend the loss through one map)",
                                                callback=c.choice("--fmp-objective", FMP_OBJECTIVES))] = "feature",
-    holdout: Annotated[float, typer.Option(help="part of the clean set held out for the stop rules and early "
-                                           "stopping, in [0, 1)")] = 0.25,
+    holdout: Annotated[float, typer.Option(help="part of the clean set the pruning stop rules read (and early "
+                                           "stopping), in [0, 1); 0 = the whole clean set")] = 0.25,
     early_stop: Annotated[bool, typer.Option(help="fine-tune on the rest of the clean set and keep the epoch with "
-                                             "the best held-out accuracy")] = True,
+                                             "the best held-out accuracy")] = False,
     width: Annotated[int | None, typer.Option(help="feature maps per convolution (cnn1d only; default the zoo's 25)",
                                               callback=_positive("--width"))] = None,
     anp_iterations: Annotated[int, typer.Option(help="ANP mask-optimisation iterations (the paper: 2000)",
