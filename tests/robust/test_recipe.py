@@ -98,6 +98,6 @@ def test_width_and_blend_opacity_defaults():
     with pytest.raises(ValueError, match="--width"):
         model_kwargs("lenet5", 32)
     x = torch.rand(4, 1, 8, 8)
-    assert trigger_for(BackdoorConfig(dataset="digits", attack="blended"), x).alpha == 0.3
+    assert trigger_for(BackdoorConfig(dataset="digits", attack="blended"), x).alpha == 0.4
     assert trigger_for(BackdoorConfig(dataset="mnist1d", attack="blended"), torch.rand(4, 40)).alpha == 0.2
     assert trigger_for(BackdoorConfig(dataset="digits", attack="blended", alpha=0.5), x).alpha == 0.5

@@ -110,7 +110,7 @@ def backdoor(
     trigger_size: Annotated[int | None, typer.Option(help="badnets window length / patch side (default 5 / 3)",
                                                      callback=_positive("--trigger-size"))] = None,
     blend_alpha: Annotated[float | None, typer.Option(help="blended trigger opacity in (0, 1] (default 0.2 on "
-                                                      "mnist1d, 0.3 on digits)",
+                                                      "mnist1d, 0.4 on digits)",
                                                       callback=_unit_fraction("--blend-alpha"))] = None,
     seed: c.Seed = 0,
     threads: c.Threads = None,

@@ -1,22 +1,23 @@
 """Adversarial Feature Map Pruning for Backdoor (FMP; Dong Huang & Qingwen Bu, ICLR 2024, arXiv 2307.11565).
 
-Backdoor feature maps are trained to respond to the trigger, so a small input perturbation aimed at one of
-them moves the model's predictions much more than the same perturbation aimed at an ordinary map. For
-every feature map ``k`` of every convolution ``l`` and a small clean set ``{(x, y)}``, FMP generates a
-perturbation through that map alone (the paper's feature reverse generation, FGSM / PGD on the
-classification loss, the other maps of layer ``l`` held at their clean values):
+Backdoor feature maps are trained to respond to the trigger, so an input perturbation that moves one of them
+changes the model's predictions much more than one that moves an ordinary map. For every feature map ``k`` of
+every convolution ``l`` and a small clean set ``{(x, y)}``, FMP's feature reverse generation (as the
+authors' released code ``defense/fgsm-feature.py`` does it, ``objective="feature"``) starts from a random sign
+perturbation of size ``alpha`` and takes FGSM / PGD steps that move map ``k`` away from its clean value:
 
-    delta_0 = 0,   delta_{t+1} = clip_[-eps, eps]( delta_t + alpha * sign( grad_delta CE(f_{l,k}(x + delta_t), y) ) )
+    delta_0 = alpha * r,  r in {-1, +1}^d,
+    delta_{t+1} = clip_[-eps, eps]( delta_t + (eps / T) * sign( grad_delta || F_{l,k}(x + delta_t) - F_{l,k}(x) ||^2 ) )
 
-where ``f_{l,k}`` is the model whose layer ``l`` outputs the clean maps except map ``k``, computed from
-``x + delta`` (one step is FGSM, more steps PGD), and measures the model on the perturbed clean inputs: the
-sensitivity of the map is ``s_{l,k} = 1 - Acc(f(x + delta_{l,k}), y)`` (ties broken by the mean
-cross-entropy). Within each layer the ``p`` most sensitive maps are pruned, then the model is fine-tuned
-on the clean set. ``eps`` and ``alpha`` are fractions of the clean inputs' value range (max - min), so
-the defaults of the authors' released CIFAR-10 configuration of the paper's first version ("Feature Map
-Testing", FMT: inputs in [0, 1], eps 0.06, step 0.02, one step; fine-tuning 10 epochs at lr 0.01, cosine)
-carry over to inputs on other scales. The pruned fraction per layer, 0.1, is our reading of that
-configuration's ``ratio: 0.1``; the paper does not fix it for every model.
+(``T = steps``; one step is FGSM), and ranks the map by the clean accuracy of the whole model on ``x + delta``
+(lowest first, ties by the higher cross-entropy). ``objective="loss"`` keeps our earlier reading (ascend the
+cross-entropy with only map ``k`` seeing the perturbed input). ``eps`` and ``alpha`` are fractions of the clean
+inputs' value range, so the released CIFAR-10 settings (inputs in [0, 1], eps 0.06, alpha 0.02, one step) carry
+over. Which maps are pruned: the released code prunes the lowest ``floor(C / 64)`` maps of every layer (none of
+a layer of fewer than 64 maps, i.e. of every layer of our zoo models), then fine-tunes 10 epochs at lr 0.01
+(cosine) on the clean data (its config's ``ratio: 0.1`` is the clean-data fraction, not a pruning fraction).
+Here ``rule="fraction"`` prunes ``max(1, round(p * C))`` maps per layer and ``rule="progressive"`` (the default)
+prunes in FMP's order while the clean accuracy on a held-out part of the clean set holds (``progressive_maps``).
 """
 
 from __future__ import annotations
