@@ -79,6 +79,11 @@ def _ms(vals: list[float]) -> str:
     return f"{100 * statistics.mean(vals):.1f} ± {100 * statistics.pstdev(vals):.1f}"
 
 
+def bar(r: dict) -> bool:
+    """The issue's bar on one run: ASR after < 10% and clean accuracy within 3 points of the undefended model."""
+    return r["asr_after"] < 0.10 and r["clean_acc_after"] >= r["clean_acc_before"] - 0.03
+
+
 def tables(rows: list[dict]) -> str:
     out = ["| data / model | attack | poison | defense | clean acc % | ASR % | RA % | ASR before % | "
            "bar: ASR < 10 and clean within 3 pts |", "|---|---|---:|---|---:|---:|---:|---:|---|"]
@@ -87,11 +92,12 @@ def tables(rows: list[dict]) -> str:
         sel = [r for r in rows if (r["dataset"], r["attack"], r["poison"]) == case]
         for d in dict.fromkeys(r["defense"] for r in sel):
             rs = [r for r in sel if r["defense"] == d]
-            ok = sum(r["asr_after"] < 0.10 and r["clean_acc_after"] >= r["clean_acc_before"] - 0.03 for r in rs)
+            passed = [r["seed"] for r in rs if bar(r)]
+            ok = f"{len(passed)}/{len(rs)} seeds" + (f" ({', '.join(map(str, passed))})" if passed else "")
             out.append(f"| {case[0]} / {rs[0]['model']} | {case[1]} | {case[2]:.0%} | {d} | "
                        f"{_ms([r['clean_acc_after'] for r in rs])} | {_ms([r['asr_after'] for r in rs])} | "
                        f"{_ms([r['ra_after'] for r in rs])} | {_ms([r['asr_before'] for r in rs])} | "
-                       f"{ok}/{len(rs)} seeds |")
+                       f"{ok} |")
     return "\n".join(out)
 
 
