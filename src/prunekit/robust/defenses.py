@@ -208,8 +208,9 @@ def mean_activation(model: nn.Module, layer: str, x: Tensor) -> Tensor:
 @DEFENSES.register("fine-pruning")
 def fine_pruning(model: nn.Module, clean: Clean, cfg: DefenseConfig, seed: int = 0) -> dict[str, Any]:
     """Fine-pruning (Liu, Dolan-Gavitt & Garg, RAID 2018, Sec. 4): prune the last convolution's maps in
-    increasing order of mean clean activation (dormant ones first) while the clean accuracy stays within
-    ``fp_max_drop`` of the start (at most ``fp_max_fraction`` of the maps), then fine-tune on the clean set."""
+    increasing order of mean clean activation (dormant ones first) while the accuracy on the held-out part of the
+    clean set (``holdout``; the whole set if 0) stays within ``fp_max_drop`` of the start (at most
+    ``fp_max_fraction`` of the maps), then fine-tune on the clean set."""
     x, y = clean
     hx, hy = split_clean(clean, cfg.holdout, seed)[1] if cfg.holdout else clean
     layer = feature_layers(model)[-1]
