@@ -13,10 +13,13 @@ from . import common as c
 app = c.app_group("Pruning for robustness: backdoor defenses and machine unlearning.")
 DATASETS = ("mnist1d", "digits")
 NUM_CLASSES = {"mnist1d": 10, "digits": 10}
+DEFAULT_MODELS = {"mnist1d": "cnn1d", "digits": "lenet5"}
 ATTACKS = ("badnets", "blended")
 DEFENSES = ("none", "finetune", "fine-pruning", "fmp", "anp")
 UNLEARNERS = ("retrain", "finetune", "grad-ascent", "l1-sparse")
 PRUNE_BY = ("remove", "mask")
+FMP_RULES = ("progressive", "fraction")
+FMP_OBJECTIVES = ("feature", "loss")
 
 
 def register(main: typer.Typer) -> None:
@@ -80,19 +83,35 @@ def backdoor(
     epochs: EpochsOpt = None,
     finetune_epochs: Annotated[int, typer.Option(help="clean fine-tuning epochs of the defense",
                                                  callback=_positive("--finetune-epochs", 0))] = 10,
-    finetune_lr: Annotated[float, typer.Option(help="clean fine-tuning learning rate")] = 0.01,
+    finetune_lr: Annotated[float, typer.Option(help="clean fine-tuning learning rate")] = 0.003,
     fmp_eps: Annotated[float, typer.Option(help="FMP perturbation budget, a fraction of the input range")] = 0.06,
     fmp_alpha: Annotated[float, typer.Option(help="FMP step size, a fraction of the input range")] = 0.02,
     fmp_steps: Annotated[int, typer.Option(help="FMP steps (1 = FGSM, more = PGD)",
                                            callback=_positive("--fmp-steps"))] = 1,
-    fmp_fraction: Annotated[float, typer.Option(help="FMP: fraction of each layer's feature maps pruned",
+    fmp_fraction: Annotated[float, typer.Option(help="FMP: fraction of each layer's feature maps pruned (rule "
+                                                "fraction) or at most pruned (rule progressive)",
                                                 callback=_open_fraction("--fmp-fraction"))] = 0.1,
+    fmp_rule: Annotated[str, typer.Option(help="progressive (prune in FMP's order while the held-out clean accuracy "
+                                          "stays within --fmp-max-drop) | fraction (a fixed fraction per layer)",
+                                          callback=c.choice("--fmp-rule", FMP_RULES))] = "progressive",
+    fmp_max_drop: Annotated[float, typer.Option(help="FMP progressive rule: held-out clean accuracy the pruning "
+                                                "may cost, in [0, 1)")] = 0.1,
+    fmp_objective: Annotated[str, typer.Option(help="feature (perturb the input to move one map: the released "
+                                               "code) | loss (ascend the loss through one map)",
+                                               callback=c.choice("--fmp-objective", FMP_OBJECTIVES))] = "feature",
+    holdout: Annotated[float, typer.Option(help="part of the clean set the pruning stop rules read (and early "
+                                           "stopping), in [0, 1); 0 = the whole clean set")] = 0.25,
+    early_stop: Annotated[bool, typer.Option(help="fine-tune on the rest of the clean set and keep the epoch with "
+                                             "the best held-out accuracy")] = False,
+    width: Annotated[int | None, typer.Option(help="feature maps per convolution (cnn1d only; default the zoo's 25)",
+                                              callback=_positive("--width"))] = None,
     anp_iterations: Annotated[int, typer.Option(help="ANP mask-optimisation iterations (the paper: 2000)",
                                                 callback=_positive("--anp-iterations"))] = 2000,
     trigger_size: Annotated[int | None, typer.Option(help="badnets window length / patch side (default 5 / 3)",
                                                      callback=_positive("--trigger-size"))] = None,
-    blend_alpha: Annotated[float, typer.Option(help="blended trigger opacity in (0, 1]",
-                                               callback=_unit_fraction("--blend-alpha"))] = 0.2,
+    blend_alpha: Annotated[float | None, typer.Option(help="blended trigger opacity in (0, 1] (default 0.2 on "
+                                                      "mnist1d, 0.4 on digits)",
+                                                      callback=_unit_fraction("--blend-alpha"))] = None,
     seed: c.Seed = 0,
     threads: c.Threads = None,
     db: c.Db = None,
@@ -102,6 +121,12 @@ def backdoor(
     if not 0 <= target < NUM_CLASSES[dataset]:
         raise ValueError(f"--target must be a class label in 0..{NUM_CLASSES[dataset] - 1} for {dataset}, "
                          f"got {target}")
+    if not 0.0 <= fmp_max_drop < 1.0:
+        raise ValueError(f"--fmp-max-drop must be in [0, 1), got {fmp_max_drop}")
+    if not 0.0 <= holdout < 1.0 or (early_stop and holdout == 0):
+        raise ValueError(f"--holdout must be in [0, 1) (and > 0 with --early-stop), got {holdout}")
+    if width is not None and (model or DEFAULT_MODELS[dataset]) != "cnn1d":
+        raise ValueError(f"--width is only defined for --model cnn1d, not {model or DEFAULT_MODELS[dataset]}")
     c.check_out(out, overwrite=overwrite)
     c.set_threads(threads)
     from ..robust.anp import ANPConfig
@@ -109,12 +134,14 @@ def backdoor(
     from ..robust.defenses import DefenseConfig
     from ..robust.fmp import FMPConfig
 
-    dcfg = DefenseConfig(finetune_epochs=finetune_epochs, lr=finetune_lr, prune_by=prune_by,
-                         fmp=FMPConfig(eps=fmp_eps, alpha=fmp_alpha, steps=fmp_steps, prune_fraction=fmp_fraction),
+    dcfg = DefenseConfig(finetune_epochs=finetune_epochs, lr=finetune_lr, prune_by=prune_by, holdout=holdout,
+                         early_stop=early_stop,
+                         fmp=FMPConfig(eps=fmp_eps, alpha=fmp_alpha, steps=fmp_steps, prune_fraction=fmp_fraction,
+                                       rule=fmp_rule, max_drop=fmp_max_drop, objective=fmp_objective),
                          anp=ANPConfig(iterations=anp_iterations))
     cfg = BackdoorConfig(dataset=dataset, model=model, attack=attack, poison=poison, target=target, defense=defense,
                          clean_fraction=clean_fraction, seed=seed, epochs=epochs, trigger_size=trigger_size,
-                         alpha=blend_alpha, defense_config=dcfg)
+                         alpha=blend_alpha, width=width, defense_config=dcfg)
     c.say(f"backdoor: {attack} at {poison:g} on {dataset}, defense {defense}")
     metrics = run_backdoor(cfg)
     _finish(out, overwrite, db, "robust-backdoor", cfg.to_dict(), metrics,

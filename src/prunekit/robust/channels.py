@@ -99,3 +99,30 @@ def feature_maps(model: nn.Module, layer: str, x: Tensor) -> Tensor:
     finally:
         handle.remove()
     return store[0]
+
+
+@torch.no_grad()
+def accuracy_without(model: nn.Module, drop: Mapping[str, Sequence[int]], x: Tensor, y: Tensor) -> float:
+    """Accuracy on ``(x, y)`` with the maps ``drop`` (layer -> channels) zeroed by forward hooks (eval mode; the
+    model is not changed). 1.0 for an empty set."""
+    if not len(y):
+        return 1.0
+    mods = dict(model.named_modules())
+
+    def zero(chans: list[int]) -> Any:
+        def hook(module: nn.Module, inputs: Any, out: Tensor) -> Tensor:
+            out = out.clone()
+            out[:, chans] = 0
+            return out
+
+        return hook
+
+    handles = [mods[name].register_forward_hook(zero(list(ch))) for name, ch in drop.items() if len(ch)]
+    was = model.training
+    model.eval()
+    try:
+        return float((model(x).argmax(-1) == y).float().mean())
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
