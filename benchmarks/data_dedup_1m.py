@@ -59,7 +59,7 @@ def run(path: Path, method: str, n_clusters: int, eps: float, seed: int, niter: 
     from data_dedup_eval import faiss_semdedup
 
     from prunekit.data.cluster import Embeddings, assign_boundary, train_kmeans
-    from prunekit.data.dedup import all_pairs, greedy_global, visit_rank
+    from prunekit.data.dedup import all_pairs, boundary_radius, greedy_global, visit_rank
 
     ray_info = None
     if backend == "ray":
@@ -77,7 +77,7 @@ def run(path: Path, method: str, n_clusters: int, eps: float, seed: int, niter: 
     else:
         cent = train_kmeans(emb, n_clusters, seed=seed, niter=niter)
         t1, c1 = time.perf_counter(), time.process_time()
-        radius = float(np.sqrt(2 * eps)) if method == "exact" else None
+        radius = boundary_radius(eps) if method == "exact" else None
         a, c, boundary = assign_boundary(emb, cent, radius, backend=backend, concurrency=workers)
         t2, c2 = time.perf_counter(), time.process_time()
         pi, pj, stats = all_pairs(emb, a, n_clusters, boundary if method == "exact" else None, 1.0 - eps,

@@ -268,8 +268,10 @@ def _pairs_cluster_pair_by_cluster_pair(x, assign, boundary, threshold):
     return found
 
 
-@pytest.mark.parametrize("chunk", [64 << 20, 1 << 12])
-def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeypatch, chunk):
+@pytest.mark.parametrize("chunk,threads", [(64 << 20, 1), (1 << 12, 2)])
+def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeypatch, chunk, threads):
+    import torch
+
     from prunekit.data import cluster, dedup
     from prunekit.data.cluster import Embeddings, assign_boundary
     from prunekit.data.dedup import all_pairs, greedy_global, visit_rank
@@ -285,7 +287,9 @@ def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeyp
     monkeypatch.setattr(cluster, "CHUNK_BYTES", chunk)
     emb = Embeddings(x)
     _, _, boundary = assign_boundary(emb, cl.centroids, np.sqrt(2 * eps), known=cl.assign)
+    torch.set_num_threads(threads)  # 2: the batches run on a pool of 2 Python threads (restored by the fixture)
     pi, pj, stats = all_pairs(emb, cl.assign, 40, boundary, 1 - eps)
+    assert torch.get_num_threads() == threads
     within, wj, _ = all_pairs(emb, cl.assign, 40, None, 1 - eps)
     across = {(min(a, b), max(a, b)) for a, b in zip(pi.tolist(), pj.tolist())} - set(zip(within.tolist(),
                                                                                            wj.tolist()))
