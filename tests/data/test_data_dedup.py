@@ -248,9 +248,7 @@ def test_cross_pairs_groups_boundary_entries_by_cluster_pair():
     runs = plan.runs(3)  # 3 entries per run: pair (0, 1) alone, then pair (1, 2)
     assert [r.rows.tolist() for r in runs] == [[0, 2, 3], [3, 4]] and runs[1].start.tolist() == [0]
     assert len(cross_pairs(assign, Boundary(np.empty(0, np.int64), np.empty(0, np.int64)), 3)) == 0
-    from prunekit.data.dedup import _cross_pairs_lexsort  # the path for keys that would overflow int64
-
-    other = _cross_pairs_lexsort(assign, b, 3)
+    other = cross_pairs(assign, b, 2**31)  # keys that would overflow int64: the lexsort path
     assert [v.tolist() for v in (other.rows, other.start, other.na, other.nb)] == [
         [0, 2, 3, 3, 4], [0, 3], [1, 1], [2, 1]]
 
@@ -268,8 +266,9 @@ def _pairs_cluster_pair_by_cluster_pair(x, assign, boundary, threshold):
     return found
 
 
-@pytest.mark.parametrize("chunk,threads", [(64 << 20, 1), (1 << 12, 2)])
-def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeypatch, chunk, threads):
+@pytest.mark.parametrize("chunk,threads,joint", [(64 << 20, 1, True), (1 << 12, 1, True), (64 << 20, 1, False),
+                                                 (1 << 12, 2, False)])
+def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeypatch, chunk, threads, joint):
     import torch
 
     from prunekit.data import cluster, dedup
@@ -287,6 +286,8 @@ def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeyp
     monkeypatch.setattr(cluster, "CHUNK_BYTES", chunk)
     emb = Embeddings(x)
     _, _, boundary = assign_boundary(emb, cl.centroids, np.sqrt(2 * eps), known=cl.assign)
+    if not joint:  # no gaps: every row pair of a cluster pair goes through the padded batched products
+        boundary = cluster.Boundary(boundary.rows, boundary.cluster)
     torch.set_num_threads(threads)  # 2: the batches run on a pool of 2 Python threads (restored by the fixture)
     pi, pj, stats = all_pairs(emb, cl.assign, 40, boundary, 1 - eps)
     assert torch.get_num_threads() == threads
@@ -299,6 +300,11 @@ def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeyp
     plan = dedup.cross_pairs(cl.assign, boundary, 40)
     big = dedup._size_class(plan.na) * dedup._size_class(plan.nb) > chunk // 16
     assert big.any() == (chunk < 1 << 20) and not big.all()  # the small budget also takes the one-by-one path
+    if joint:  # the joint bound leaves a fraction of the boundary sets' row pairs, and every true pair
+        ia, ib = dedup._joint_candidates(plan)
+        assert 0 < len(ia) < 0.7 * plan.comparisons()
+        cand = {(min(a, b), max(a, b)) for a, b in zip(plan.rows[ia].tolist(), plan.rows[ib].tolist())}
+        assert want <= cand
     ri, rj = np.array(sorted(want)).T
     ref_i, ref_j = np.r_[within, ri], np.r_[wj, rj]
     order = visit_rank(cl.cosine, "farthest")
@@ -324,10 +330,12 @@ def test_dense_boundary_test_matches_the_per_candidate_test():
     got = sorted(zip(a["row"].tolist(), a["cluster"].tolist()))
     assert got == sorted(zip(b["row"].tolist(), b["cluster"].tolist())) and len(got) > 400
     own = a["cluster"][:300]
-    # hand check of the bound for every (row, other cluster): x.c_own - x.c_j < 0.3 |c_own - c_j| + slack
+    # hand check for every (row, other cluster): x.c_own - x.c_j < sin(t) |c_own - c_j| + slack, where the
+    # chord 0.3 = 2 sin(t / 2) gives sin(t) = 0.3 sqrt(1 - 0.3^2 / 4)
     u = normalize(x.copy())
     s = u @ cent.T
     w = np.linalg.norm(cent[own][:, None, :] - cent[None], axis=2)
-    want = (s[np.arange(300), own][:, None] - s < 0.3 * w + 1e-4) & (np.arange(12)[None] != own[:, None])
+    want = (s[np.arange(300), own][:, None] - s < 0.3 * np.sqrt(1 - 0.0225) * w + 1e-4) & (
+        np.arange(12)[None] != own[:, None])
     assert got == sorted(list(zip(range(300), own.tolist())) +
                          list(zip(*(v.tolist() for v in np.nonzero(want)))))
