@@ -280,13 +280,15 @@ class PairFinder:
         (``searchsorted`` on ``8 p + gap``, one call for the whole run); the candidates are then gathered
         and multiplied in slices of about ``CHUNK_BYTES``.
         """
-        uniq, inv = np.unique(plan.rows, return_inverse=True)
-        block = normalize(emb.take(uniq))
         ia, ib = _joint_candidates(plan)
+        ra, rb = plan.rows[ia], plan.rows[ib]  # only the rows of some candidate are read
+        uniq = np.unique(np.r_[ra, rb])
+        block = normalize(emb.take(uniq))
+        ia, ib = np.searchsorted(uniq, ra), np.searchsorted(uniq, rb)
         pi, pj = [], []
         step = max(1, CHUNK_BYTES // (8 * emb.d))
         for s in range(0, len(ia), step):
-            a, b = inv[ia[s:s + step]], inv[ib[s:s + step]]
+            a, b = ia[s:s + step], ib[s:s + step]
             hit = np.einsum("nd,nd->n", block[a], block[b]) > self.threshold
             pi.append(a[hit])
             pj.append(b[hit])
