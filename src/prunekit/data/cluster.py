@@ -214,6 +214,7 @@ class BoundaryRows:
         self.limit = None  # (k, k): sin t |c_a - c_b| + slack, the bound's right-hand side for every pair
         if self.cc is not None and radius is not None:
             self.limit = self.side_radius * np.sqrt(np.maximum(0.0, 2.0 - 2.0 * self.cc)) + BOUND_SLACK
+            self.limit_max = self.limit.max(1)  # (k,)
 
     def __call__(self, rows: np.ndarray, known: np.ndarray | None = None) -> dict[str, np.ndarray]:
         x = normalize(np.array(rows, dtype=np.float32))  # (n, d)
@@ -232,10 +233,10 @@ class BoundaryRows:
 
     def _candidates(self, sims: np.ndarray, s_own: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(row, cluster)`` with ``x.c_own - x.c_j < sin t * |c_own - c_j| + slack``, ``j != own``."""
-        if self.limit is not None:  # one dense comparison per chunk against the (k, k) table
-            hit = (s_own[:, None] - sims) < self.limit[own]
-            hit[np.arange(len(own)), own] = False
-            return np.nonzero(hit)
+        if self.limit is not None:  # one dense pre-filter with each cluster's largest limit, then the exact test
+            i, j = np.nonzero(sims > (s_own - self.limit_max[own])[:, None])
+            keep = (j != own[i]) & (s_own[i] - sims[i, j] < self.limit[own[i], j])
+            return i[keep], j[keep]
         r = float(self.side_radius)  # type: ignore[arg-type]
         i, j = np.nonzero(sims > (s_own - (2.0 * r + BOUND_SLACK))[:, None])  # |c_own - c_j| <= 2: a pre-filter
         keep = j != own[i]
