@@ -243,6 +243,7 @@ class PairFinder:
 
     def __init__(self, threshold: float) -> None:
         self.threshold = threshold
+        self.products = 0  # row pairs multiplied across clusters by this object (local runs)
 
     def within(self, emb: Embeddings, groups: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """All pairs inside each group (a cluster)."""
@@ -281,6 +282,7 @@ class PairFinder:
         and multiplied in slices of about ``CHUNK_BYTES``.
         """
         ia, ib = _joint_candidates(plan)
+        self.products += len(ia)
         ra, rb = plan.rows[ia], plan.rows[ib]  # only the rows of some candidate are read
         uniq = np.unique(np.r_[ra, rb])
         block = normalize(emb.take(uniq))
@@ -298,6 +300,7 @@ class PairFinder:
         uniq, inv = np.unique(plan.rows, return_inverse=True)
         block = torch.from_numpy(np.concatenate([normalize(emb.take(uniq)), np.zeros((1, emb.d), np.float32)]))
         ca, cb = _size_class(plan.na), _size_class(plan.nb)
+        self.products += int((ca * cb).sum())
         big = ca * cb > CHUNK_BYTES // 16
         pi, pj = [], []
         for p in np.flatnonzero(big):
@@ -447,7 +450,8 @@ def all_pairs(emb: Embeddings, assign: np.ndarray, k: int, boundary: Boundary | 
              "cross_cluster_pairs_of_clusters": len(plan), "cross_cluster_candidate_rows": int(len(plan.rows)),
              "cross_cluster_comparisons": plan.comparisons(), "plan_s": round(t_plan, 3)}
     if backend != "ray":
-        stats |= {"within_s": round(times["within"], 3), "across_s": round(times["across"], 3)}
+        stats |= {"within_s": round(times["within"], 3), "across_s": round(times["across"], 3),
+                  "cross_cluster_products": finder.products}
     return pi, pj, stats
 
 
