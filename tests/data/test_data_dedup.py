@@ -266,9 +266,9 @@ def _pairs_cluster_pair_by_cluster_pair(x, assign, boundary, threshold):
     return found
 
 
-@pytest.mark.parametrize("chunk,threads,joint", [(64 << 20, 1, True), (1 << 12, 1, True), (64 << 20, 1, False),
-                                                 (1 << 12, 2, False)])
-def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeypatch, chunk, threads, joint):
+@pytest.mark.parametrize("chunk,threads,joint,dense", [(64 << 20, 1, True, 16), (1 << 12, 1, True, 0),
+                                                       (64 << 20, 1, False, 16), (1 << 12, 2, False, 16)])
+def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeypatch, chunk, threads, joint, dense):
     import torch
 
     from prunekit.data import cluster, dedup
@@ -284,6 +284,7 @@ def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeyp
     # a small budget: many runs of pairs, small padded batches and the one-by-one path for large pairs
     monkeypatch.setattr(dedup, "CHUNK_BYTES", chunk)
     monkeypatch.setattr(cluster, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(dedup, "DENSE_FRACTION", dense)  # 0: no pair takes the padded product, all gathered
     emb = Embeddings(x)
     _, _, boundary = assign_boundary(emb, cl.centroids, np.sqrt(2 * eps), known=cl.assign)
     if not joint:  # no gaps: every row pair of a cluster pair goes through the padded batched products
@@ -301,8 +302,10 @@ def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeyp
     big = dedup._size_class(plan.na) * dedup._size_class(plan.nb) > chunk // 16
     assert big.any() == (chunk < 1 << 20) and not big.all()  # the small budget also takes the one-by-one path
     if joint:  # the joint bound leaves a fraction of the boundary sets' row pairs, and every true pair
-        ia, ib = dedup._joint_candidates(plan)
-        assert 0 < len(ia) < 0.7 * plan.comparisons()
+        ia, ib, per_pair = dedup._joint_candidates(plan)
+        assert 0 < len(ia) < 0.7 * plan.comparisons() and per_pair.sum() == len(ia)
+        dense_pairs = per_pair * 16 > dedup._size_class(plan.na) * dedup._size_class(plan.nb)
+        assert dense_pairs.any() and not dense_pairs.all()  # the default splits this data between both paths
         cand = {(min(a, b), max(a, b)) for a, b in zip(plan.rows[ia].tolist(), plan.rows[ib].tolist())}
         assert want <= cand
     ri, rj = np.array(sorted(want)).T

@@ -130,6 +130,7 @@ def _size_classes(limit: int = 1 << 16) -> np.ndarray:
 
 
 SIZE_CLASSES = _size_classes()
+DENSE_FRACTION = 16  # a cluster pair goes through the padded product when > 1/16 of its padded block are candidates
 
 
 @dataclass
@@ -164,6 +165,12 @@ class CrossPairs:
         job = (np.cumsum(size) - size) // max(1, max_entries)
         cuts = np.flatnonzero(np.r_[True, job[1:] != job[:-1], True]) if len(size) else np.zeros(1, np.int64)
         return [self.slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def take(self, sel: np.ndarray) -> CrossPairs:
+        """The pairs ``sel`` (ascending) as their own ``CrossPairs``, without gaps (every row pair compared)."""
+        size = self.na[sel] + self.nb[sel]
+        ent = np.repeat(self.start[sel], size) + (np.arange(int(size.sum())) - np.repeat(np.cumsum(size) - size, size))
+        return CrossPairs(self.rows[ent], np.r_[0, np.cumsum(size)[:-1]].astype(np.int64), self.na[sel], self.nb[sel])
 
     def slice(self, a: int, b: int) -> CrossPairs:
         """Pairs ``a..b-1`` as their own ``CrossPairs`` (rows copied, starts rebased)."""
@@ -281,7 +288,17 @@ class PairFinder:
         (``searchsorted`` on ``8 p + gap``, one call for the whole run); the candidates are then gathered
         and multiplied in slices of about ``CHUNK_BYTES``.
         """
-        ia, ib = _joint_candidates(plan)
+        ia, ib, per_pair = _joint_candidates(plan)
+        dense = per_pair * DENSE_FRACTION > _size_class(plan.na) * _size_class(plan.nb)
+        if dense.any():  # pairs where most row pairs are candidates: one padded product beats gathering each
+            with one_torch_thread() as threads:
+                pa, pb = self._across(emb, plan.take(np.flatnonzero(dense)), threads)
+            sparse = ~dense[np.searchsorted(plan.start, ia, side="right") - 1]
+            ia, ib = ia[sparse], ib[sparse]
+            if not len(ia):
+                return pa, pb
+        else:
+            pa = pb = np.empty(0, np.int64)
         self.products += len(ia)
         ra, rb = plan.rows[ia], plan.rows[ib]  # only the rows of some candidate are read
         uniq = np.unique(np.r_[ra, rb])
@@ -294,7 +311,7 @@ class PairFinder:
             hit = np.einsum("nd,nd->n", block[a], block[b]) > self.threshold
             pi.append(a[hit])
             pj.append(b[hit])
-        return uniq[_cat(pi)], uniq[_cat(pj)]
+        return np.r_[pa, uniq[_cat(pi)]], np.r_[pb, uniq[_cat(pj)]]
 
     def _across(self, emb: Embeddings, plan: CrossPairs, threads: int) -> tuple[np.ndarray, np.ndarray]:
         uniq, inv = np.unique(plan.rows, return_inverse=True)
@@ -354,9 +371,9 @@ class PairFinder:
         return _cat(pi), _cat(pj)
 
 
-def _joint_candidates(plan: CrossPairs) -> tuple[np.ndarray, np.ndarray]:
+def _joint_candidates(plan: CrossPairs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Entry positions ``(a, b)`` (``a`` on the lo side, ``b`` on the hi side of one pair) with
-    ``gap[a] + gap[b] < limit[pair]``; no loop over pairs.
+    ``gap[a] + gap[b] < limit[pair]``, and the count per pair; no loop over pairs.
     """
     size = plan.na + plan.nb
     pid = np.repeat(np.arange(len(plan)), size)  # pair of every entry
@@ -374,7 +391,8 @@ def _joint_candidates(plan: CrossPairs) -> tuple[np.ndarray, np.ndarray]:
     count = np.maximum(count, 0)
     a = np.repeat(a_ent, count)
     offset = np.arange(len(a)) - np.repeat(np.cumsum(count) - count, count)
-    return a, b_ent[np.repeat(first[pid[a_ent]], count) + offset]
+    per_pair = np.bincount(pid[a_ent], weights=count, minlength=len(plan)).astype(np.int64)
+    return a, b_ent[np.repeat(first[pid[a_ent]], count) + offset], per_pair
 
 
 @contextmanager
