@@ -161,10 +161,14 @@ class CrossPairs:
 
     def runs(self, max_entries: int) -> list[CrossPairs]:
         """Consecutive runs of pairs of about ``max_entries`` entries each (a pair is never split)."""
+        return [self.slice(a, b) for a, b in self.run_bounds(max_entries)]
+
+    def run_bounds(self, max_entries: int) -> list[tuple[int, int]]:
+        """``(first, end)`` pair numbers of each run of ``runs``."""
         size = self.na + self.nb
         job = (np.cumsum(size) - size) // max(1, max_entries)
         cuts = np.flatnonzero(np.r_[True, job[1:] != job[:-1], True]) if len(size) else np.zeros(1, np.int64)
-        return [self.slice(a, b) for a, b in zip(cuts[:-1], cuts[1:])]
+        return list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
 
     def take(self, sel: np.ndarray) -> CrossPairs:
         """The pairs ``sel`` (ascending) as their own ``CrossPairs``, without gaps (every row pair compared)."""
@@ -201,11 +205,12 @@ def cross_pairs(assign: np.ndarray, boundary: Boundary, k: int) -> CrossPairs:
             pair = np.minimum(own, other) * k + np.maximum(own, other)
             key[a:a + len(rows)] = (pair * 2 + (own > other)) * n + rows
         order = np.argsort(key)
-        key = key[order]
+        key.sort()  # in place: no second full-length key
         key //= n  # 2 pair + side, per sorted entry
     plan, keep, pair = _group_sides(boundary.rows[order], key)
+    del key
     if boundary.gap is not None and boundary.centroids is not None and boundary.radius is not None:
-        plan.gap = boundary.gap[order[keep]]
+        plan.gap = boundary.gap[order][keep]
         plan.limit = _pair_limits(boundary.centroids, pair // k, pair % k, boundary.radius)
     return plan
 
@@ -219,7 +224,7 @@ def _pair_order_lexsort(assign: np.ndarray, boundary: Boundary, k: int) -> tuple
 
 
 def _group_sides(rows: np.ndarray, key: np.ndarray) -> tuple[CrossPairs, np.ndarray, np.ndarray]:
-    """``CrossPairs`` from entries sorted by (pair, side, row), ``key = 2 pair + side``; kept entries, pair ids."""
+    """``CrossPairs`` from entries sorted by (pair, side, row), ``key = 2 pair + side``; kept-entry mask, pair ids."""
     seg = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # segments of one (pair, side)
     seg_key = key[seg]
     seg_len = np.diff(np.r_[seg, len(rows)])
@@ -227,7 +232,7 @@ def _group_sides(rows: np.ndarray, key: np.ndarray) -> tuple[CrossPairs, np.ndar
     lo_side = np.flatnonzero(((seg_key[:-1] & 1) == 0) & (seg_key[1:] == seg_key[:-1] + 1))
     both = np.zeros(len(seg), bool)
     both[lo_side] = both[lo_side + 1] = True
-    keep = np.flatnonzero(np.repeat(both, seg_len))
+    keep = np.repeat(both, seg_len)  # a mask: 1 byte per entry
     na, nb = seg_len[lo_side].astype(np.int64), seg_len[lo_side + 1].astype(np.int64)
     start = np.r_[0, np.cumsum(na + nb)[:-1]].astype(np.int64)
     return CrossPairs(rows[keep], start, na, nb), keep, seg_key[lo_side] >> 1
@@ -448,19 +453,21 @@ def all_pairs(emb: Embeddings, assign: np.ndarray, k: int, boundary: Boundary | 
     max_rows = max(max((len(g) for g in within), default=1), CHUNK_BYTES // (4 * emb.d))
     jobs: list[tuple[str, Any]] = [("within", [within[g] for g in b]) for b in _batches(within, max_rows)]
     n_within = len(jobs)
-    jobs += [("across", run) for run in plan.runs(max_rows)]
+    bounds = plan.run_bounds(max_rows)
     t_plan = time.perf_counter() - t0
     finder = PairFinder(threshold)
     times = {"within": 0.0, "across": 0.0}
     if backend == "ray":
         from .ray_backend import map_jobs
 
+        jobs += [("across", plan.slice(a, b)) for a, b in bounds]
         parts = list(map_jobs(_RunJob(finder), emb, jobs, concurrency=concurrency))
     else:
+        jobs += [("across", (a, b)) for a, b in bounds]  # sliced when run: no second copy of the plan
         parts = []
         for kind, payload in jobs:
             t = time.perf_counter()
-            parts.append(getattr(finder, kind)(emb, payload))
+            parts.append(getattr(finder, kind)(emb, payload if kind == "within" else plan.slice(*payload)))
             times[kind] += time.perf_counter() - t
     pi, pj = _cat([p[0] for p in parts]), _cat([p[1] for p in parts])
     stats = {"pair_jobs": len(jobs), "within_jobs": n_within, "across_jobs": len(jobs) - n_within,
