@@ -290,8 +290,9 @@ class PairFinder:
         """Only the row pairs that pass the joint bound ``gap_a + gap_b < limit``, one dot product each.
 
         Per pair, its ``hi`` rows are sorted by gap, so the partners a ``lo`` row can have are a prefix
-        (``searchsorted`` on ``8 p + gap``, one call for the whole run); the candidates are then gathered
-        and multiplied in slices of about ``CHUNK_BYTES``.
+        (``searchsorted`` on ``8 p + gap``, one call for the whole run). Cluster pairs where more than
+        ``1 / DENSE_FRACTION`` of the padded block are candidates go through the padded batched product
+        (``_across``); the other candidates are gathered and multiplied in slices of about ``CHUNK_BYTES``.
         """
         ia, ib, per_pair = _joint_candidates(plan)
         dense = per_pair * DENSE_FRACTION > _size_class(plan.na) * _size_class(plan.nb)
