@@ -59,13 +59,14 @@ def run(path: Path, method: str, n_clusters: int, eps: float, seed: int, niter: 
     from data_dedup_eval import faiss_semdedup
 
     from prunekit.data.cluster import Embeddings, assign_boundary, train_kmeans
-    from prunekit.data.dedup import all_pairs, greedy_global, visit_rank
+    from prunekit.data.dedup import all_pairs, boundary_radius, greedy_global, visit_rank
 
     ray_info = None
     if backend == "ray":
         from prunekit.data.ray_backend import init_ray
 
         ray_info = init_ray(num_cpus=workers)
+    load_start = os.getloadavg()
     t0, c0 = time.perf_counter(), time.process_time()
     emb = Embeddings(str(path), dim=384)
     t_check = time.perf_counter() - t0
@@ -75,15 +76,17 @@ def run(path: Path, method: str, n_clusters: int, eps: float, seed: int, niter: 
         dup_of, times = faiss_semdedup(emb, n_clusters, eps, seed=seed, niter=niter)
     else:
         cent = train_kmeans(emb, n_clusters, seed=seed, niter=niter)
-        t1 = time.perf_counter()
-        radius = float(np.sqrt(2 * eps)) if method == "exact" else None
+        t1, c1 = time.perf_counter(), time.process_time()
+        radius = boundary_radius(eps) if method == "exact" else None
         a, c, boundary = assign_boundary(emb, cent, radius, backend=backend, concurrency=workers)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         pi, pj, stats = all_pairs(emb, a, n_clusters, boundary if method == "exact" else None, 1.0 - eps,
                                   backend=backend, concurrency=workers)
+        del boundary
         dup_of = greedy_global(emb.n, pi, pj, visit_rank(c, "farthest"))
-        t3 = time.perf_counter()
-        times = {"kmeans_s": t1 - t0 - t_check, "assign_s": t2 - t1, "dedup_s": t3 - t2, "total_s": t3 - t0 - t_check}
+        t3, c3 = time.perf_counter(), time.process_time()
+        times = {"kmeans_s": t1 - t0 - t_check, "assign_s": t2 - t1, "dedup_s": t3 - t2, "total_s": t3 - t0 - t_check,
+                 "kmeans_cpu_s": c1 - c0 - c_check, "assign_cpu_s": c2 - c1, "dedup_cpu_s": c3 - c2}
     times["cpu_s"] = time.process_time() - c0 - c_check  # this process's CPU time (all threads), check excluded
     np.save(f"{path}.{method}-{backend}.dup_of.npy", dup_of)
     copy_of = np.load(str(path) + ".copy_of.npy")
@@ -94,7 +97,8 @@ def run(path: Path, method: str, n_clusters: int, eps: float, seed: int, niter: 
             "ray": ray_info, "rows": emb.n, "dim": emb.d, "clusters": n_clusters, "eps": eps, "niter": niter,
             "finite_check_s": t_check, **times, "removed": int(len(removed)), "injected": int((copy_of >= 0).sum()),
             "planted_precision": float(in_pair[removed].mean()) if len(removed) else 1.0, **stats,
-            "peak_rss_mib": peak_rss_mb(), "file_mib": os.path.getsize(path) / 2**20, "machine": machine()}
+            "peak_rss_mib": peak_rss_mb(), "file_mib": os.path.getsize(path) / 2**20, "loadavg_start": load_start,
+            "machine": machine()}
 
 
 def evaluate(path: Path, eps: float, n_queries: int, seed: int) -> dict:

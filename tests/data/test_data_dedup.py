@@ -231,3 +231,114 @@ def test_cli_backend_ray_where_ray_adds_nothing_runs_locally_and_says_why(tmp_pa
     r = CliRunner().invoke(app, ["data", "resample", "--method", "rs2", "--num-examples", "10", "--ray-address",
                                  "auto", "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "--ray-address needs --backend ray" in r.output and not (tmp_path / "r").exists()
+
+
+def test_cross_pairs_groups_boundary_entries_by_cluster_pair():
+    from prunekit.data.cluster import Boundary
+    from prunekit.data.dedup import cross_pairs
+
+    assign = np.array([0, 0, 1, 1, 2])
+    # (row -> other cluster): 0->1 and 2->0, 3->0 meet in pair (0, 1); 1->2 has no partner side (dropped);
+    # 3->2 and 4->1 meet in pair (1, 2)
+    b = Boundary(np.array([4, 0, 1, 2, 3, 3]), np.array([1, 1, 2, 0, 0, 2]))
+    plan = cross_pairs(assign, b, 3)
+    assert plan.rows.tolist() == [0, 2, 3, 3, 4]
+    assert plan.start.tolist() == [0, 3] and plan.na.tolist() == [1, 1] and plan.nb.tolist() == [2, 1]
+    assert plan.comparisons() == 3 and len(plan) == 2
+    runs = plan.runs(3)  # 3 entries per run: pair (0, 1) alone, then pair (1, 2)
+    assert [r.rows.tolist() for r in runs] == [[0, 2, 3], [3, 4]] and runs[1].start.tolist() == [0]
+    assert len(cross_pairs(assign, Boundary(np.empty(0, np.int64), np.empty(0, np.int64)), 3)) == 0
+    other = cross_pairs(assign, b, 2**31)  # keys that would overflow int64: the lexsort path
+    assert [v.tolist() for v in (other.rows, other.start, other.na, other.nb)] == [
+        [0, 2, 3, 3, 4], [0, 3], [1, 1], [2, 1]]
+
+
+def _pairs_cluster_pair_by_cluster_pair(x, assign, boundary, threshold):
+    """The previous search, as a reference: one product per cluster pair of its two boundary sets."""
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    own = assign[boundary.rows]
+    found = set()
+    for lo, hi in {(min(a, c), max(a, c)) for a, c in zip(own.tolist(), boundary.cluster.tolist())}:
+        ra = boundary.rows[(own == lo) & (boundary.cluster == hi)]
+        rb = boundary.rows[(own == hi) & (boundary.cluster == lo)]
+        i, j = np.nonzero(u[ra] @ u[rb].T > threshold)
+        found |= {(min(a, b), max(a, b)) for a, b in zip(ra[i].tolist(), rb[j].tolist())}
+    return found
+
+
+@pytest.mark.parametrize("chunk,threads,joint,dense", [(64 << 20, 1, True, 16), (1 << 12, 1, True, 0),
+                                                       (64 << 20, 1, False, 16), (1 << 12, 2, False, 16)])
+def test_batched_cross_search_finds_the_pairs_of_the_pair_by_pair_search(monkeypatch, chunk, threads, joint, dense):
+    import torch
+
+    from prunekit.data import cluster, dedup
+    from prunekit.data.cluster import Embeddings, assign_boundary
+    from prunekit.data.dedup import all_pairs, greedy_global, visit_rank
+
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((1500, 4))  # isotropic 4-d: many boundary rows, cluster pairs of varied sizes
+    src = rng.choice(1500, 500, replace=False)
+    x = np.concatenate([base, base[src] + 0.1 * rng.standard_normal((500, 4))]).astype(np.float32)
+    eps = 0.02
+    cl = kmeans(x, 40, seed=0)
+    # a small budget: many runs of pairs, small padded batches and the one-by-one path for large pairs
+    monkeypatch.setattr(dedup, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(cluster, "CHUNK_BYTES", chunk)
+    monkeypatch.setattr(dedup, "DENSE_FRACTION", dense)  # 0: no pair takes the padded product, all gathered
+    emb = Embeddings(x)
+    _, _, boundary = assign_boundary(emb, cl.centroids, np.sqrt(2 * eps), known=cl.assign)
+    if not joint:  # no gaps: every row pair of a cluster pair goes through the padded batched products
+        boundary = cluster.Boundary(boundary.rows, boundary.cluster)
+    torch.set_num_threads(threads)  # 2: the batches run on a pool of 2 Python threads (restored by the fixture)
+    pi, pj, stats = all_pairs(emb, cl.assign, 40, boundary, 1 - eps)
+    assert torch.get_num_threads() == threads
+    within, wj, _ = all_pairs(emb, cl.assign, 40, None, 1 - eps)
+    across = {(min(a, b), max(a, b)) for a, b in zip(pi.tolist(), pj.tolist())} - set(zip(within.tolist(),
+                                                                                           wj.tolist()))
+    want = _pairs_cluster_pair_by_cluster_pair(x, cl.assign, boundary, 1 - eps)
+    assert across == want and len(want) > 400 and len(pi) == len(within) + len(want)  # no pair twice
+    assert stats["across_jobs"] > (1 if chunk < 1 << 20 else 0)
+    plan = dedup.cross_pairs(cl.assign, boundary, 40)
+    big = dedup._size_class(plan.na) * dedup._size_class(plan.nb) > chunk // 16
+    assert big.any() == (chunk < 1 << 20) and not big.all()  # the small budget also takes the one-by-one path
+    if joint:  # the joint bound leaves a fraction of the boundary sets' row pairs, and every true pair
+        ia, ib, per_pair = dedup._joint_candidates(plan)
+        assert 0 < len(ia) < 0.7 * plan.comparisons() and per_pair.sum() == len(ia)
+        dense_pairs = per_pair * 16 > dedup._size_class(plan.na) * dedup._size_class(plan.nb)
+        assert dense_pairs.any() and not dense_pairs.all()  # the default splits this data between both paths
+        cand = {(min(a, b), max(a, b)) for a, b in zip(plan.rows[ia].tolist(), plan.rows[ib].tolist())}
+        assert want <= cand
+    ri, rj = np.array(sorted(want)).T
+    ref_i, ref_j = np.r_[within, ri], np.r_[wj, rj]
+    order = visit_rank(cl.cosine, "farthest")
+    np.testing.assert_array_equal(greedy_global(len(x), pi, pj, order), greedy_global(len(x), ref_i, ref_j, order))
+    assert set(zip(*_brute(x, 1 - eps))) <= {(min(a, b), max(a, b)) for a, b in zip(pi.tolist(), pj.tolist())}
+
+
+def _brute(x: np.ndarray, threshold: float) -> tuple[list, list]:
+    i, j = zip(*sorted(_brute_pairs(x, threshold)))
+    return list(i), list(j)
+
+
+def test_dense_boundary_test_matches_the_per_candidate_test():
+    from prunekit.data.cluster import BoundaryRows, normalize
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 5)).astype(np.float32)
+    cent = normalize(rng.standard_normal((12, 5)).astype(np.float32))
+    dense = BoundaryRows(cent, 0.3)
+    sparse = BoundaryRows(cent, 0.3)
+    sparse.limit = None  # the per-candidate path (used when the (k, k) table would not fit CHUNK_BYTES)
+    a, b = dense(x), sparse(x)
+    got = sorted(zip(a["row"].tolist(), a["cluster"].tolist()))
+    assert got == sorted(zip(b["row"].tolist(), b["cluster"].tolist())) and len(got) > 400
+    own = a["cluster"][:300]
+    # hand check for every (row, other cluster): x.c_own - x.c_j < sin(t) |c_own - c_j| + slack, where the
+    # chord 0.3 = 2 sin(t / 2) gives sin(t) = 0.3 sqrt(1 - 0.3^2 / 4)
+    u = normalize(x.copy())
+    s = u @ cent.T
+    w = np.linalg.norm(cent[own][:, None, :] - cent[None], axis=2)
+    want = (s[np.arange(300), own][:, None] - s < 0.3 * np.sqrt(1 - 0.0225) * w + 1e-4) & (
+        np.arange(12)[None] != own[:, None])
+    assert got == sorted(list(zip(range(300), own.tolist())) +
+                         list(zip(*(v.tolist() for v in np.nonzero(want)))))

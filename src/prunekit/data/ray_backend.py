@@ -1,5 +1,6 @@
 """Ray Data backend (extra ``ray``): run per-row functions (an encoder, nearest-centroid assignment) and
-per-cluster jobs (SemDeDup's pair search) on a Ray cluster, returning the same values as the local loop.
+SemDeDup's pair-search jobs (batches of whole clusters; runs of anchor clusters for the cross-cluster
+search) on a Ray cluster, returning the same values as the local loop.
 
 Rows are addressed by position: the driver builds a data set of row ids, one block per batch; each
 worker maps a batch of ids to rows of the source and applies the function. A source is a ``.npy`` file
@@ -176,7 +177,10 @@ def _run_job(batch: dict[str, np.ndarray], source: _Source, jobs: Any, fn: RowFn
 
 def map_jobs(fn: RowFn, data: Any, jobs: list[Any], concurrency: int | None = None,
              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Run ``fn(embeddings, job) -> (pi, pj)`` for every job on Ray tasks that read the rows themselves."""
+    """Run ``fn(embeddings, job) -> (pi, pj)`` for every job on Ray tasks that read the rows themselves.
+
+    The job list goes to the object store once; each task takes its job by number (one job per task).
+    """
     ray = require_ray()
     init_ray()
     if not jobs:
