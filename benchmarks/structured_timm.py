@@ -1,17 +1,30 @@
 """Structured removal over every timm model family, prunekit vs torch-pruning 1.6.1.
 
     nice -n 10 .bench-env/bin/python benchmarks/structured_timm.py --out docs/results/structured_timm.json
+    BENCH_COMMIT=$(git rev-parse --short HEAD) nice -n 15 .bench-env/bin/python benchmarks/structured_timm.py \
+        --tasks ours_macs0.5_retry,tp_r0.3,tp_macs0.5 --clock cpu --limit 60
     .bench-env/bin/python benchmarks/structured_timm.py --report docs/results/structured_timm.json
 
 One model per family (``timm.list_modules()``, 98 in timm 1.0.31; :func:`pick_models`), ``pretrained=False``,
 batch 1 at its default input size, CPU, one thread.
-Each family runs in its own subprocess (a pool of one, so runs never overlap), every task under its own time limit:
-- prunekit ``remove_(m, x, Structured(sparsity=0.3))`` (a 0.3 channel ratio) and ``Structured(target_macs=0.5)``;
+Each family runs in its own subprocess (a pool of one, so runs never overlap), every task under its own time limit
+(``--clock wall``: wall-clock seconds; ``--clock cpu``: the worker's CPU seconds, for a busy shared machine):
+- prunekit ``remove_(m, x, Structured(sparsity=0.3))`` (a 0.3 channel ratio) and ``Structured(target_macs=0.5)``,
+  defaults otherwise (exact: widths normalized by LayerNorm/RMSNorm kept whole);
+- the retry rule (task ``ours_macs0.5_retry``, only where the defaults failed at target_macs=0.5, :func:`_retries`):
+  a refusal "unreachable" is retried with ``remove_blocks="auto"`` (depth first, exact), then
+  ``prune_normalized=True`` (approximate: norm statistics over the kept channels), then both (approximate); a
+  timeout once more with the defaults; a module prunekit cannot trace with that module added to ``ignore`` (its
+  error's advice, as a glob over stack indices, up to 4 modules). The first setting that succeeds is recorded;
 - torch-pruning ``BasePruner`` at ratio 0.3 (group L2, the classifier ignored, ``num_heads`` for every ``qkv``
-  Linear of a module with ``num_heads``, attributes fixed afterwards as its timm example does).
+  Linear of a module with ``num_heads``, attributes fixed afterwards as its timm example does), and at target MACs
+  0.5 its own progressive way (:func:`_tp_macs`: ratio rising 0.05 a step to 0.9, ``count_ops_and_params`` after
+  every step, stop at the first step at or below the target).
 A run succeeds if it finishes, the pruned forward works, output shapes are unchanged and outputs finite; "ok, nothing
-removed" is flagged (prunekit must then have warned). Recorded: stage reached, MACs kept (prunekit's analytic count
-for prunekit, ``prunekit.accounting.count_macs`` for both), graph-building seconds.
+removed" is flagged (prunekit must then have warned; torch-pruning has no such warning: MACs kept > 0.9999).
+Recorded: stage reached, MACs kept (prunekit's analytic count for prunekit, ``prunekit.accounting.count_macs`` for
+both), graph-building seconds, per task the clock, limit and ``BENCH_COMMIT`` (environment) it ran at.
+Results are keyed per family and task and rewritten atomically after every family: a rerun resumes.
 
 The benchmark environment (``.bench-env``, never a dependency of prunekit) pins torch 2.13.0+cpu; PyPI's torchvision
 0.29.1 (a timm dependency, installed with ``--no-deps``) registers fake kernels for its C++ ops at import, which its
@@ -358,18 +371,19 @@ def _worker(jobs, results, limit, clock) -> None:
             results.put({"family": fam, "model": name, "error": f"worker: {type(e).__name__}: {str(e)[:200]}"})
 
 
-def _needed(fam: str, tasks: list[str], done: dict[str, dict]) -> list[str]:
-    """The tasks of ``tasks`` not yet recorded for ``fam`` (so an interrupted sweep resumes per task); the retry
-    task only where ``ours_macs0.5`` is recorded and failed."""
+def _needed(fam: str, tasks: list[str], done: dict[str, dict], redo: bool = False) -> list[str]:
+    """The tasks of ``tasks`` not yet recorded for ``fam`` (so an interrupted sweep resumes per task), with ``redo``
+    also those recorded without a commit (older runs); the retry task only where ``ours_macs0.5`` is recorded and
+    failed."""
     row = done.get(fam, {})
-    need = [k for k in tasks if k not in row]
+    need = [k for k in tasks if k not in row or (redo and not row[k].get("commit"))]
     if "ours_macs0.5_retry" in need and (row.get("ours_macs0.5") or {}).get("stage", "ok") == "ok":
         need.remove("ours_macs0.5_retry")
     return need
 
 
-def sweep(models: dict[str, str], limit: float, tasks: list[str], out: Path, clock: str = "wall") \
-        -> list[dict[str, Any]]:
+def sweep(models: dict[str, str], limit: float, tasks: list[str], out: Path, clock: str = "wall",
+          redo: bool = False) -> list[dict[str, Any]]:
     """Families one at a time in one worker subprocess, restarted when a family outlives every alarm (then its
     tasks are recorded as timed out); results are written after every family and keyed per task."""
     ctx = mp.get_context("spawn")
@@ -378,7 +392,7 @@ def sweep(models: dict[str, str], limit: float, tasks: list[str], out: Path, clo
     done = {r["family"]: r for r in rows}
     proc = None
     for fam, name in models.items():
-        need = _needed(fam, tasks, done)
+        need = _needed(fam, tasks, done, redo)
         if not need or not name or "error" in done.get(fam, {}):
             continue
         if proc is None or not proc.is_alive():
@@ -414,55 +428,78 @@ def sweep(models: dict[str, str], limit: float, tasks: list[str], out: Path, clo
     return rows
 
 
+def _cell(r: dict, key: str) -> str:
+    """One task's table cell: ok (MACs kept), refused (with the floor), or the failure and its stage."""
+    rec = r.get(key)
+    if rec is None:
+        return "not run" if "error" not in r else f"**fail** ({r['error'][:60]})"
+    if rec["stage"] != "ok" and "is unreachable" in rec["error"]:
+        floor = rec["error"].split("the model keeps ")[-1].split(" ")[0]
+        return f"refused: unreachable, smallest widths keep {floor}"
+    if rec["stage"] != "ok":
+        return f"**fail** at {rec['stage']}: {rec['error'][:90]}"
+    kept = rec.get("macs_kept_count") or rec.get("macs_kept")
+    flag = " nothing removed, warned" if rec.get("removed_nothing") and rec.get("warning") else (
+        " **nothing removed, no warning**" if rec.get("removed_nothing") or (
+            key.startswith("tp_") and kept is not None and kept > 0.9999) else "")
+    how = f" via {rec['setting']} [{rec['exact']}]" if key.endswith("_retry") else ""
+    return (f"ok ({kept:.3f}){flag}" if kept is not None and not math.isnan(kept) else f"ok{flag}") + how
+
+
+def _retry_cell(r: dict) -> str:
+    if (r.get("ours_macs0.5") or {}).get("stage") == "ok":
+        return "-"
+    rec = r.get("ours_macs0.5_retry")
+    if rec is not None and rec["stage"] != "ok" and rec.get("attempts"):
+        return "**fail**: " + "; ".join(f"{a['setting']}: {(a['error'] or 'ok, then forward failed')[:70]}"
+                                        for a in rec["attempts"])
+    if rec is not None and rec["stage"] != "ok" and not rec.get("attempts"):
+        return "no retry rule applies" if rec["error"].startswith("every retry") else _cell(r, "ours_macs0.5_retry")
+    return _cell(r, "ours_macs0.5_retry")
+
+
 def report(path: Path) -> str:
     """The coverage table (markdown) of a results file."""
-    d = json.loads(path.read_text())
-    rows = d["rows"]
-
-    def cell(r: dict, key: str) -> str:
-        rec = r.get(key)
-        if rec is None:
-            return "not run" if "error" not in r else f"**fail** ({r['error'][:60]})"
-        if rec["stage"] != "ok" and "is unreachable" in rec["error"]:
-            floor = rec["error"].split("the model keeps ")[-1].split(" ")[0]
-            return f"refused: unreachable, smallest widths keep {floor}"
-        if rec["stage"] != "ok":
-            return f"**fail** at {rec['stage']}: {rec['error'][:90]}"
-        kept = rec.get("macs_kept_count") or rec.get("macs_kept")
-        flag = " nothing removed, warned" if rec.get("removed_nothing") and rec.get("warning") else (
-            " **nothing removed, no warning**" if rec.get("removed_nothing") else "")
-        return f"ok ({kept:.3f}){flag}" if kept is not None and not math.isnan(kept) else f"ok{flag}"
-
-    lines = ["| family | model | graph alone (s) / prunekit r=0.3 removal (s) | prunekit r=0.3: MACs kept | "
-             "prunekit target 0.5: MACs kept | "
-             "torch-pruning r=0.3: MACs kept |", "|---|---|---|---|---|---|"]
+    rows = json.loads(path.read_text())["rows"]
+    lines = ["| family | model | graph alone (s) / prunekit r=0.3 removal (s) | prunekit r=0.3 | "
+             "prunekit MACs 0.5, defaults (exact) | prunekit MACs 0.5, retry rule (setting [exact/approximate]) | "
+             "torch-pruning r=0.3 | torch-pruning MACs 0.5 |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         secs = (r.get("ours_r0.3") or {}).get("seconds", "-")
-        lines.append(f"| {r['family']} | {r['model']} | {r.get('graph_s', '-')} / {secs} | {cell(r, 'ours_r0.3')} | "
-                     f"{cell(r, 'ours_macs0.5')} | {cell(r, 'tp_r0.3')} |")
+        lines.append(f"| {r['family']} | {r['model']} | {r.get('graph_s', '-')} / {secs} | {_cell(r, 'ours_r0.3')} | "
+                     f"{_cell(r, 'ours_macs0.5')} | {_retry_cell(r)} | {_cell(r, 'tp_r0.3')} | "
+                     f"{_cell(r, 'tp_macs0.5')} |")
 
-    def ok(key: str) -> int:
-        return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok")
+    def ok(key: str, exact: str | None = None) -> int:
+        return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok"
+                   and (exact is None or r[key].get("exact") == exact))
+
+    def run(key: str) -> int:
+        return sum(1 for r in rows if r.get(key) or "error" in r)
 
     def silent(key: str) -> int:
-        return sum(1 for r in rows if (r.get(key) or {}).get("removed_nothing") and not r[key].get("warning"))
+        return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok" and " no warning" in _cell(r, key))
 
     def removed(key: str) -> int:
         return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok" and not r[key].get("removed_nothing"))
 
+    def median(key: str) -> str:
+        v = sorted(r[key].get("macs_kept_count") or r[key]["macs_kept"] for r in rows
+                   if (r.get(key) or {}).get("stage") == "ok")
+        return f"{v[len(v) // 2]:.3f} ({len(v)} successes)" if v else "-"
+
     n = len(rows)
-    n_tp = sum(1 for r in rows if r.get("tp_r0.3"))
+    m0, m_ex, m_ap = ok("ours_macs0.5"), ok("ours_macs0.5_retry", "exact"), ok("ours_macs0.5_retry", "approximate")
     lines += ["", f"Families run: {n}. Succeeded (finished, shapes unchanged, finite): prunekit r=0.3 "
-              f"{ok('ours_r0.3')}/{n} "
-              f"({removed('ours_r0.3')} removed something), prunekit target_macs=0.5 {ok('ours_macs0.5')}/{n}, "
-              f"torch-pruning r=0.3 {ok('tp_r0.3')}/{n_tp} run. 'ok' with nothing removed and no warning: prunekit "
-              f"{silent('ours_r0.3') + silent('ours_macs0.5')}."]
-    kept = sorted(r["ours_r0.3"]["macs_kept"] for r in rows if (r.get("ours_r0.3") or {}).get("stage") == "ok")
-    tpk = sorted(r["tp_r0.3"]["macs_kept_count"] for r in rows if (r.get("tp_r0.3") or {}).get("stage") == "ok"
-                 and r["tp_r0.3"].get("macs_kept_count") is not None)
-    if kept:
-        lines.append(f"Median MACs kept at r=0.3: prunekit {kept[len(kept) // 2]:.3f}" +
-                     (f", torch-pruning {tpk[len(tpk) // 2]:.3f}" if tpk else "") + ".")
+              f"{ok('ours_r0.3')}/{run('ours_r0.3')} ({removed('ours_r0.3')} removed something); "
+              f"prunekit target_macs=0.5: {m0}/{run('ours_macs0.5')} with defaults (exact), {m0 + m_ex}/{n} exact "
+              f"(defaults, or the retry rule's exact settings), {m0 + m_ex + m_ap}/{n} with the approximate settings "
+              f"too; torch-pruning r=0.3 {ok('tp_r0.3')}/{run('tp_r0.3')}; torch-pruning MACs 0.5 "
+              f"{ok('tp_macs0.5')}/{run('tp_macs0.5')}. 'ok' with nothing removed and no warning: prunekit "
+              f"{sum(silent(k) for k in ('ours_r0.3', 'ours_macs0.5', 'ours_macs0.5_retry'))}, torch-pruning "
+              f"{silent('tp_r0.3') + silent('tp_macs0.5')} (MACs kept > 0.9999; it has no such warning).",
+              f"Median MACs kept at r=0.3: prunekit {median('ours_r0.3')}, torch-pruning {median('tp_r0.3')}; "
+              f"at the 0.5 target, torch-pruning (first step at or below it) {median('tp_macs0.5')}."]
     gs = sorted((r["graph_s"], r["model"]) for r in rows if r.get("graph_s") is not None)
     if gs:
         lines.append(f"Graph building (one thread): median {gs[len(gs) // 2][0]} s, slowest {gs[-1][1]} "
@@ -479,6 +516,7 @@ def main() -> None:
     ap.add_argument("--tasks", default="", help=f"comma-separated task keys instead of --tools: {', '.join(TASKS)}")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="what --limit counts: wall-clock seconds, or the worker's CPU seconds (a busy machine)")
+    ap.add_argument("--redo", action="store_true", help="rerun the tasks recorded without a commit (older runs)")
     ap.add_argument("--report", type=Path, default=None, help="print the markdown table of a results file")
     a = ap.parse_args()
     if a.report:
@@ -494,7 +532,7 @@ def main() -> None:
     bad = [k for k in tasks if k not in TASKS]
     if bad:
         ap.error(f"--tasks: unknown {bad}; accepted: {', '.join(TASKS)}")
-    sweep(models, a.limit, tasks, a.out, a.clock)
+    sweep(models, a.limit, tasks, a.out, a.clock, a.redo)
     print(report(a.out))
 
 
