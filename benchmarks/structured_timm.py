@@ -491,6 +491,13 @@ def report(path: Path) -> str:
     def removed(key: str) -> int:
         return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok" and not r[key].get("removed_nothing"))
 
+    def reached(key: str) -> int:
+        return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "ok"
+                   and (r[key].get("macs_kept_count") or 1.0) <= 0.505)
+
+    def skipped(key: str) -> int:
+        return sum(1 for r in rows if (r.get(key) or {}).get("stage") == "skipped")
+
     def median(key: str) -> str:
         v = sorted(r[key].get("macs_kept_count") or r[key]["macs_kept"] for r in rows
                    if (r.get(key) or {}).get("stage") == "ok")
@@ -503,7 +510,10 @@ def report(path: Path) -> str:
               f"prunekit target_macs=0.5: {m0}/{run('ours_macs0.5')} with defaults (exact), {m0 + m_ex}/{n} exact "
               f"(defaults, or the retry rule's exact settings), {m0 + m_ex + m_ap}/{n} with the approximate settings "
               f"too; torch-pruning r=0.3 {ok('tp_r0.3')}/{run('tp_r0.3')}; torch-pruning MACs 0.5 "
-              f"{ok('tp_macs0.5')}/{run('tp_macs0.5')}. 'ok' with nothing removed and no warning: prunekit "
+              f"{ok('tp_macs0.5')}/{run('tp_macs0.5')} ({skipped('tp_macs0.5')} of them not run: their r=0.3 run "
+              f"timed out; {reached('tp_macs0.5')} of its successes keep <= 0.505 of the MACs by the common "
+              f"count, its own count_ops_and_params leaving some attention products out). "
+              f"'ok' with nothing removed and no warning: prunekit "
               f"{sum(silent(k) for k in ('ours_r0.3', 'ours_macs0.5', 'ours_macs0.5_retry'))}, torch-pruning "
               f"{silent('tp_r0.3') + silent('tp_macs0.5')} (MACs kept > 0.9999; it has no such warning).",
               f"Median MACs kept at r=0.3: prunekit {median('ours_r0.3')}, torch-pruning {median('tp_r0.3')}; "
