@@ -15,8 +15,7 @@ Each family runs in its own subprocess (a pool of one, so runs never overlap), e
   a refusal "unreachable" is retried with ``remove_blocks="auto"`` (depth first, exact), then
   ``prune_normalized=True`` (approximate: norm statistics over the kept channels), then both (approximate); a
   timeout once more with the defaults; a module prunekit cannot trace with that module added to ``ignore`` (its
-  error's advice, as a glob over stack indices, up to 4 modules; a refusal then goes on through the same rule with
-  that ``ignore`` kept). The first setting that succeeds is recorded;
+  error's advice, as a glob over stack indices, up to 4 modules). The first setting that succeeds is recorded;
 - torch-pruning ``BasePruner`` at ratio 0.3 (group L2, the classifier ignored, ``num_heads`` for every ``qkv``
   Linear of a module with ``num_heads``, attributes fixed afterwards as its timm example does), and at target MACs
   0.5 its own progressive way (:func:`_tp_macs`: ratio rising 0.05 a step to 0.9, ``count_ops_and_params`` after
@@ -277,8 +276,6 @@ def _ours_retry(model, x, prev: dict[str, Any], limit: float) -> dict[str, Any]:
         res, err, t = _limited(_ours, limit, m, x, Structured(target_macs=0.5, **extra))
         attempts.append({"setting": label, "seconds": round(t, 2), "error": err})
         glob = _ignore_from(err) if err and len(ignore) < 4 and glob else None
-        if err and ignore and not glob and not tries:  # traced now, but refused: the rule goes on, ignore kept
-            tries = [(f"{label}, {lab}", k, {**extra, **e}) for lab, k, e in _retries(err)]
         if not err:
             return {"res": res, "model": m, "setting": label, "kind": kind, "attempts": attempts}
         del m
