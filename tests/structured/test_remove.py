@@ -224,3 +224,28 @@ def test_a_removal_that_removes_nothing_says_so(caplog):
     assert plan.summary["removed_nothing"] is True and "no removable group" in plan.summary["removed_nothing_reason"]
     plan = remove_(m, x, Structured(sparsity=0.5))
     assert plan.summary["removed_nothing"] is False and m[0].out_features == 4
+
+
+class _MlpThenLstm(nn.Module):
+    """Linear 8->32, ReLU, Linear 32->8, then an LSTM(8, 8): 256 + 256 + 4*(64 + 64) = 1024 MACs a token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.up, self.down, self.rnn = nn.Linear(8, 32), nn.Linear(32, 8), nn.LSTM(8, 8, batch_first=True)
+
+    def forward(self, x):
+        return self.rnn(self.down(torch.relu(self.up(x))))[0]
+
+
+def test_macs_target_counts_ops_the_graph_has_no_term_for_as_fixed():
+    x = torch.randn(1, 5, 8)  # 5 tokens: 5120 MACs, 2560 of them in the (ignored) LSTM
+    m = _MlpThenLstm()
+    plan = remove_(m, x, Structured(target_macs=0.6, ignore=["rnn"]))
+    # budget 0.6 * 5120 = 3072 = 2560 fixed + 16 MACs a token per hidden unit -> at most 6 of 32 units kept
+    assert plan.summary["macs_untraced"] == 2560
+    assert m.up.out_features == 6
+    assert plan.summary["macs_after"] == count_macs(m, x) == 2560 + 5 * 16 * 6
+    assert plan.summary["macs_before"] == 5120
+    with pytest.raises(ValueError, match="keeps 0.562"):  # floor: 4 units (max_group_sparsity 0.9) + the LSTM
+        remove_(_MlpThenLstm(), x, Structured(target_macs=0.5, ignore=["rnn"]))

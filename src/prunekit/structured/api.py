@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..accounting import count_macs
 from ..config import Config
 from ..errors import check_choice, check_fraction, check_sparsity
 from ..registry import METHODS
@@ -136,7 +137,7 @@ def _replay(model: nn.Module, example_inputs: Any, plan: Plan) -> Plan:
 def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], data: Any, undo: Undo) -> Plan:
     t0 = time.perf_counter()
     source = hf.source_of(model) if hf.is_hf(model) else None
-    graph = build_graph(model, inputs, sorted(ignored))
+    graph = count_untraced_(model, inputs, build_graph(model, inputs, sorted(ignored)))
     expected = graph.tr.output_shapes
     base = {"macs": graph.macs(), "params": sum(p.numel() for p in model.parameters())}
     plan = Plan(config=cfg.to_dict(), source=source)
@@ -156,6 +157,8 @@ def _remove(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], d
     plan.aliases = {k: v for k, v in graph.tr.aliases.items() if len(v) > 1}
     plan.shapes = {k: list(state[k].shape) for k in [*plan.tensors, *plan.added] if k in state}
     after = {"macs": graph.macs(_counts(keep)), "params": sum(p.numel() for p in model.parameters())}
+    if graph.untraced_macs:
+        plan.summary["macs_untraced"] = graph.untraced_macs
     plan.summary = {**plan.summary, "macs_before": base["macs"], "macs_after": after["macs"],
                     "params_before": base["params"], "params_after": after["params"], "groups": len(groups),
                     "groups_shrunk": len(keep), "seconds": round(time.perf_counter() - t0, 3)}
@@ -199,7 +202,7 @@ def select_units(model: nn.Module, example_inputs: Any, config: Structured,
     if config.remove_blocks:
         raise ValueError("select_units chooses widths only; use remove_blocks=0 (remove blocks with remove_)")
     ignored = resolve_ignore(model, config.ignore)
-    graph = build_graph(model, example_inputs, sorted(ignored))
+    graph = count_untraced_(model, example_inputs, build_graph(model, example_inputs, sorted(ignored)))
     groups = graph.groups(config.prune_normalized)
     graph.check_barriers(config.prune_normalized)
     base = {"macs": graph.macs(), "params": sum(p.numel() for p in model.parameters())}
@@ -252,7 +255,21 @@ def _depth(model: nn.Module, inputs: Any, cfg: Structured, ignored: set[str], gr
         for path, kept in plan.blocks.items():
             plan.hf_config = {**(plan.hf_config or {}), **hf.drop_layers_in_config_(model, kept, undo)}
             plan.attributes.update(hf.renumber_layers_(model, path, undo))
-    return build_graph(model, inputs, sorted(ignored)) if plan.blocks else graph
+    return count_untraced_(model, inputs, build_graph(model, inputs, sorted(ignored))) if plan.blocks else graph
+
+
+def count_untraced_(model: nn.Module, inputs: Any, graph: Graph) -> Graph:
+    """Set ``graph.untraced_macs``: the MACs ``prunekit.accounting.count_macs`` counts that the traced graph has no
+    term for (ops without a coupling rule, such as an ignored LSTM), kept as a fixed cost so that a MACs target is
+    a fraction of the whole model's MACs; logged as a warning when nonzero."""
+    graph.untraced_macs = 0
+    total = count_macs(model, inputs)
+    graph.untraced_macs = max(0, total - graph.macs())
+    if graph.untraced_macs:
+        log.warning("structured removal: %d of the model's %d MACs (%.1f%%) run in ops the graph has no MAC term "
+                    "for; counted as a fixed cost that removal cannot reduce", graph.untraced_macs, total,
+                    100 * graph.untraced_macs / max(total, 1))
+    return graph
 
 
 def _allocate(model: nn.Module, graph: Graph, groups: list, cfg: Structured, base: dict, inputs: Any,

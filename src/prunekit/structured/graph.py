@@ -47,6 +47,7 @@ class Graph:
         self.A = tr.atoms
         self.expanded = {k: [self.A.expand(d) for d in lay] for k, lay in tr.tensors.items()}
         self._macs = [[self.A.expand(n) for n in nodes] for _, nodes in tr.macs]
+        self.untraced_macs = 0  # MACs of ops with no MAC term here (an LSTM): a fixed cost (api.count_untraced_)
         self.all_groups = self._collect()
 
     def _collect(self) -> list[Group]:
@@ -86,8 +87,9 @@ class Graph:
         return [g for g in self.all_groups if include_inexact or g.inexact is None]
 
     def macs(self, counts: dict[int, int] | None = None) -> int:
-        """Multiply-accumulates of one forward pass when group ``a`` keeps ``counts[a]`` units."""
-        return self._total(self._macs, counts or {})
+        """Multiply-accumulates of one forward pass when group ``a`` keeps ``counts[a]`` units (plus the fixed
+        ``untraced_macs``)."""
+        return self._total(self._macs, counts or {}) + self.untraced_macs
 
     def params(self, counts: dict[int, int] | None = None) -> int:
         """Number of parameters when group ``a`` keeps ``counts[a]`` units."""
