@@ -27,15 +27,19 @@ SETTINGS = {"perp": dict(method="perp", lr=5e-3), "perp-scale": dict(method="per
 
 def pruned_folder(work: Path) -> Path:
     """The zoo LM pruned to 70% with SparseGPT (made once)."""
+    import hashlib
+
     from prunekit.calibrate.data import calibration_data
     from prunekit.calibrate.pipeline import load_tokenizer, prune_model_dir
     from prunekit.registry import METHODS
     from prunekit.zoo.lm import lm_dir
 
-    out = work / "zoo-lm-sparsegpt70"
+    src = lm_dir()
+    # keyed on the dense weights: a folder pruned from an earlier training of the zoo LM is never reused
+    digest = hashlib.sha256((Path(src) / "model.safetensors").read_bytes()).hexdigest()[:12]
+    out = work / f"zoo-lm-sparsegpt70-{digest}"
     if (out / "manifest.json").is_file():
         return out
-    src = lm_dir()
     calib = calibration_data(load_tokenizer(src), None, 64, 128, seed=0)
     cfg = METHODS.config("sparsegpt", kind="calibrated")(sparsity=0.7)
     t0 = time.perf_counter()
