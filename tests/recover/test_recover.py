@@ -61,6 +61,32 @@ def test_row_scales_merge_is_exact_and_keeps_zeros():
                                                                    for n in layers)
 
 
+def test_row_and_column_scales_merge_is_exact_and_keeps_zeros():
+    model = tiny_hf_model("LlamaForCausalLM")
+    masks = halved(model)
+    layers = target_linears(model, masks)
+    rs = RowScales(model, layers, rows=True, columns=True)  # rank-1 ScaleLoRA: diag(b) W diag(a)
+    with torch.no_grad():
+        for s in rs.parameters().values():
+            s.uniform_(0.5, 1.5)
+    ids = STREAM[:32].reshape(2, 16)
+    hooked = model(input_ids=ids).logits
+    rs.merge()
+    assert torch.allclose(model(input_ids=ids).logits, hooked, atol=1e-5)
+    assert pruned_nonzeros(model, masks) == 0
+    assert sum(s.numel() for s in rs.parameters().values()) == sum(
+        model.get_submodule(n).out_features + model.get_submodule(n).in_features for n in layers)
+    lin = torch.nn.Linear(2, 2, bias=False)  # by hand: W' = diag(b) W diag(a)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1.0, 0.0], [2.0, 3.0]]))
+    one = RowScales(torch.nn.Sequential(lin), ["0"], rows=True, columns=True)
+    with torch.no_grad():
+        one.scales["0"].copy_(torch.tensor([2.0, 0.5]))
+        one.col_scales["0"].copy_(torch.tensor([10.0, -1.0]))
+    one.merge()
+    assert torch.equal(lin.weight, torch.tensor([[20.0, 0.0], [10.0, -1.5]]))
+
+
 def test_masked_lora_keeps_zeros_identical_and_changes_kept_weights():
     pytest.importorskip("peft")
     model = tiny_hf_model("LlamaForCausalLM")

@@ -48,6 +48,9 @@ def recover(
     lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (scale alpha / rank)")] = 16.0,
     linear_scale: Annotated[bool, typer.Option("--linear-scale", help="perp: also one scale per output row of "
                                                "every pruned linear")] = False,
+    column_scale: Annotated[bool, typer.Option("--column-scale", help="perp: also one scale per input column of "
+                                               "every pruned linear (with --linear-scale: rank-1 ScaleLoRA)")
+                            ] = False,
     distill_params: Annotated[str, typer.Option(help="distill trains: all (kept weights, mask enforced) | perp | "
                                                 "lora", callback=c.choice("--distill-params", ("all", "perp",
                                                                                                "lora")))] = "all",
@@ -66,8 +69,8 @@ def recover(
     from ..recover.config import Recovery
 
     cfg = Recovery(method=method, steps=steps, lr=lr, batch_size=batch_size, seq_len=seq_len, lora_rank=lora_rank,
-                   lora_alpha=lora_alpha, linear_scale=linear_scale, distill_params=distill_params,
-                   temperature=temperature, max_minutes=max_minutes, seed=seed)
+                   lora_alpha=lora_alpha, linear_scale=linear_scale, column_scale=column_scale,
+                   distill_params=distill_params, temperature=temperature, max_minutes=max_minutes, seed=seed)
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"--max-windows must be a positive integer, got {max_windows}")
     if not model_dir.is_dir():

@@ -15,7 +15,8 @@ class Recovery:
     """How to retrain a pruned model: ``method``, optimizer steps and what is trainable.
 
     ``perp``: biases and normalization weights only (PERP, Zimmer et al. 2023), plus one scale per output
-    row of every pruned linear with ``linear_scale``. ``lora``: rank-``lora_rank`` adapters on the pruned
+    row of every pruned linear with ``linear_scale`` and one per input column with ``column_scale`` (both: PERP's
+    rank-1 ScaleLoRA). ``lora``: rank-``lora_rank`` adapters on the pruned
     linears, their product masked so the merged weights keep the sparsity pattern exactly. ``distill``:
     KL divergence to the dense model's next-token distribution at ``temperature``, training
     ``distill_params`` (``all`` kept weights under the mask, ``perp`` or ``lora``).
@@ -29,6 +30,7 @@ class Recovery:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     linear_scale: bool = False
+    column_scale: bool = False
     distill_params: str = "all"
     temperature: float = 1.0
     weight_decay: float = 0.0

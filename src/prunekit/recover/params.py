@@ -3,8 +3,9 @@
 PERP (Zimmer et al. 2023, "PERP: Rethinking the Prune-Retrain Paradigm in the Era of LLMs", Sec. 3)
 retrains only the biases and the normalization layers' parameters after pruning (0.27-0.35% of the
 parameters of the OPT models it studies), leaving every weight matrix and so its sparsity untouched.
-``RowScales`` adds one trainable scale per output row of each pruned linear (``y = s * (W x + b)``);
-merging multiplies the rows of ``W`` and ``b`` by ``s``, which keeps every zero of ``W`` a zero.
+``RowScales`` adds one trainable scale per output row of each pruned linear (``y = s * (W x + b)``), and with
+``columns`` one per input column (rank-1 ScaleLoRA); merging multiplies rows / columns of ``W`` (and ``b`` by
+the row scales), which keeps every zero of ``W`` a zero.
 """
 
 from __future__ import annotations
@@ -38,24 +39,38 @@ def perp_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 class RowScales:
-    """A trainable scale ``s`` (out,) per listed ``nn.Linear``: ``y = s * linear(x)``; ``merge`` folds it in."""
+    """Trainable scales of listed ``nn.Linear`` layers: one per output row (``rows``: ``y = s * linear(x)``) and/or
+    one per input column (``columns``: ``linear(t * x)``); ``merge`` folds them into the weights.
 
-    def __init__(self, model: nn.Module, layers: list[str]) -> None:
-        self.model, self.scales, self._hooks = model, {}, []
+    Both together are PERP's ScaleLoRA at rank 1 (Zimmer et al. 2023, Sec. 3: ``W' = W * (b a^T)``, an element-wise
+    product with a rank-one matrix, = ``diag(b) W diag(a)``): every zero of ``W`` stays a zero after the merge.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], rows: bool = True, columns: bool = False) -> None:
+        self.model, self._hooks = model, []
+        self.scales: dict[str, nn.Parameter] = {}
+        self.col_scales: dict[str, nn.Parameter] = {}
         for name in layers:
             mod = model.get_submodule(name)
             if not isinstance(mod, nn.Linear):
                 raise ValueError(f"linear scale: {name!r} is a {type(mod).__name__}, not an nn.Linear")
-            s = nn.Parameter(torch.ones(mod.out_features, dtype=mod.weight.dtype, device=mod.weight.device))
-            self.scales[name] = s
-            self._hooks.append(mod.register_forward_hook(lambda _m, _a, y, s=s: y * s))
+            kw = {"dtype": mod.weight.dtype, "device": mod.weight.device}
+            if rows:
+                s = nn.Parameter(torch.ones(mod.out_features, **kw))
+                self.scales[name] = s
+                self._hooks.append(mod.register_forward_hook(lambda _m, _a, y, s=s: y * s))
+            if columns:
+                t = nn.Parameter(torch.ones(mod.in_features, **kw))
+                self.col_scales[name] = t
+                self._hooks.append(mod.register_forward_pre_hook(lambda _m, a, t=t: (a[0] * t, *a[1:])))
 
     def parameters(self) -> dict[str, nn.Parameter]:
-        """The scales by ``<layer>.row_scale``."""
-        return {f"{k}.row_scale": s for k, s in self.scales.items()}
+        """The scales by ``<layer>.row_scale`` and ``<layer>.col_scale``."""
+        return {**{f"{k}.row_scale": s for k, s in self.scales.items()},
+                **{f"{k}.col_scale": t for k, t in self.col_scales.items()}}
 
     def merge(self) -> None:
-        """Fold every scale into its layer's rows (weight and bias) and remove the hooks."""
+        """Fold every scale into its layer (rows: weight and bias; columns: weight) and remove the hooks."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
@@ -65,6 +80,8 @@ class RowScales:
                 mod.weight.mul_(s[:, None])  # (out, in): a zero stays a zero
                 if mod.bias is not None:
                     mod.bias.mul_(s)
+            for name, t in self.col_scales.items():
+                self.model.get_submodule(name).weight.mul_(t[None, :])
 
 
 def freeze_all(model: nn.Module) -> None:
