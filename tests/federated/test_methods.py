@@ -16,7 +16,7 @@ def _spec(method: str, sparsity: float = 0.5, pai: str = "magnitude", vote_rate:
     x = torch.randn(4, 8, generator=g)[y] * 2 + 0.5 * torch.randn(80, 8, generator=g)
     splits = client_splits(y, 2, 1.0, seed=0)
     return FedSpec(method, "mlp", {"in_features": 8, "hidden": [16], "num_classes": 4}, sparsity, 0, x, y, splits,
-                   rounds=2, batch_size=16, pai=pai, extra={"vote_rate": vote_rate})
+                   rounds=2, batch_size=16, pai=pai, vote_rate=vote_rate)
 
 
 # weights: 16 x 8 = 128 and 4 x 16 = 64; biases 16 and 4; 212 floats in all

@@ -44,28 +44,12 @@ def test_perp_trains_only_norms_of_llama():
     assert changed and all("norm" in k for k in changed)
 
 
-def test_row_scales_merge_is_exact_and_keeps_zeros():
+@pytest.mark.parametrize("columns", [False, True])  # columns too: rank-1 ScaleLoRA, diag(b) W diag(a)
+def test_row_scales_merge_is_exact_and_keeps_zeros(columns):
     model = tiny_hf_model("LlamaForCausalLM")
     masks = halved(model)
     layers = target_linears(model, masks)
-    rs = RowScales(model, layers)
-    with torch.no_grad():
-        for s in rs.parameters().values():
-            s.uniform_(0.5, 1.5)
-    ids = STREAM[:32].reshape(2, 16)
-    hooked = model(input_ids=ids).logits
-    rs.merge()
-    assert torch.allclose(model(input_ids=ids).logits, hooked, atol=1e-5)
-    assert pruned_nonzeros(model, masks) == 0
-    assert sum(s.numel() for s in rs.parameters().values()) == sum(model.get_submodule(n).out_features
-                                                                   for n in layers)
-
-
-def test_row_and_column_scales_merge_is_exact_and_keeps_zeros():
-    model = tiny_hf_model("LlamaForCausalLM")
-    masks = halved(model)
-    layers = target_linears(model, masks)
-    rs = RowScales(model, layers, rows=True, columns=True)  # rank-1 ScaleLoRA: diag(b) W diag(a)
+    rs = RowScales(model, layers, rows=True, columns=columns)
     with torch.no_grad():
         for s in rs.parameters().values():
             s.uniform_(0.5, 1.5)
@@ -75,7 +59,10 @@ def test_row_and_column_scales_merge_is_exact_and_keeps_zeros():
     assert torch.allclose(model(input_ids=ids).logits, hooked, atol=1e-5)
     assert pruned_nonzeros(model, masks) == 0
     assert sum(s.numel() for s in rs.parameters().values()) == sum(
-        model.get_submodule(n).out_features + model.get_submodule(n).in_features for n in layers)
+        model.get_submodule(n).out_features + columns * model.get_submodule(n).in_features for n in layers)
+
+
+def test_row_and_column_scales_merge_by_hand():
     lin = torch.nn.Linear(2, 2, bias=False)  # by hand: W' = diag(b) W diag(a)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, 0.0], [2.0, 3.0]]))

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import check_choice, check_fraction
-from .methods import METHODS, PAI_CHOICES
+from .methods import DEFAULT_VOTE_RATE, METHODS, PAI_CHOICES
 
 DATASETS = ("mnist1d", "digits")
 MODEL_KWARGS = {"mnist1d": {"in_features": 40}, "digits": {"in_features": 64}}
@@ -29,7 +29,7 @@ class FedConfig:
     lr: float | None = None
     pai: str = "synflow"
     prune_round: int | None = None
-    vote_rate: float = 0.25  # supermask servers: v_t = (1 - rate) v_(t-1) + rate * this round's mean vote
+    vote_rate: float = DEFAULT_VOTE_RATE  # supermask servers: v_t = (1 - rate) v_(t-1) + rate * this round's mean vote
     model: str = "mlp"
     hidden: tuple[int, ...] = (256, 128)
     cpus: int = 2  # Ray's CPUs (one client per CPU at a time)

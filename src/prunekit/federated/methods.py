@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 METHODS = ("fedavg", "fedavg-prune", "fedtiny", "binary-supermask", "hidenseek")
 SUPERMASK_METHODS = ("binary-supermask", "hidenseek")
 PAI_CHOICES = ("synflow", "magnitude", "random", "none")
+DEFAULT_VOTE_RATE = 0.25
 
 
 @dataclass
@@ -74,6 +75,7 @@ class FedSpec:
     pai: str = "synflow"
     prune_round: int | None = None
     synflow_iterations: int = 100
+    vote_rate: float = DEFAULT_VOTE_RATE  # supermask servers' vote memory (see the module doc)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -226,7 +228,7 @@ class BinarySupermaskServer(Server):
         for p, n in results:
             for v, m in zip(votes, wire.unbits(p, shapes)):
                 v += m.float() * (n / total)
-        lam = vote_rate(self.spec)
+        lam = self.spec.vote_rate
         self.votes = {n: (1 - lam) * self.votes[n] + lam * v for n, v in zip(self.wnames, votes)}
         self.masks = {n: topk_keep(self.votes[n] + 1e-4 * self.masks[n].float(), self.k[n]) for n in self.wnames}
 
@@ -249,18 +251,13 @@ class HideNseekServer(Server):
         for p, n in results:
             for v, s in zip(mean, wire.unbits(p, shapes)):
                 v += s.float() * (n / total)
-        lam = vote_rate(self.spec)
+        lam = self.spec.vote_rate
         self.theta = {n: (1 - lam) * self.theta[n] + lam * m for n, m in zip(self.wnames, mean)}
 
 
 SERVERS: dict[str, type[Server]] = {"fedavg": FedAvgServer, "fedavg-prune": FedAvgPruneServer,
                                     "fedtiny": FedTinyServer, "binary-supermask": BinarySupermaskServer,
                                     "hidenseek": HideNseekServer}
-
-
-def vote_rate(spec: FedSpec) -> float:
-    """lambda of the supermask servers' vote memory: v_t = (1 - lambda) v_(t-1) + lambda mean_t (1: no memory)."""
-    return float(spec.extra.get("vote_rate", 0.25))
 
 
 def prune_round(spec: FedSpec) -> int:

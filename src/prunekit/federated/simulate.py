@@ -60,7 +60,7 @@ def make_spec(cfg: FedConfig) -> tuple[FedSpec, tuple[torch.Tensor, torch.Tensor
     kwargs = {**MODEL_KWARGS[cfg.dataset], "hidden": list(cfg.hidden), "num_classes": int(data.num_classes)}
     spec = FedSpec(cfg.method, cfg.model, kwargs, float(cfg.sparsity or 0.0), cfg.seed, x, y, splits, cfg.rounds,
                    cfg.local_epochs, cfg.batch_size, cfg.lr, cfg.pai, cfg.prune_round,
-                   extra={"vote_rate": float(cfg.vote_rate)})
+                   vote_rate=float(cfg.vote_rate))
     return spec, data.test
 
 

@@ -59,6 +59,11 @@ class Recovery:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
     @property
+    def scaled(self) -> bool:
+        """Whether row or column scales of the pruned linears train (``linear_scale`` / ``column_scale``)."""
+        return self.linear_scale or self.column_scale
+
+    @property
     def trains(self) -> str:
         """Which parameter set is trained: ``perp``, ``lora`` or ``all``."""
         return self.distill_params if self.method == "distill" else self.method

@@ -44,7 +44,7 @@ def _trainable(model: nn.Module, cfg: Recovery, masks: dict[str, Tensor],
         return params, lambda: None
     params = P.perp_parameters(model)
     scales = (P.RowScales(model, layers, rows=cfg.linear_scale, columns=cfg.column_scale)
-              if cfg.linear_scale or cfg.column_scale else None)
+              if cfg.scaled else None)
     if scales is not None:
         params.update(scales.parameters())
     for p in params.values():
@@ -86,7 +86,7 @@ def recover_(model: nn.Module, stream: Tensor, cfg: Recovery, masks: dict[str, T
         raise RuntimeError(f"recovery changed the sparsity pattern: {bad} pruned weights are not zero")
     return {"trainable_params": P.count(params), "total_params": total,
             "trainable_fraction": P.count(params) / total, "trained": cfg.trains, "layers_adapted": len(layers)
-            if cfg.trains == "lora" or cfg.linear_scale or cfg.column_scale else 0, "pruned_nonzero": bad, **record}
+            if cfg.trains == "lora" or cfg.scaled else 0, "pruned_nonzero": bad, **record}
 
 
 def masks_equal(before: dict[str, Tensor], model: nn.Module) -> bool:
