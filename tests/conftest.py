@@ -37,3 +37,23 @@ def tiny_data() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(64, 4, 8, generator=g)
     y = (x[:, 0].sum(1) > 0).long() + 2 * (x[:, 1].sum(1) > 0).long()
     return x, y
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tmp_path_factory):
+    """A random 2-layer BERT with a word-level tokenizer, saved as a local encoder folder."""
+    import torch
+    import transformers as T
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    d = tmp_path_factory.mktemp("enc") / "bert"
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "dog", "sat", "ran"])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = T.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]")
+    torch.manual_seed(0)
+    cfg = T.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=32, max_position_embeddings=32)
+    T.BertModel(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d

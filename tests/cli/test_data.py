@@ -148,26 +148,6 @@ def test_dedup_rule_and_score_outputs_refused_when_present(tmp_path, dup_embeddi
     assert r.exit_code == 0 and np.load(tmp_path / "s.npy").shape == (10,)
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """A random 2-layer BERT with a word-level tokenizer, saved as a local encoder folder."""
-    import torch
-    import transformers as T
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    d = tmp_path_factory.mktemp("enc") / "bert"
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "cat", "dog", "sat", "ran"])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = T.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="[PAD]", unk_token="[UNK]")
-    torch.manual_seed(0)
-    cfg = T.BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=32, max_position_embeddings=32)
-    T.BertModel(cfg).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
-
-
 def test_embed_then_dedup(tmp_path, tiny_encoder):
     texts = tmp_path / "pool.jsonl"
     docs = ["the cat sat", "the dog ran", "the cat sat", "dog", "cat ran"]
@@ -187,6 +167,29 @@ def test_embed_then_dedup(tmp_path, tiny_encoder):
     assert len(idx) == 4  # the repeated text is dropped once
     r = runner.invoke(app, ["data", "embed", str(texts), "--model", str(tmp_path), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "--model" in r.output and not (tmp_path / "x").exists()
+
+
+def test_embed_streams_a_parquet_column_with_the_same_embeddings(tmp_path, tiny_encoder):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    docs = ["the cat sat", "the dog ran", "dog", "cat ran", "the the cat", "sat"]
+    (tmp_path / "pool.txt").write_text("\n".join(docs) + "\n")
+    pq.write_table(pa.table({"body": docs, "n": list(range(6))}), tmp_path / "pool.parquet", row_group_size=4)
+    for name, field in (("pool.txt", "text"), ("pool.parquet", "body")):
+        r = runner.invoke(app, ["data", "embed", str(tmp_path / name), "--model", str(tiny_encoder), "--text-field",
+                                field, "--batch-size", "3", "--out", str(tmp_path / name.replace(".", "-"))])
+        assert r.exit_code == 0, r.output
+    e_txt, e_pq = (np.load(tmp_path / d / "embeddings.npy") for d in ("pool-txt", "pool-parquet"))
+    assert e_pq.shape == (6, 16)
+    np.testing.assert_array_equal(e_pq, e_txt)  # same rows, same order, batches across row groups
+    man = json.loads((tmp_path / "pool-parquet" / "manifest.json").read_text())
+    assert man["texts_file"].endswith("pool.parquet") and man["text_field"] == "body" and man["num_examples"] == 6
+    for field, match in (("missing", "no column 'missing'"), ("n", "must hold strings")):
+        r = runner.invoke(app, ["data", "embed", str(tmp_path / "pool.parquet"), "--model", str(tiny_encoder),
+                                "--text-field", field, "--out", str(tmp_path / "bad")])
+        assert r.exit_code == 2 and match in r.output and "Traceback" not in r.output
+        assert not (tmp_path / "bad").exists()
 
 
 @pytest.mark.slow

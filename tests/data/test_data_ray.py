@@ -86,3 +86,19 @@ def test_semdedup_on_ray_keeps_the_same_rows_and_cli_runs_on_ray(local_ray, tmp_
     assert man["backend"]["ran"] == "ray" and man["stats"]["backend"] == "ray"  # semdedup(..., backend="ray")
     assert man["stats"]["cross_cluster_pairs_of_clusters"] > 0 and man["num_kept"] == len(local.kept)
     np.testing.assert_array_equal(np.load(tmp_path / "d" / "kept.npy"), local.kept.numpy())
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_parquet_texts_embed_on_ray_like_local(local_ray, tmp_path, tiny_encoder):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prunekit.data.embed import MiniLMEncoder
+    from prunekit.data.texts import ParquetTexts
+
+    docs = [" ".join(["the", "cat", "dog", "sat", "ran"][j % 5] for j in range(i % 7 + 1)) for i in range(40)]
+    pq.write_table(pa.table({"text": docs}), tmp_path / "t.parquet", row_group_size=9)  # 5 row groups
+    enc = MiniLMEncoder(max_length=16, path=str(tiny_encoder))
+    local = embed(enc, docs, batch_size=8)
+    remote = embed(enc, ParquetTexts(tmp_path / "t.parquet"), out=tmp_path / "e.npy", batch_size=8, backend="ray")
+    np.testing.assert_allclose(np.asarray(remote), local, rtol=1e-5, atol=1e-6)  # workers read the row groups

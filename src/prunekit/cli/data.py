@@ -377,8 +377,8 @@ def _rs2(out: Path, num_examples: Any, keep: float, epochs: int, replacement: bo
 
 
 def embed(
-    texts: Annotated[Path, typer.Argument(help="text pool: .jsonl (one object per line) or .txt (one document per "
-                                          "line)")],
+    texts: Annotated[Path, typer.Argument(help="text pool: .jsonl (one object per line), .txt (one document per "
+                                          "line) or .parquet (a string column, streamed: may exceed memory)")],
     out: c.Out,
     model: Annotated[Path | None, typer.Option(help="a local sentence-transformers / Hugging Face encoder folder "
                                                "(default: the built-in all-MiniLM-L6-v2)")] = None,
@@ -395,19 +395,22 @@ def embed(
         raise FileNotFoundError(f"--model {model} is not an encoder folder (no config.json)")
     c.check_out(out, overwrite=overwrite, inputs=[texts, model])
     c.set_threads(threads)
-    ran = _backend(backend, ray_address)
-    from ..data.texts import read_texts
+    from ..data.texts import ParquetTexts, is_parquet, read_texts
 
-    docs = read_texts(texts, text_field)
+    docs = ParquetTexts(texts, text_field) if is_parquet(texts) else read_texts(texts, text_field)
+    ran = _backend(backend, ray_address)
     c.say(f"embedding {len(docs)} texts with {model or 'all-MiniLM-L6-v2 (built-in)'}")
     path = embed_texts(docs, out, model, max_length, batch_size, backend,
                        {"texts_file": str(texts), "text_field": text_field, "backend": ran}, overwrite)
     typer.echo(f"wrote {len(docs)} embeddings to {path}")
 
 
-def embed_texts(docs: list[str], out: Path, model: Path | None, max_length: int, batch_size: int, backend: str,
+def embed_texts(docs: Any, out: Path, model: Path | None, max_length: int, batch_size: int, backend: str,
                 extra: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write the folder ``out`` (``embeddings.npy`` (N, d) float32 + ``manifest.json``) whole or not at all."""
+    """Write the folder ``out`` (``embeddings.npy`` (N, d) float32 + ``manifest.json``) whole or not at all.
+
+    ``docs``: a list of strings or a ``ParquetTexts`` column (streamed, row ``i`` of the file is example ``i``).
+    """
     from ..data.embed import MiniLMEncoder
     from ..data.embed import embed as run_embed
     from ..io import atomic_dir, write_json

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ..errors import check_choice
 from ..io import publish_file, remove_owned, temp_file_beside
 from .checks import check_positive_int
+from .texts import ParquetTexts
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,9 @@ def _to_numpy(out: Any) -> np.ndarray:
 
 
 def _batches(data: Any, batch_size: int) -> Iterator[tuple[int, Any]]:
+    if isinstance(data, ParquetTexts):
+        yield from data.batches(batch_size)
+        return
     for start in range(0, len(data), batch_size):
         yield start, data[start:start + batch_size]
 
@@ -120,15 +124,19 @@ def embed(encoder: Encoder, data: Any, out: str | os.PathLike | None = None, bat
           backend: str = "local", concurrency: int | None = None, overwrite: bool = False) -> np.ndarray:
     """Encode every row of ``data`` into float32 ``(N, d)``; with ``out`` a ``.npy`` memmap written atomically.
 
+    ``data``: an array, a tensor, a list of strings, or ``ParquetTexts`` (a Parquet string column, streamed by
+    row group locally and read by the Ray workers themselves: the texts never pass through the driver, and
+    with ``out`` neither do more than one batch of embeddings at a time).
+
     ``backend="ray"`` runs the batches on Ray Data (same values as ``"local"``). An existing ``out`` is
     replaced only with ``overwrite``.
     """
     check_choice(backend, "backend", BACKENDS)
     check_positive_int(batch_size, "batch_size")
-    rows = _as_rows(data)
+    rows = data if isinstance(data, ParquetTexts) else _as_rows(data)
     if len(rows) == 0:
         raise ValueError("data must hold at least one row to embed")
-    d = _apply(encoder, rows[:1]).shape[-1]
+    d = _apply(encoder, next(_batches(rows, 1))[1]).shape[-1]
     sink, tmp = _open_sink(out, (len(rows), d))
     try:
         if backend == "local":

@@ -3,11 +3,11 @@ SemDeDup's pair-search jobs (batches of whole clusters; runs of anchor clusters 
 search) on a Ray cluster, returning the same values as the local loop.
 
 Rows are addressed by position: the driver builds a data set of row ids, one block per batch; each
-worker maps a batch of ids to rows of the source and applies the function. A source is a ``.npy`` file
-or a folder of ``.npy`` shards that every node reads at the same path (the driver never holds the
-rows), or an in-memory array / list put once in the object store. Results come back as
-``(ids, outputs)`` batches in any order; the caller scatters them by id, so the result does not
-depend on scheduling.
+worker maps a batch of ids to rows of the source and applies the function. A source is a ``.npy`` file,
+a folder of ``.npy`` shards or a Parquet text column (``ParquetTexts``), that every node reads at the
+same path (the driver never holds the rows), or an in-memory array / list put once in the object store.
+Results come back as ``(ids, outputs)`` batches in any order; the caller scatters them by id, so the
+result does not depend on scheduling.
 
 ``init_ray(address)`` connects to ``address`` (or ``RAY_ADDRESS``) or starts a local instance once.
 Why small inputs were slow: ``ray.data.range(N)`` defaults to about 200 blocks, so 4,389 rows ran as
@@ -70,7 +70,7 @@ class _Source:
 
     def rows(self, ids: np.ndarray) -> Any:
         """The rows at sorted ``ids`` (a float32 array, or a list for text)."""
-        if self.kind == "file":
+        if self.kind in ("file", "parquet"):
             return self.ref.take(ids)
         import ray
 
@@ -90,7 +90,11 @@ class _Source:
 
 def make_source(data: Any) -> tuple[_Source, int]:
     """A worker-side row source for an array, tensor, list of strings, memmap or ``Embeddings``."""
+    from .texts import ParquetTexts
+
     ray = require_ray()
+    if isinstance(data, ParquetTexts):  # workers read their row groups from the file at the same path
+        return _Source("parquet", ref=data), len(data)
     if getattr(data, "files", None) and getattr(data, "array", None) is None:  # Embeddings backed by files
         return _Source("file", ref=data), int(data.n)
     if getattr(data, "array", None) is not None:
