@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--keeps", nargs="+", type=float, default=list(GRID_KEEPS))
     ap.add_argument("--steps", type=int, default=None, help="grid: SGD steps per run (default: GRID_STEPS)")
     ap.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=GRID_METHODS)
+    ap.add_argument("--probe-steps", nargs="+", type=int, default=None,
+                    help="only: test accuracy of the grid model on all training data, clean and 10/20/40%% noise, "
+                    "at each of these step counts (seeds as --seeds)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("prunekit").setLevel(logging.WARNING)
@@ -73,6 +76,9 @@ def main() -> None:
         print(grid_tables(args.out))
         if args.db:
             print(f"{store_grid(args.out, args.db)} runs in the results store {args.db}")
+        return
+    if args.probe_steps:
+        print(probe(args.dataset, args.probe_steps, args.seeds))
         return
     if args.grid:
         grid(args.dataset, args.rate, args.keeps, args.seeds, args.proxy_seeds, args.out,
@@ -143,6 +149,24 @@ FLAG_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
 # randperm(N) under seed 0, which is also what select(..., "random", seed=0) keeps (a first run's seed-0
 # random subsets were all-flipped at keep <= rate; those records were discarded)
 RANDOM_SEED_OFFSET = 1000
+
+
+def probe(name: str, steps_list: list[int], seeds: list[int]) -> str:
+    """Test accuracy (%) of the grid model trained on all training data, clean and noisy, by step count."""
+    model_name, model_kw = GRID_MODELS[name]
+    data = load(name)
+    rates = (0.0, 0.1, 0.2, 0.4)
+    out = [f"{name} ({model_name}), all training data, test accuracy %, mean over seeds {seeds}:", "",
+           "| steps | " + " | ".join(f"{r:.0%} noise" for r in rates) + " |", "|---|" + "---|" * len(rates)]
+    for steps in steps_list:
+        cells = []
+        for rate in rates:
+            y = symmetric_noise(data.y_train, rate, data.num_classes, seed=0)[0] if rate else data.y_train
+            accs = [train_eval(name, data, s, y_train=y, steps=steps,
+                               make_model=lambda s: get_model(model_name, seed=s, **model_kw))[0] * 100 for s in seeds]
+            cells.append(f"{np.mean(accs):.1f}")
+        out.append(f"| {steps} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def grid(name: str, rate: float, keeps: list[float], seeds: list[int], proxy_seeds: list[int], out: Path,

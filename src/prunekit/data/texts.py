@@ -70,14 +70,15 @@ class ParquetTexts:
             tail = f.read(4)
         if head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
             raise ValueError(f"text file {str(p)!r} is not a Parquet file (no PAR1 magic at both ends)")
-        meta = self._file().metadata
+        pf = self._file()
+        meta = pf.metadata
         names = [meta.schema.column(i).name for i in range(meta.num_columns)]
         if column not in names:
             raise ValueError(f"text file {str(p)!r} has no column {column!r} (--text-field); its columns: {names}")
         self._col = names.index(column)
         import pyarrow as pa
 
-        typ = self._file().schema_arrow.field(column).type
+        typ = pf.schema_arrow.field(column).type
         if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
             raise ValueError(f"text file {str(p)!r}: column {column!r} must hold strings, got {typ}")
         self.num_rows = int(meta.num_rows)
