@@ -12,6 +12,8 @@
   CCS); ``choose_beta`` / ``choose_flag_fraction`` pick CCS's cut-off / the flagged fraction on a
   validation metric; ``threshold_samples`` + ``aum_threshold`` give AUM's threshold (Pleiss et al.).
 - ``semdedup`` (embeddings, streamed), ``dsir`` (text), ``RS2Sampler`` (per-epoch random subsets).
+- ``embed`` (any encoder; ``MiniLMEncoder`` for text) over arrays, lists of strings or ``ParquetTexts``
+  (a Parquet string column read by row group, larger than memory); ``read_texts`` (.txt / .jsonl / .parquet).
 - ``save_selection`` / ``load_selection``: kept indices ``.npy`` plus a JSON manifest.
 """
 
@@ -53,11 +55,13 @@ from .select import (
     threshold_samples,
 )
 from .ssl import SSLEncoder, nt_xent, train_contrastive
+from .texts import ParquetTexts, read_texts
 from .tune import BetaChoice, FlagChoice, choose_beta, choose_flag_fraction
 
 __all__ = [
     "DATA_SCORES", "FIELDS", "SELECTORS", "BetaChoice", "Clusters", "DSIRResult", "DedupResult", "Dynamics",
-    "DynamicsRecorder", "Embeddings", "FlagChoice", "NoiseFlags", "aum_threshold", "choose_flag_fraction",
+    "DynamicsRecorder", "Embeddings", "ParquetTexts", "read_texts",
+    "FlagChoice", "NoiseFlags", "aum_threshold", "choose_flag_fraction",
     "flag_noisy", "noise_aware", "threshold_samples", "MiniLMEncoder", "RS2Sampler", "RandomConvEncoder",
     "area_under_margin", "aum",
     "ccs", "choose_beta", "class_balanced", "cluster_complexity", "dbp", "dsir", "el2n", "embed", "entropy",
