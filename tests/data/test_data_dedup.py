@@ -342,3 +342,39 @@ def test_dense_boundary_test_matches_the_per_candidate_test():
         np.arange(12)[None] != own[:, None])
     assert got == sorted(list(zip(range(300), own.tolist())) +
                          list(zip(*(v.tolist() for v in np.nonzero(want)))))
+
+
+def test_plan_built_per_anchor_bucket_finds_the_same_pairs(monkeypatch):
+    from prunekit.data import dedup
+    from prunekit.data.cluster import Embeddings, assign_boundary
+    from prunekit.data.dedup import all_pairs, entry_buckets
+
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((1200, 4))
+    x = np.concatenate([base, base[:400] + 0.1 * rng.standard_normal((400, 4))]).astype(np.float32)
+    eps, k = 0.02, 30
+    cl = kmeans(x, k, seed=0)
+    emb = Embeddings(x)
+    _, _, boundary = assign_boundary(emb, cl.centroids, np.sqrt(2 * eps), known=cl.assign)
+    e = len(boundary.rows)
+    lo = np.minimum(cl.assign[boundary.rows], boundary.cluster)
+    buckets = list(entry_buckets(cl.assign, boundary, k, max_entries=e // 7))
+    assert 5 <= len(buckets) <= 8
+    ranges = []
+    for b in buckets:  # whole anchor clusters, disjoint ranges in order, gaps carried along
+        blo = np.minimum(cl.assign[b.rows], b.cluster)
+        ranges.append((int(blo.min()), int(blo.max())))
+        assert len(b.rows) == len(b.gap) <= e // 7 + np.bincount(lo).max()
+    assert all(r1[1] < r2[0] for r1, r2 in zip(ranges, ranges[1:]))
+    got = sorted(zip(np.concatenate([b.rows for b in buckets]).tolist(),
+                     np.concatenate([b.cluster for b in buckets]).tolist()))
+    assert got == sorted(zip(boundary.rows.tolist(), boundary.cluster.tolist()))  # every entry exactly once
+    assert [len(b.rows) for b in entry_buckets(cl.assign, boundary, k)] == [e]  # default budget: one plan
+
+    pi, pj, stats = all_pairs(emb, cl.assign, k, boundary, 1 - eps)
+    monkeypatch.setattr(dedup, "PLAN_BYTES", dedup.PLAN_BYTES_PER_ENTRY * (e // 7))
+    bi, bj, bstats = all_pairs(emb, cl.assign, k, boundary, 1 - eps)
+    assert stats["plan_buckets"] == 1 and bstats["plan_buckets"] == len(buckets)
+    assert sorted(zip(pi.tolist(), pj.tolist())) == sorted(zip(bi.tolist(), bj.tolist())) and len(pi) > 300
+    for key in ("cross_cluster_pairs_of_clusters", "cross_cluster_candidate_rows", "cross_cluster_comparisons"):
+        assert bstats[key] == stats[key] > 0

@@ -450,38 +450,94 @@ def all_pairs(emb: Embeddings, assign: np.ndarray, k: int, boundary: Boundary | 
     """
     t0 = time.perf_counter()
     within = cluster_groups(assign, k)
-    plan = cross_pairs(assign, boundary if boundary is not None else _NO_BOUNDARY, k)
     max_rows = max(max((len(g) for g in within), default=1), CHUNK_BYTES // (4 * emb.d))
     jobs: list[tuple[str, Any]] = [("within", [within[g] for g in b]) for b in _batches(within, max_rows)]
     n_within = len(jobs)
-    bounds = plan.run_bounds(max_rows)
-    t_plan = time.perf_counter() - t0
     finder = PairFinder(threshold)
-    times = {"within": 0.0, "across": 0.0}
+    times = {"within": 0.0, "across": 0.0, "plan": time.perf_counter() - t0}
+    plan_stats = {"cross_cluster_pairs_of_clusters": 0, "cross_cluster_candidate_rows": 0,
+                  "cross_cluster_comparisons": 0}
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
     if backend == "ray":
         from .ray_backend import map_jobs
 
-        jobs += [("across", plan.slice(a, b)) for a, b in bounds]
-        parts = list(map_jobs(_RunJob(finder), emb, jobs, concurrency=concurrency))
+        parts += map_jobs(_RunJob(finder), emb, jobs, concurrency=concurrency)
     else:
-        jobs += [("across", (a, b)) for a, b in bounds]  # sliced when run: no second copy of the plan
-        parts = []
-        for kind, payload in jobs:
+        for _, groups in jobs:
             t = time.perf_counter()
-            parts.append(getattr(finder, kind)(emb, payload if kind == "within" else plan.slice(*payload)))
-            times[kind] += time.perf_counter() - t
+            parts.append(finder.within(emb, groups))
+            times["within"] += time.perf_counter() - t
+    n_across = n_buckets = 0
+    for sub in entry_buckets(assign, boundary, k):  # one plan per range of anchor clusters, freed after it
+        t = time.perf_counter()
+        plan = cross_pairs(assign, sub, k)
+        del sub
+        n_buckets += 1
+        bounds = plan.run_bounds(max_rows)
+        times["plan"] += time.perf_counter() - t
+        plan_stats["cross_cluster_pairs_of_clusters"] += len(plan)
+        plan_stats["cross_cluster_candidate_rows"] += int(len(plan.rows))
+        plan_stats["cross_cluster_comparisons"] += plan.comparisons()
+        n_across += len(bounds)
+        if backend == "ray":
+            parts += map_jobs(_RunJob(finder), emb, [("across", plan.slice(a, b)) for a, b in bounds],
+                              concurrency=concurrency)
+        else:
+            for a, b in bounds:  # sliced when run: no second copy of the plan
+                t = time.perf_counter()
+                parts.append(finder.across(emb, plan.slice(a, b)))
+                times["across"] += time.perf_counter() - t
+        del plan
     pi, pj = _cat([p[0] for p in parts]), _cat([p[1] for p in parts])
-    stats = {"pair_jobs": len(jobs), "within_jobs": n_within, "across_jobs": len(jobs) - n_within,
+    stats = {"pair_jobs": n_within + n_across, "within_jobs": n_within, "across_jobs": n_across,
              "boundary_entries": 0 if boundary is None else int(len(boundary.rows)),
-             "cross_cluster_pairs_of_clusters": len(plan), "cross_cluster_candidate_rows": int(len(plan.rows)),
-             "cross_cluster_comparisons": plan.comparisons(), "plan_s": round(t_plan, 3)}
+             "plan_buckets": n_buckets, **plan_stats, "plan_s": round(times["plan"], 3)}
     if backend != "ray":
         stats |= {"within_s": round(times["within"], 3), "across_s": round(times["across"], 3),
                   "cross_cluster_products": finder.products}
     return pi, pj, stats
 
 
-_NO_BOUNDARY = Boundary(np.empty(0, np.int64), np.empty(0, np.int64))
+PLAN_BYTES = 512 << 20  # one anchor-cluster bucket of the cross-cluster plan: its entries, their sort and gathers
+PLAN_BYTES_PER_ENTRY = 40  # int64 key and order, permuted rows and gaps, the kept mask and copies (measured peak)
+
+
+def entry_buckets(assign: np.ndarray, boundary: Boundary | None, k: int,
+                  max_entries: int | None = None) -> Iterator[Boundary]:
+    """The boundary entries split by ranges of anchor cluster ``lo = min(own, other)``, ``max_entries`` each.
+
+    Every entry of a cluster pair ``(lo, hi)`` has the same ``lo``, so a bucket holds whole pairs and the
+    buckets' plans together are the one plan (same pairs, same comparisons). A cluster whose entries exceed
+    ``max_entries`` is a bucket of its own. Default budget: ``PLAN_BYTES`` (the plan's sort costs about
+    ``PLAN_BYTES_PER_ENTRY`` bytes per entry; 115M entries at 4M rows would need 4.6 GB at once).
+    Yields one bucket at a time (its copy of the entries is freed once the caller drops it); none without entries.
+    """
+    if boundary is None or len(boundary.rows) == 0:
+        return
+    cap = max(1, max_entries if max_entries is not None else PLAN_BYTES // PLAN_BYTES_PER_ENTRY)
+    e, step = len(boundary.rows), 1 << 22
+    if e <= cap:
+        yield boundary
+        return
+
+    def lo_of(a: int) -> np.ndarray:
+        own = assign[boundary.rows[a:a + step]]
+        return np.minimum(own, boundary.cluster[a:a + step])
+
+    counts = np.zeros(k, np.int64)
+    for a in range(0, e, step):
+        counts += np.bincount(lo_of(a), minlength=k)
+    bucket_of = ((np.cumsum(counts) - counts) // cap).astype(np.int64)  # non-decreasing in the cluster id
+    bucket_of = np.unique(bucket_of, return_inverse=True)[1].astype(np.uint16 if k < 1 << 16 else np.int64)
+    bid = np.empty(e, bucket_of.dtype)
+    for a in range(0, e, step):
+        bid[a:a + step] = bucket_of[lo_of(a)]
+    for b in range(int(bucket_of.max()) + 1):
+        idx = np.flatnonzero(bid == b)
+        if len(idx) == 0:  # clusters without entries at the end of the range
+            continue
+        yield Boundary(boundary.rows[idx], boundary.cluster[idx], None if boundary.gap is None else boundary.gap[idx],
+                       boundary.centroids, boundary.radius)
 
 
 class _RunJob:
