@@ -599,12 +599,13 @@ def semdedup(embeddings: Any, eps: float, n_clusters: int = 100, seed: int = 0, 
     special case ``g_y = 0``; on the 1M x 384 benchmark the joint bound leaves about 3.5% of
     ``A_ij x A_ji``, since rows near the bisector are rare on both sides at once.
 
-    The search (``all_pairs``) has no loop over cluster pairs: the boundary entries are sorted once by
-    ``(lo, hi, side, row)`` (``cross_pairs``), cut into runs of consecutive anchor clusters ``lo`` that
-    read about ``CHUNK_BYTES`` of rows each (once per run, so memory does not grow with N beyond the
-    per-entry ids and gaps), and inside a run the candidates of all its cluster pairs are found by one
-    sorted search and multiplied in slices (``PairFinder.across``). On Ray each run (and each batch of
-    whole clusters) is one task.
+    The search (``all_pairs``) has no loop over cluster pairs: the boundary entries, in buckets of whole
+    anchor clusters ``lo`` of about ``PLAN_BYTES`` of plan each (``entry_buckets``; one bucket up to ~13M
+    entries), are sorted by ``(lo, hi, side, row)`` (``cross_pairs``), cut into runs of consecutive anchor
+    clusters that read about ``CHUNK_BYTES`` of rows each (once per run, so memory does not grow with N
+    beyond the per-entry ids and gaps, 12 bytes each), and inside a run the candidates of all its cluster
+    pairs are found by one sorted search and multiplied in slices (``PairFinder.across``). On Ray each
+    run (and each batch of whole clusters) is one task.
 
     The keep rule is one global visit order over all rows (``visit_rank``): ``farthest`` (from the own
     centroid, the paper's), ``closest``, ``random`` (seeded) or ``first`` (lowest index); ties by index.
