@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -458,15 +458,21 @@ def all_pairs(emb: Embeddings, assign: np.ndarray, k: int, boundary: Boundary | 
     plan_stats = {"cross_cluster_pairs_of_clusters": 0, "cross_cluster_candidate_rows": 0,
                   "cross_cluster_comparisons": 0}
     parts: list[tuple[np.ndarray, np.ndarray]] = []
-    if backend == "ray":
-        from .ray_backend import map_jobs
 
-        parts += map_jobs(_RunJob(finder), emb, jobs, concurrency=concurrency)
-    else:
-        for _, groups in jobs:
+    def run(kind: str, payloads: Iterable[Any]) -> None:
+        """Jobs of one kind: Ray tasks that read their rows themselves, or here, in order (timed; a lazy
+        ``payloads`` is then made one job at a time)."""
+        if backend == "ray":
+            from .ray_backend import map_jobs
+
+            parts.extend(map_jobs(_RunJob(finder), emb, [(kind, p) for p in payloads], concurrency=concurrency))
+            return
+        for p in payloads:
             t = time.perf_counter()
-            parts.append(finder.within(emb, groups))
-            times["within"] += time.perf_counter() - t
+            parts.append(getattr(finder, kind)(emb, p))
+            times[kind] += time.perf_counter() - t
+
+    run("within", [groups for _, groups in jobs])
     n_across = n_buckets = 0
     for sub in entry_buckets(assign, boundary, k):  # one plan per range of anchor clusters, freed after it
         t = time.perf_counter()
@@ -479,14 +485,7 @@ def all_pairs(emb: Embeddings, assign: np.ndarray, k: int, boundary: Boundary | 
         plan_stats["cross_cluster_candidate_rows"] += int(len(plan.rows))
         plan_stats["cross_cluster_comparisons"] += plan.comparisons()
         n_across += len(bounds)
-        if backend == "ray":
-            parts += map_jobs(_RunJob(finder), emb, [("across", plan.slice(a, b)) for a, b in bounds],
-                              concurrency=concurrency)
-        else:
-            for a, b in bounds:  # sliced when run: no second copy of the plan
-                t = time.perf_counter()
-                parts.append(finder.across(emb, plan.slice(a, b)))
-                times["across"] += time.perf_counter() - t
+        run("across", (plan.slice(a, b) for a, b in bounds))  # locally sliced when run: no second copy
         del plan
     pi, pj = _cat([p[0] for p in parts]), _cat([p[1] for p in parts])
     stats = {"pair_jobs": n_within + n_across, "within_jobs": n_within, "across_jobs": n_across,
@@ -527,15 +526,13 @@ def entry_buckets(assign: np.ndarray, boundary: Boundary | None, k: int,
     counts = np.zeros(k, np.int64)
     for a in range(0, e, step):
         counts += np.bincount(lo_of(a), minlength=k)
-    bucket_of = ((np.cumsum(counts) - counts) // cap).astype(np.int64)  # non-decreasing in the cluster id
-    bucket_of = np.unique(bucket_of, return_inverse=True)[1].astype(np.uint16 if k < 1 << 16 else np.int64)
+    bucket_of = (np.cumsum(counts) - counts) // cap  # non-decreasing in the cluster id
+    bucket_of = bucket_of.astype(np.uint16 if bucket_of[-1] < 1 << 16 else np.int64)
     bid = np.empty(e, bucket_of.dtype)
     for a in range(0, e, step):
         bid[a:a + step] = bucket_of[lo_of(a)]
-    for b in range(int(bucket_of.max()) + 1):
+    for b in np.unique(bucket_of[counts > 0]):
         idx = np.flatnonzero(bid == b)
-        if len(idx) == 0:  # clusters without entries at the end of the range
-            continue
         yield Boundary(boundary.rows[idx], boundary.cluster[idx], None if boundary.gap is None else boundary.gap[idx],
                        boundary.centroids, boundary.radius)
 
