@@ -13,6 +13,7 @@ from prunekit.training.supermask import (
     Supermask,
     load_supermask,
     pack_bits,
+    rescale_kept_,
     save_supermask,
     short_restriction,
     topk_keep,
@@ -145,6 +146,29 @@ def test_jackpot_starts_from_magnitude(tiny_net, tiny_data):
     for k, m in sm.state.masks.items():
         w = init[k].abs().flatten()
         assert torch.equal(m.flatten(), topk_keep(w, int(m.sum()))), k
+
+
+def test_rescale_kept_hand_computed():
+    w = torch.tensor([[3.0, 4.0, 9.0], [1.0, 0.0, 2.0], [5.0, 5.0, 5.0]])
+    keep = torch.tensor([[True, True, False], [False, False, False], [False, True, False]])
+    # kept energy per row: 9 + 16 = 25, 0 (no kept weight: not counted), 25 -> mean 25 -> factor sqrt(2 / 25)
+    f = rescale_kept_({"w": w}, {"w": keep})
+    assert f["w"] == pytest.approx((2 / 25) ** 0.5)
+    assert torch.allclose(w[0], torch.tensor([3.0, 4.0, 9.0]) * (2 / 25) ** 0.5)
+    kept = (w * keep).pow(2).sum(1)
+    assert kept[[0, 2]].mean().item() == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+def test_sign_supermask_kept_weights_carry_kaiming_variance(tiny_net, rescale):
+    sm = Supermask("sign", 0.8, input_shape=(4, 8), synflow_iterations=5, rescale=rescale)
+    _start(tiny_net, sm)
+    for name, m in sm._masked.items():
+        keep, _ = m.hard()
+        w = sm._frozen[name]
+        energy = (w * keep).reshape(w.shape[0], -1).pow(2).sum(1)
+        mean = energy[energy > 0].mean().item()
+        assert (mean == pytest.approx(2.0, rel=1e-4)) == rescale, (name, mean)
 
 
 def test_sign_needs_a_pai_mask(tiny_net):
