@@ -52,6 +52,9 @@ def theirs(model: Any, method: str, sparsity: float | None, structure: str, ids:
     cls = SparseGPTModifier if method == "sparsegpt" else WandaPruningModifier
     mod = cls(sparsity=0.5 if sparsity is None else sparsity, mask_structure=structure, targets=["Linear"],
               ignore=IGNORE)  # its names end in "lm_head." so a plain "lm_head" does not match
+    from llm_vs_llmcompressor_e2e import in_llmc_order  # visit the samples in prunekit's order
+
+    ids = torch.from_numpy(in_llmc_order(ids.numpy()))
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=ids.shape[0],
             max_seq_length=ids.shape[1], shuffle_calibration_samples=False, pipeline="sequential")

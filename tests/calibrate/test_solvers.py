@@ -55,6 +55,36 @@ def test_wanda_nm_keeps_best_two_of_four(layer):
     assert torch.equal(mask, expect)
 
 
+def test_wanda_statistic_is_the_reference_running_mean():
+    # the reference code (and llm-compressor) update a running mean one sequence at a time:
+    # S <- S n / (n + 1); n <- n + 1; S <- S + ||x_j||^2 / n, with x one sequence's (seq, in) inputs
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(5, 7, 6, generator=g) * torch.rand(6, generator=g)
+    ref, n = torch.zeros(6), 0
+    for x in X:
+        ref *= n / (n + 1)
+        n += 1
+        ref += torch.norm(x.t(), p=2, dim=1) ** 2 / n
+    st = LayerStats(6, frozenset({"norms"}))
+    st.add(X[:2])  # batches of 2, 1 and 2 sequences: the same float order as one at a time
+    st.add(X[2])
+    st.add(X[3:])
+    assert torch.equal(st.msq, ref)
+    assert torch.allclose(st.msq, X.reshape(-1, 6).pow(2).sum(0) / 5, rtol=1e-5)  # = ||X_j||^2 / n_seqs
+    hand = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # one 2-token sequence, then one 1-token sequence
+    st2 = LayerStats(2, frozenset({"norms"}))
+    st2.add(hand)
+    st2.add(torch.tensor([[2.0, 0.0]]))
+    assert torch.allclose(st2.msq, torch.tensor([(10 + 4) / 2, (20 + 0) / 2]))
+
+
+def test_wanda_ties_prune_the_lower_index_first():
+    W = torch.tensor([[1.0, 1.0, 1.0, 1.0], [4.0, 3.0, 2.0, 1.0]])  # row 0: four equal scores
+    st = stats_from_inputs(torch.ones(1, 3, 4))
+    _, mask = wanda(W, st, 0.5)
+    assert mask.tolist() == [[False, False, True, True], [True, True, False, False]]
+
+
 def test_row_keep_counts_exact():
     k = row_keep_counts(7, 10, 0.35)
     assert k.sum() == round(0.65 * 70) and int(k.max() - k.min()) <= 1

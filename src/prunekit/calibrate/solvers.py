@@ -108,10 +108,31 @@ def wanda_scores(W: Tensor, stats: LayerStats) -> Tensor:
 
 def wanda(W: Tensor, stats: LayerStats, sparsity: float | None, pattern: Pattern = Unstructured(),
           name: str = "weight") -> tuple[Tensor, Tensor]:
-    """Wanda (Sun et al. 2024, Eq. 1): prune the lowest |W_ij| * ||X_j||_2 within each output row."""
+    """Wanda (Sun et al. 2024, Eq. 1): prune the lowest |W_ij| * ||X_j||_2 within each output row.
+
+    Computed as the reference code does, so that the masks match it bit for bit on the same activations:
+    S_ij = |W_ij| sqrt(msq_j) (``LayerStats.msq``, the same order as Eq. 1 within a row) and, unstructured,
+    a stable ascending sort of each row whose first ``cols - keep`` entries are pruned (ties: the lower
+    column index is pruned first). N:M keeps the ``n`` highest of each group (``nm_mask``).
+    """
     s = _check(W, sparsity, pattern, name)
-    mask = per_row_mask(wanda_scores(W, stats), s, pattern)
-    return W.float() * mask, mask
+    W = W.float()
+    msq = stats.msq if stats.msq is not None else stats.col_norm ** 2
+    S = W.abs() * torch.sqrt(msq.to(W.device).reshape(1, -1))
+    if isinstance(pattern, NM):
+        mask = nm_mask(S, pattern.n, pattern.m)
+    else:
+        mask = rows_prune_lowest(S, row_keep_counts(S.shape[0], S.shape[1], s))
+    return W * mask, mask
+
+
+def rows_prune_lowest(S: Tensor, keep: Tensor) -> Tensor:
+    """Keep mask that prunes the ``cols - keep[i]`` lowest scores of row ``i`` by a stable ascending sort
+    (ties: the lower index is pruned first), as Wanda's reference code selects."""
+    order = torch.sort(S, dim=1, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(S.shape[1], device=S.device).expand_as(order))
+    return rank >= (S.shape[1] - keep.to(S.device))[:, None]
 
 
 # ----------------------------------------------------------------------------------------------

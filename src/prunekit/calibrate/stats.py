@@ -16,6 +16,14 @@ class LayerStats:
 
     ``sq`` = sum_t x_tj^2, ``s1`` = sum_t x_tj, ``H`` = sum_t x_t x_t^T (the SparseGPT Hessian up to a
     factor 2), ``n_tokens`` and ``n_seqs`` count what was added. Which sums exist is set by ``needs``.
+
+    ``msq`` (with ``norms``) is Wanda's statistic as its reference code accumulates it (Sun et al. 2024,
+    ``WrappedGPT.add_batch``; llm-compressor's ``accumulate_row_scalars`` is the same): a running mean over
+    calibration sequences of each sequence's ||x_j||_2^2, updated one sequence at a time in the order they
+    were added (S <- S n / (n + 1); n <- n + 1; S <- S + ||x_j||^2 / n). It equals ``sq / n_seqs`` up to
+    rounding and ranks the weights of a row exactly as Eq. 1 does; kept in this float order so that Wanda's
+    masks are bit-for-bit those of the reference code fed the same activations (a last-bit difference flips
+    near-ties, and a flip in one block changes every later block's inputs).
     """
 
     cols: int
@@ -25,6 +33,7 @@ class LayerStats:
     sq: Tensor | None = None  # (in,)
     s1: Tensor | None = None  # (in,)
     H: Tensor | None = None  # (in, in)
+    msq: Tensor | None = None  # (in,) Wanda's running mean over sequences of ||x_j||^2 (see above)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self) -> None:
@@ -34,6 +43,8 @@ class LayerStats:
         z = lambda *s: torch.zeros(*s, dtype=torch.float32, device=self.device)  # noqa: E731
         if "norms" in self.needs or "moments" in self.needs:
             self.sq = z(self.cols)
+        if "norms" in self.needs:
+            self.msq = z(self.cols)
         if "moments" in self.needs:
             self.s1 = z(self.cols)
         if "hessian" in self.needs:
@@ -42,9 +53,16 @@ class LayerStats:
     def add(self, x: Tensor) -> None:
         """Add a batch of inputs shaped ``(..., seq, in)`` (a 2-D input counts as one sequence)."""
         n_seqs = 1 if x.dim() <= 2 else int(x.shape[:-2].numel())
-        x = x.detach().reshape(-1, x.shape[-1]).to(device=self.device, dtype=torch.float32)  # (T, in)
-        if x.shape[1] != self.cols:
-            raise ValueError(f"layer input has {x.shape[1]} features, expected {self.cols}")
+        x = x.detach().to(device=self.device, dtype=torch.float32)
+        if x.shape[-1] != self.cols:
+            raise ValueError(f"layer input has {x.shape[-1]} features, expected {self.cols}")
+        if self.msq is not None:
+            n = self.n_seqs
+            for seq in x.reshape(n_seqs, -1, self.cols):  # (seq, in), one sequence at a time
+                self.msq *= n / (n + 1)
+                n += 1
+                self.msq += torch.norm(seq.t(), p=2, dim=1) ** 2 / n
+        x = x.reshape(-1, self.cols)  # (T, in)
         if self.sq is not None:
             self.sq += (x * x).sum(0)
         if self.s1 is not None:
@@ -84,7 +102,8 @@ class LayerStats:
         device = torch.device(device)
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         out = LayerStats.__new__(LayerStats)
-        out.__dict__.update(self.__dict__, sq=mv(self.sq), s1=mv(self.s1), H=mv(self.H), device=device)
+        out.__dict__.update(self.__dict__, sq=mv(self.sq), s1=mv(self.s1), H=mv(self.H), msq=mv(self.msq),
+                            device=device)
         return out
 
 
