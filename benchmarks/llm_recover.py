@@ -23,6 +23,8 @@ import torch
 
 SETTINGS = {"perp": dict(method="perp", lr=5e-3), "perp-scale": dict(method="perp", lr=5e-3, linear_scale=True),
             "perp-scale2": dict(method="perp", lr=5e-3, linear_scale=True, column_scale=True),
+            "perp-bias": dict(method="perp", lr=5e-3, add_bias=True),
+            "perp-bias-scale2": dict(method="perp", lr=5e-3, add_bias=True, linear_scale=True, column_scale=True),
             "lora": dict(method="lora", lr=2e-3, lora_rank=8), "distill": dict(method="distill", lr=3e-4)}
 
 

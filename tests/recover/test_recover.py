@@ -44,6 +44,42 @@ def test_perp_trains_only_norms_of_llama():
     assert changed and all("norm" in k for k in changed)
 
 
+def test_add_bias_zero_start_trains_and_reloads(tmp_path):
+    import transformers as T
+
+    from prunekit.calibrate.io import save_hf_pruned
+
+    model = tiny_hf_model("LlamaForCausalLM")
+    masks = halved(model)
+    ids = STREAM[:32].reshape(2, 16)
+    ref = model(input_ids=ids).logits.detach()
+    info = recover_(model, STREAM, Recovery("perp", steps=3, seq_len=16, batch_size=2, lr=1e-2, add_bias=True), masks)
+    # 2 blocks x (q 32 + k 16 + v 16 + o 32 + gate 64 + up 64 + down 32) biases + the 160 norm values
+    assert info["trainable_params"] == 160 + 2 * (32 + 16 + 16 + 32 + 64 + 64 + 32)
+    assert model.config.attention_bias and model.config.mlp_bias and info["pruned_nonzero"] == 0
+    assert not torch.allclose(model(input_ids=ids).logits, ref)  # the biases trained
+    biases = {k: v.detach().clone() for k, v in model.named_parameters() if k.endswith("proj.bias")}
+    assert len(biases) == 14 and all(v.abs().sum() > 0 for v in biases.values())
+    save_hf_pruned(model, tmp_path / "o", masks, {"method": "test"})
+    back = dict(T.AutoModelForCausalLM.from_pretrained(tmp_path / "o").named_parameters())
+    assert all(torch.equal(back[k], v) for k, v in biases.items())
+
+
+def test_add_bias_at_zero_changes_nothing_and_needs_the_config_fields():
+    from prunekit.recover.params import add_biases
+
+    model = tiny_hf_model("LlamaForCausalLM")
+    ids = STREAM[:32].reshape(2, 16)
+    ref = model(input_ids=ids).logits.detach()
+    added = add_biases(model)
+    assert len(added) == 14 and torch.equal(model(input_ids=ids).logits.detach(), ref)
+    bert = tiny_hf_model("BertModel")
+    with pytest.raises(ValueError, match="attention_bias / mlp_bias"):
+        add_biases(bert)
+    with pytest.raises(ValueError, match="add_bias applies to the perp"):
+        Recovery("lora", add_bias=True)
+
+
 @pytest.mark.parametrize("columns", [False, True])  # columns too: rank-1 ScaleLoRA, diag(b) W diag(a)
 def test_row_scales_merge_is_exact_and_keeps_zeros(columns):
     model = tiny_hf_model("LlamaForCausalLM")
@@ -162,7 +198,8 @@ def test_cli_recover_lora_end_to_end(pruned_dir, tmp_path):
 
 @pytest.mark.parametrize("args,msg", [(["--method", "sgd"], "--method must be one of"),
                                       (["--steps", "0"], "steps must be an integer"),
-                                      (["--texts", "/nope.txt"], "--texts /nope.txt does not exist")])
+                                      (["--texts", "/nope.txt"], "--texts /nope.txt does not exist"),
+                                      (["--method", "lora", "--add-bias"], "add_bias applies to the perp")])
 def test_cli_bad_flags_fail_before_work(pruned_dir, tmp_path, args, msg):
     out = tmp_path / "x"
     r = runner.invoke(app, ["recover", str(pruned_dir / "pruned"), "--out", str(out), *args])

@@ -29,6 +29,20 @@ def texts_of(spec: str, split: str) -> tuple[list[str], str]:
     return load_texts(spec), spec
 
 
+def _check_bias_flags(model_dir: Path) -> None:
+    """--add-bias needs a config that declares biases (read from config.json, before any work)."""
+    import json
+
+    from ..recover.params import bias_flags_of
+
+    cfg_file = model_dir / "config.json"
+    config = json.loads(cfg_file.read_text()) if cfg_file.is_file() else {}
+    missing = bias_flags_of(config)
+    if missing:
+        raise ValueError(f"--add-bias: {cfg_file} has no {' / '.join(missing)} field, so added biases would not load "
+                         "(LLaMA-family configs have both); use --linear-scale instead")
+
+
 def recover(
     model_dir: Annotated[Path, typer.Argument(help="a folder written by `prunekit prune` (calibrated or "
                                               "--structured)")],
@@ -51,6 +65,9 @@ def recover(
     column_scale: Annotated[bool, typer.Option("--column-scale", help="perp: also one scale per input column of "
                                                "every pruned linear (with --linear-scale: rank-1 ScaleLoRA)")
                             ] = False,
+    add_bias: Annotated[bool, typer.Option("--add-bias", help="perp: first give a bias-free model (LLaMA family) "
+                                           "zero biases on its attention and MLP projections and train them too")
+                        ] = False,
     distill_params: Annotated[str, typer.Option(help="distill trains: all (kept weights, mask enforced) | perp | "
                                                 "lora", callback=c.choice("--distill-params", ("all", "perp",
                                                                                                "lora")))] = "all",
@@ -69,7 +86,7 @@ def recover(
     from ..recover.config import Recovery
 
     cfg = Recovery(method=method, steps=steps, lr=lr, batch_size=batch_size, seq_len=seq_len, lora_rank=lora_rank,
-                   lora_alpha=lora_alpha, linear_scale=linear_scale, column_scale=column_scale,
+                   lora_alpha=lora_alpha, linear_scale=linear_scale, column_scale=column_scale, add_bias=add_bias,
                    distill_params=distill_params, temperature=temperature, max_minutes=max_minutes, seed=seed)
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"--max-windows must be a positive integer, got {max_windows}")
@@ -77,6 +94,8 @@ def recover(
         raise FileNotFoundError(f"model directory {model_dir} does not exist")
     if dense is not None and not dense.is_dir():
         raise FileNotFoundError(f"--dense {dense} does not exist")
+    if add_bias:
+        _check_bias_flags(model_dir)
     c.check_out(out, overwrite=overwrite, inputs=[model_dir, dense], expected_bytes=c.folder_bytes(model_dir))
     train_texts, train_name = texts_of(texts, "train")
     val_texts, val_name = texts_of(eval_texts, "validation")

@@ -16,8 +16,9 @@ class Recovery:
 
     ``perp``: biases and normalization weights only (PERP, Zimmer et al. 2023), plus one scale per output
     row of every pruned linear with ``linear_scale`` and one per input column with ``column_scale`` (both: PERP's
-    rank-1 ScaleLoRA). ``lora``: rank-``lora_rank`` adapters on the pruned
-    linears, their product masked so the merged weights keep the sparsity pattern exactly. ``distill``:
+    rank-1 ScaleLoRA) and, with ``add_bias``, zero biases added first to a bias-free model's attention and MLP
+    projections (``recover.params.add_biases``; LLaMA-family configs). ``lora``: rank-``lora_rank`` adapters on the
+    pruned linears, their product masked so the merged weights keep the sparsity pattern exactly. ``distill``:
     KL divergence to the dense model's next-token distribution at ``temperature``, training
     ``distill_params`` (``all`` kept weights under the mask, ``perp`` or ``lora``).
     """
@@ -31,6 +32,7 @@ class Recovery:
     lora_alpha: float = 16.0
     linear_scale: bool = False
     column_scale: bool = False
+    add_bias: bool = False
     distill_params: str = "all"
     temperature: float = 1.0
     weight_decay: float = 0.0
@@ -55,6 +57,8 @@ class Recovery:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                                   or v <= 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.add_bias and self.trains != "perp":
+            raise ValueError(f"add_bias applies to the perp parameter set, not to {self.trains!r}")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 

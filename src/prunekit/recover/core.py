@@ -42,6 +42,8 @@ def _trainable(model: nn.Module, cfg: Recovery, masks: dict[str, Tensor],
         for p in params.values():
             p.requires_grad_(True)
         return params, lambda: None
+    if cfg.add_bias:
+        P.add_biases(model)
     params = P.perp_parameters(model)
     scales = (P.RowScales(model, layers, rows=cfg.linear_scale, columns=cfg.column_scale)
               if cfg.scaled else None)

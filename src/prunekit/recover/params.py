@@ -84,6 +84,46 @@ class RowScales:
                 self.model.get_submodule(name).weight.mul_(t[None, :])
 
 
+BIAS_FLAGS = {"self_attn": "attention_bias", "mlp": "mlp_bias"}  # LLaMA-family config fields
+
+
+def bias_flags_of(config: dict) -> list[str]:
+    """The config fields that would declare added biases (``attention_bias``, ``mlp_bias``) it lacks; empty when
+    the config can carry biases on every attention and MLP projection."""
+    return [f for f in BIAS_FLAGS.values() if f not in config]
+
+
+def add_biases(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Give every bias-free ``nn.Linear`` of the blocks' attention and MLP a zero bias and set the config's
+    ``attention_bias`` / ``mlp_bias`` so the saved folder loads them (the model's output does not change).
+
+    PERP trains the biases and norms; a model without biases (LLaMA, Mistral) then trains its norms only
+    (0.07% of the zoo LM) and recovers little. A zero bias per output row is the additive twin of a row
+    scale: it can absorb the mean shift the pruned weights leave in each output (E[x] . w_pruned). Only
+    configs that declare biases by these two fields are accepted (a bias the config does not declare would
+    be dropped on loading); every projection the fields govern gets one, pruned or not.
+    """
+    cfg = getattr(model, "config", None)
+    missing = bias_flags_of(cfg.to_dict() if cfg is not None else {})
+    if missing:
+        raise ValueError(f"add_bias: the model's config has no {' / '.join(missing)} field, so added biases would "
+                         "not load from the saved folder (LLaMA-family configs have both)")
+    out: dict[str, nn.Parameter] = {}
+    used = set()
+    for name, mod in model.named_modules():
+        part = next((k for k in BIAS_FLAGS if f".{k}." in f".{name}"), None)
+        if part is None or not isinstance(mod, nn.Linear):
+            continue
+        used.add(part)
+        if mod.bias is None:
+            mod.bias = nn.Parameter(torch.zeros(mod.out_features, dtype=mod.weight.dtype, device=mod.weight.device))
+            out[f"{name}.bias"] = mod.bias
+    for part in used:
+        setattr(cfg, BIAS_FLAGS[part], True)
+    log.info("add_bias: %d zero biases added (%d values)", len(out), sum(p.numel() for p in out.values()))
+    return out
+
+
 def freeze_all(model: nn.Module) -> None:
     """Set ``requires_grad=False`` on every parameter of ``model``."""
     for p in model.parameters():
