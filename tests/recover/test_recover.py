@@ -206,6 +206,19 @@ def test_cli_bad_flags_fail_before_work(pruned_dir, tmp_path, args, msg):
     assert r.exit_code == 2 and msg in r.output and not out.exists()
 
 
+def test_cli_add_bias_refused_without_the_config_fields(pruned_dir, tmp_path):
+    import shutil
+
+    src = tmp_path / "nobias"
+    shutil.copytree(pruned_dir / "pruned", src)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.pop("attention_bias"), cfg.pop("mlp_bias")
+    (src / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "x"
+    r = runner.invoke(app, ["recover", str(src), "--add-bias", "--out", str(out)])
+    assert r.exit_code == 2 and "attention_bias / mlp_bias" in r.output and not out.exists()
+
+
 def test_recover_a_structured_folder_with_the_dense_tokenizer(pruned_dir, tmp_path):
     from prunekit.calibrate.io import load_model
     from prunekit.recover import recover_dir
