@@ -148,7 +148,7 @@ class Supermask(Callback):
     2023, applied to signs); the final signs are one sample. ``rescale`` (sign mode, re-drawn weights only):
     after the PaI mask is chosen, scale each layer so its kept weights carry Kaiming's variance
     (``rescale_kept_``); without it the SynFlow-pruned network's logits reach std 20-70 and at 90% sparsity the
-    sign supermask stays at chance (docs/results/sparse_training.md).
+    sign supermask stays at chance (docs/results/federated.md).
     """
 
     mode: str
