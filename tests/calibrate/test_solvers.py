@@ -85,6 +85,21 @@ def test_wanda_ties_prune_the_lower_index_first():
     assert mask.tolist() == [[False, False, True, True], [True, True, False, False]]
 
 
+def test_rows_prune_lowest_is_the_stable_sort_selection():
+    from prunekit.calibrate.solvers import rows_prune_lowest
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(100):
+        rows, cols = int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(2, 17, (1,), generator=g))
+        S = torch.randint(0, 4, (rows, cols), generator=g).float()  # many ties
+        keep = torch.randint(0, cols + 1, (1,), generator=g).repeat(rows)
+        if trial % 2:  # per-row counts one apart, as row_keep_counts gives
+            keep = (keep - torch.arange(rows) % 2).clamp(0, cols)
+        order = torch.sort(S, dim=1, stable=True).indices  # the reference: prune the first cols - keep
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(cols).expand_as(order))
+        assert torch.equal(rows_prune_lowest(S, keep), rank >= (cols - keep)[:, None]), (S, keep)
+
+
 def test_row_keep_counts_exact():
     k = row_keep_counts(7, 10, 0.35)
     assert k.sum() == round(0.65 * 70) and int(k.max() - k.min()) <= 1
