@@ -150,7 +150,7 @@ def main() -> int:
 
     d = resolve(a.model_dir)
     tok = AutoTokenizer.from_pretrained(d, local_files_only=True)
-    fresh = lambda: load_model(d)  # noqa: E731
+    fresh = lambda: load_model(d, attn_implementation="eager")  # noqa: E731  (llm-compressor runs eager attention)
     IDS = calibration_data(tok, None, a.nsamples, a.seq_len, seed=0).input_ids
     quality, qname = quality_fn(d, fresh, tok, a.seq_len, a.max_windows)
     dense_q = quality(fresh())

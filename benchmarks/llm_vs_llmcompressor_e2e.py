@@ -67,7 +67,8 @@ def in_llmc_order(ids: np.ndarray) -> np.ndarray:
 
 def ours_cmd(d: Path, out: Path, method: str, s: float | None, structure: str, a: Any) -> list[str]:
     cmd = [str(Path(sys.executable).parent / "prunekit"), "prune", str(d), "--method", method, "--nsamples",
-           str(a.nsamples), "--seq-len", str(a.seq_len), "--batch-size", "16", "--threads", "1", "--out", str(out)]
+           str(a.nsamples), "--seq-len", str(a.seq_len), "--batch-size", "16", "--threads", "1", "--out", str(out),
+           "--attn-implementation", "eager"]  # the attention llm-compressor runs (its results equal HF eager's)
     return cmd + (["--pattern", structure] if structure != "0:0" else ["--sparsity", str(s)])
 
 

@@ -82,6 +82,7 @@ def test_old_spelling_and_default_store_inside_out(model_dir, tmp_path, monkeypa
     (["--sparsity", "0.5", "--finetune-epochs", "2"], "--finetune-epochs does not apply to calibrated"),
     (["--sparsity", "0.5", "--scope", "global"], "--scope does not apply"),
     (["--sparsity", "0.5", "--owl-m", "3"], "--owl-m / --owl-lambda need --owl"),
+    (["--sparsity", "0.5", "--attn-implementation", "flash"], "--attn-implementation must be one of eager, sdpa"),
     ([], "--sparsity"),
 ])
 def test_bad_flags(model_dir, tmp_path, args, msg):
@@ -89,6 +90,22 @@ def test_bad_flags(model_dir, tmp_path, args, msg):
                             "--seq-len", "16", *args])
     assert r.exit_code == 2 and msg in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_attn_implementation_eager_and_sdpa_prune_the_same_layers(model_dir, tmp_path):
+    masks = {}
+    for impl in ("eager", "sdpa"):
+        out = tmp_path / impl
+        r = runner.invoke(app, ["prune", str(model_dir), "--out", str(out), "--method", "wanda", "--sparsity", "0.5",
+                                "--nsamples", "4", "--seq-len", "32", "--attn-implementation", impl])
+        assert r.exit_code == 0, r.output
+        masks[impl], _ = load_masks(out)
+    assert masks["eager"].keys() == masks["sdpa"].keys()
+    for k, m in masks["eager"].items():  # both exactly 50% per layer; the kernels agree to rounding only
+        assert int(m.sum()) == int(masks["sdpa"][k].sum()) == m.numel() // 2
+    r = runner.invoke(app, ["prune", "resnet20", "--out", str(tmp_path / "z"), "--method", "magnitude",
+                            "--sparsity", "0.5", "--attn-implementation", "eager"])
+    assert r.exit_code == 2 and "applies only to calibrated pruning" in r.output and not (tmp_path / "z").exists()
 
 
 def test_model_dir_without_weights(tmp_path):

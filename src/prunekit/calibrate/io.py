@@ -183,8 +183,16 @@ def model_class(config: Any) -> type:
     return cls
 
 
-def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
-    """The model of a ``save_pretrained`` folder as the class it was saved from (``config.architectures``), offline."""
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
+
+
+def load_model(model_dir: str | Path, dtype: torch.dtype | None = None,
+               attn_implementation: str | None = None) -> nn.Module:
+    """The model of a ``save_pretrained`` folder as the class it was saved from (``config.architectures``), offline.
+
+    ``attn_implementation`` (``eager`` | ``sdpa``; default: transformers' choice, SDPA where the class has it)
+    selects the attention kernel: the two agree to rounding, not bit for bit, and a calibrated pruning
+    propagates such differences from block to block (llm-compressor runs eager attention)."""
     from transformers import AutoConfig
 
     p = check_model_dir(model_dir)
@@ -199,7 +207,12 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Mo
         model = load_sliced(p)
         return model if dtype is None else model.to(dtype)
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
-    kw = {"dtype": dtype} if dtype is not None else {}
+    kw: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    if attn_implementation is not None:
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                             f"got {attn_implementation!r}")
+        kw["attn_implementation"] = attn_implementation
     return model_class(cfg).from_pretrained(p, local_files_only=True, **kw).eval()
 
 

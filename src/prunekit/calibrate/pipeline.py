@@ -49,7 +49,7 @@ def prune_model_dir(model_dir: str | Path, out: str | Path, solver: str, config:
                     calibration: Any = None, calib: str | Path | None = None, nsamples: int = 128,
                     seq_len: int = 256, seed: int = 0, device: torch.device | str | None = None,
                     state_dir: str | Path | None = None, overwrite: bool = False,
-                    progress: Any = None) -> tuple[Report, Path]:
+                    progress: Any = None, attn_implementation: str | None = None) -> tuple[Report, Path]:
     """Prune the model of ``model_dir`` with ``solver`` / ``config`` and save it to ``out``; return the report.
 
     The model is loaded as the class its ``config.json`` names and saved as that class; every tensor
@@ -57,14 +57,14 @@ def prune_model_dir(model_dir: str | Path, out: str | Path, solver: str, config:
     written) and the result is in the manifest's ``tensors`` entry. ``calibration`` (token ids or a
     ``Calibration``) overrides the text source ``calib`` / ``nsamples`` / ``seq_len`` / ``seed``.
     Resume files live in ``state_dir`` (default ``.<out>.state`` beside ``out``) and are removed
-    after a successful save.
+    after a successful save. ``attn_implementation`` (``eager`` | ``sdpa``) is passed to ``io.load_model``.
     """
     model_dir, out = io.check_model_dir(model_dir), Path(out)
     io._check_out(out, overwrite)
     if calib is not None and not Path(calib).exists():
         raise FileNotFoundError(f"calib {calib} does not exist")
     tok = load_tokenizer(model_dir, required=calibration is None)
-    model = io.load_model(model_dir)
+    model = io.load_model(model_dir, attn_implementation=attn_implementation)
     data = calibration if calibration is not None else calibration_data(tok, calib, nsamples, seq_len, seed)
     state = Path(state_dir) if state_dir is not None else out.parent / f".{out.name}.state"
     report = prune_blocks(model, solver, config, data, device=device, state_dir=state, progress=progress,

@@ -48,8 +48,14 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
                      owl_m: float | None, owl_lambda: float | None, dsnot: bool, calib: Path | None,
                      nsamples: int | None, seq_len: int | None, seed: int, batch_size: int | None,
                      device: str | None, state_dir: Path | None, exclude: list[str] | None, db: Path | None,
-                     show_layers: bool, overwrite: bool, threads: int | None = None) -> None:
+                     show_layers: bool, overwrite: bool, threads: int | None = None,
+                     attn_implementation: str | None = None) -> None:
     """Prune every transformer block of a HF model folder and save a model plain transformers loads."""
+    from ..calibrate.io import ATTN_IMPLEMENTATIONS
+
+    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                         f"got {attn_implementation!r}")
     nsamples, seq_len = 128 if nsamples is None else nsamples, 256 if seq_len is None else seq_len
     cfg = make_config(method, sparsity, pattern, owl, owl_m, owl_lambda, dsnot, batch_size, exclude)
     model_dir = Path(source)
@@ -66,7 +72,8 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
     check_seq_len(model_dir, seq_len)
     with c.block_progress() as progress:
         report = _run(model_dir, out, None, cfg, calib=calib, nsamples=nsamples, seq_len=seq_len, seed=seed,
-                      device=device, state_dir=state_dir, overwrite=overwrite, progress=progress)
+                      device=device, state_dir=state_dir, overwrite=overwrite, progress=progress,
+                      attn_implementation=attn_implementation)
     if show_layers:
         typer.echo(layers_markdown(out))
     typer.echo(f"pruned {len(report.layers)} layers in {report.seconds:.1f}s -> {out}: {c.sparsity_line(report)}")

@@ -121,6 +121,8 @@ def prune(
                                                    "--out); deleted when done")] = None,
     show_layers: Annotated[bool, typer.Option("--show-layers", help="calibrated: print the per-layer "
                                               "table")] = False,
+    attn_implementation: Annotated[str | None, typer.Option(help="calibrated: attention kernel, eager | sdpa "
+                                                            "(default: transformers' choice)")] = None,
     db: c.Db = None,
     overwrite: c.Overwrite = False,
 ) -> None:
@@ -135,7 +137,7 @@ def prune(
                                 owl_lambda=owl_lambda, dsnot=dsnot, calib=calib, nsamples=nsamples, seq_len=seq_len,
                                 seed=seed, batch_size=batch_size, device=device, state_dir=state_dir,
                                 exclude=exclude, db=db, show_layers=show_layers, overwrite=overwrite,
-                                threads=threads)
+                                threads=threads, attn_implementation=attn_implementation)
     if kind == "structured":
         blocks = blocks_arg(remove_blocks or "0")
         c.check_out(out, overwrite=overwrite, inputs=[source], expected_bytes=c.folder_bytes(source))
@@ -159,7 +161,7 @@ def prune(
 _ONLY = {
     "structured": ("target_macs", "target_params", "round_to", "remove_blocks", "as_json"),
     "calibrated": ("owl", "owl_m", "owl_lambda", "dsnot", "calib", "nsamples", "seq_len", "batch_size", "device",
-                   "state_dir", "show_layers"),
+                   "state_dir", "show_layers", "attn_implementation"),
 }
 _UNUSED = {"calibrated": ("dataset", "finetune_epochs", "finetune_lr", "model_arg", "allocation"),
            "structured": ("pattern", "scope"), "oneshot": ()}
