@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -171,11 +172,13 @@ def main() -> None:
     pad = tok.pad_token_id
     pretrained = AutoModel.from_pretrained(path)
     base = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
-    meta = {"command": "nice -n 10 python benchmarks/delta_minilm.py " + " ".join(
+    nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # the niceness this run really had
+    meta = {"command": f"{nice}python benchmarks/delta_minilm.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if v is not None),
-            "machine": f"2-core shared CPU VM, other jobs running ({platform.machine()}), torch {torch.__version__}, "
-                       f"{args.threads} thread(s)", "corpus": corpus_info(args.min_chars)}
+            "machine": f"{os.cpu_count()}-core CPU VM ({platform.machine()}), load average {os.getloadavg()[0]:.1f} "
+                       f"at start, torch {torch.__version__}, {args.threads} thread(s)",
+            "corpus": corpus_info(args.min_chars)}
     res: dict[str, Any] = {"meta": meta, "tasks": {}, "prune": [], "merge": []}
 
     def save() -> None:
