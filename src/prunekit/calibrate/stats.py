@@ -15,7 +15,8 @@ class LayerStats:
     """Running sums over the calibration tokens ``x`` (rows of X, shape ``(tokens, in)``) of one layer.
 
     ``sq`` = sum_t x_tj^2, ``s1`` = sum_t x_tj, ``H`` = sum_t x_t x_t^T (the SparseGPT Hessian up to a
-    factor 2), ``n_tokens`` and ``n_seqs`` count what was added. Which sums exist is set by ``needs``.
+    factor 2), ``n_tokens`` and ``n_seqs`` count what was added. Which sums exist is set by ``needs`` (``sq`` only
+    with ``moments``: with ``norms`` alone ``col_norm`` comes from ``msq``, which saves squaring every batch).
 
     ``msq`` (with ``norms``) is Wanda's statistic as its reference code accumulates it (Sun et al. 2024,
     ``WrappedGPT.add_batch``; llm-compressor's ``accumulate_row_scalars`` is the same): a running mean over
@@ -41,7 +42,7 @@ class LayerStats:
         if bad:
             raise ValueError(f"needs must be a subset of {NEEDS}, got {sorted(bad)}")
         z = lambda *s: torch.zeros(*s, dtype=torch.float32, device=self.device)  # noqa: E731
-        if "norms" in self.needs or "moments" in self.needs:
+        if "moments" in self.needs:  # with norms alone, ||X_j||^2 = msq_j * n_seqs (no (T, in) square per batch)
             self.sq = z(self.cols)
         if "norms" in self.needs:
             self.msq = z(self.cols)
@@ -62,22 +63,25 @@ class LayerStats:
                 self.msq *= n / (n + 1)
                 n += 1
                 self.msq += torch.norm(seq.t(), p=2, dim=1) ** 2 / n
-        x = x.reshape(-1, self.cols)  # (T, in)
+        if self.sq is not None or self.s1 is not None or self.H is not None:
+            x = x.reshape(-1, self.cols)  # (T, in)
         if self.sq is not None:
             self.sq += (x * x).sum(0)
         if self.s1 is not None:
             self.s1 += x.sum(0)
         if self.H is not None:
             self.H.addmm_(x.t(), x)
-        self.n_tokens += x.shape[0]
+        self.n_tokens += x.numel() // self.cols
         self.n_seqs += n_seqs
 
     @property
     def col_norm(self) -> Tensor:
-        """||X_j||_2 over all calibration tokens, shape ``(in,)``."""
-        if self.sq is None:
+        """||X_j||_2 over all calibration tokens, shape ``(in,)`` (from ``sq``, or ``msq`` times the sequences)."""
+        if self.sq is not None:
+            return self.sq.sqrt()
+        if self.msq is None:
             raise ValueError("these statistics were gathered without 'norms'")
-        return self.sq.sqrt()
+        return (self.msq * self.n_seqs).sqrt()
 
     @property
     def mean(self) -> Tensor:
