@@ -172,7 +172,8 @@ def main() -> None:
     pad = tok.pad_token_id
     pretrained = AutoModel.from_pretrained(path)
     base = {k: v.detach().clone() for k, v in pretrained.state_dict().items()}
-    nice = f"nice -n {os.nice(0)} " if os.nice(0) else ""  # the niceness this run really had
+    niceness = os.nice(0)  # the niceness this run really had
+    nice = f"nice -n {niceness} " if niceness else ""
     meta = {"command": f"{nice}python benchmarks/delta_minilm.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
         for k, v in vars(args).items() if v is not None),

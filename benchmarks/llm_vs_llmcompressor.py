@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 CASES = [("sparsegpt", 0.5, "0:0"), ("sparsegpt", None, "2:4"), ("wanda", 0.5, "0:0"), ("wanda", None, "2:4")]
@@ -44,6 +45,20 @@ def ours(model: Any, method: str, sparsity: float | None, structure: str, ids: t
     prune_blocks(model, method, cfg, ids, attach_masks=False)
 
 
+def in_llmc_order(ids: np.ndarray) -> np.ndarray:
+    """The ids laid out so that llm-compressor visits them in prunekit's order.
+
+    Without shuffling, llm-compressor's ``LengthAwareSampler`` visits samples in ``torch.argsort(lengths,
+    descending=True)`` order, which for equal lengths is a fixed permutation, not the file's order. The
+    calibration statistics are running sums, so the visiting order decides their last bits, and a last-bit
+    difference flips near-ties of Wanda's scores (then every later block's inputs differ). Writing row
+    ``order[k]`` = ``ids[k]`` makes it visit ``ids[0], ids[1], ...`` as prunekit does."""
+    order = torch.argsort(torch.full((ids.shape[0],), ids.shape[1]), descending=True).numpy()
+    out = np.empty_like(ids)
+    out[order] = ids
+    return out
+
+
 def theirs(model: Any, method: str, sparsity: float | None, structure: str, ids: torch.Tensor) -> None:
     from datasets import Dataset
     from llmcompressor import oneshot
@@ -52,9 +67,7 @@ def theirs(model: Any, method: str, sparsity: float | None, structure: str, ids:
     cls = SparseGPTModifier if method == "sparsegpt" else WandaPruningModifier
     mod = cls(sparsity=0.5 if sparsity is None else sparsity, mask_structure=structure, targets=["Linear"],
               ignore=IGNORE)  # its names end in "lm_head." so a plain "lm_head" does not match
-    from llm_vs_llmcompressor_e2e import in_llmc_order  # visit the samples in prunekit's order
-
-    ids = torch.from_numpy(in_llmc_order(ids.numpy()))
+    ids = torch.from_numpy(in_llmc_order(ids.numpy()))  # visit the samples in prunekit's order
     ds = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": torch.ones_like(ids).tolist()})
     oneshot(model=model, dataset=ds, recipe=[mod], num_calibration_samples=ids.shape[0],
             max_seq_length=ids.shape[1], shuffle_calibration_samples=False, pipeline="sequential")

@@ -49,22 +49,6 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
     return out
 
 
-def in_llmc_order(ids: np.ndarray) -> np.ndarray:
-    """The ids laid out so that llm-compressor visits them in prunekit's order.
-
-    Without shuffling, llm-compressor's ``LengthAwareSampler`` visits samples in ``torch.argsort(lengths,
-    descending=True)`` order, which for equal lengths is a fixed permutation, not the file's order. The
-    calibration statistics are running sums, so the visiting order decides their last bits, and a last-bit
-    difference flips near-ties of Wanda's scores (then every later block's inputs differ). Writing row
-    ``order[k]`` = ``ids[k]`` makes it visit ``ids[0], ids[1], ...`` as prunekit does."""
-    import torch
-
-    order = torch.argsort(torch.full((ids.shape[0],), ids.shape[1]), descending=True).numpy()
-    out = np.empty_like(ids)
-    out[order] = ids
-    return out
-
-
 def ours_cmd(d: Path, out: Path, method: str, s: float | None, structure: str, a: Any) -> list[str]:
     cmd = [str(Path(sys.executable).parent / "prunekit"), "prune", str(d), "--method", method, "--nsamples",
            str(a.nsamples), "--seq-len", str(a.seq_len), "--batch-size", "16", "--threads", "1", "--out", str(out),
@@ -111,7 +95,7 @@ def main() -> int:
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     sys.path.insert(0, str(HERE))
-    from llm_vs_llmcompressor import param_count, resolve
+    from llm_vs_llmcompressor import in_llmc_order, param_count, resolve
     from transformers import AutoTokenizer
 
     from prunekit.calibrate.data import calibration_data

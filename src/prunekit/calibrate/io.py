@@ -186,6 +186,13 @@ def model_class(config: Any) -> type:
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 
 
+def check_attn_implementation(value: str | None) -> str | None:
+    """``value`` if it is ``None`` or one of ``ATTN_IMPLEMENTATIONS``, else a ``ValueError`` naming the flag."""
+    if value is not None and value not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, got {value!r}")
+    return value
+
+
 def load_model(model_dir: str | Path, dtype: torch.dtype | None = None,
                attn_implementation: str | None = None) -> nn.Module:
     """The model of a ``save_pretrained`` folder as the class it was saved from (``config.architectures``), offline.
@@ -208,10 +215,7 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None,
         return model if dtype is None else model.to(dtype)
     cfg = AutoConfig.from_pretrained(p, local_files_only=True)
     kw: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
-    if attn_implementation is not None:
-        if attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
-                             f"got {attn_implementation!r}")
+    if check_attn_implementation(attn_implementation) is not None:
         kw["attn_implementation"] = attn_implementation
     return model_class(cfg).from_pretrained(p, local_files_only=True, **kw).eval()
 

@@ -129,26 +129,9 @@ def wanda(W: Tensor, stats: LayerStats, sparsity: float | None, pattern: Pattern
 def rows_prune_lowest(S: Tensor, keep: Tensor) -> Tensor:
     """Keep mask that prunes the ``cols - keep[i]`` lowest scores of row ``i``, ties at the boundary pruned from
     the lower index on: the first ``cols - keep[i]`` entries of a stable ascending sort, as Wanda's reference
-    code selects, found by a selection (``kthvalue``, about 3x faster than the sort on CPU)."""
-    cols = S.shape[1]
-    drop = cols - keep.to(S.device)
-    mask = torch.ones_like(S, dtype=torch.bool)
-    for dd in drop.unique().tolist():  # per-row counts differ by at most one: one or two groups
-        if dd <= 0:
-            continue
-        rows = (drop == dd).nonzero().squeeze(1) if (drop != dd).any() else None
-        R = S if rows is None else S[rows]
-        if dd >= cols:
-            pruned = torch.ones_like(R, dtype=torch.bool)
-        else:
-            thr = torch.kthvalue(R, int(dd), dim=1, keepdim=True).values  # the dd-th smallest of each row
-            below, tied = R < thr, R == thr
-            need = dd - below.sum(1, keepdim=True)
-            pruned = below | (tied & (tied.cumsum(1) <= need))
-        if rows is None:
-            return ~pruned
-        mask[rows] = ~pruned
-    return mask
+    code selects. The pruned set is the ``cols - keep[i]`` highest of ``-S`` with ties to the lower index, i.e.
+    ``row_topk_mask`` (a ``kthvalue`` selection, about 3x faster than the sort on CPU)."""
+    return ~row_topk_mask(-S, S.shape[1] - keep)
 
 
 # ----------------------------------------------------------------------------------------------

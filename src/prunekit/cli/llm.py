@@ -51,11 +51,9 @@ def prune_calibrated(source: str, out: Path, method: str, *, sparsity: float | N
                      show_layers: bool, overwrite: bool, threads: int | None = None,
                      attn_implementation: str | None = None) -> None:
     """Prune every transformer block of a HF model folder and save a model plain transformers loads."""
-    from ..calibrate.io import ATTN_IMPLEMENTATIONS
+    from ..calibrate.io import check_attn_implementation
 
-    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"--attn-implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
-                         f"got {attn_implementation!r}")
+    check_attn_implementation(attn_implementation)  # before any work
     nsamples, seq_len = 128 if nsamples is None else nsamples, 256 if seq_len is None else seq_len
     cfg = make_config(method, sparsity, pattern, owl, owl_m, owl_lambda, dsnot, batch_size, exclude)
     model_dir = Path(source)
