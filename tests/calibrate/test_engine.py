@@ -211,3 +211,48 @@ def test_malloc_thresholds_are_pinned_on_glibc():
 
     glibc = sys.platform == "linux" and (ctypes.util.find_library("c") or "").startswith("libc.so")
     assert pin_malloc_thresholds() is bool(glibc)
+
+
+class _FakeLibc:
+    """Records mallopt / malloc_trim calls as (name, args)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("malloc_trim", pad))
+        return 1
+
+
+def test_forward_passes_lift_the_solve_thresholds_and_restore_them(monkeypatch, calib_ids):
+    from prunekit.calibrate import engine as E
+
+    fake = _FakeLibc()
+    monkeypatch.setattr(E, "_glibc", lambda: fake)
+    with E.forward_allocations(True):
+        inside = list(fake.calls)
+    mmap, trim = E.M_MMAP_THRESHOLD, E.M_TRIM_THRESHOLD
+    assert inside == [("mallopt", mmap, 32 * 1024**2), ("mallopt", trim, 1024**3)]
+    assert fake.calls[2:] == [("malloc_trim", 0), ("mallopt", mmap, 128 * 1024), ("mallopt", trim, 128 * 1024)]
+    fake.calls.clear()
+    with pytest.raises(KeyError), E.forward_allocations(True):
+        raise KeyError("x")  # restored on errors too
+    assert fake.calls[-2:] == [("mallopt", mmap, 128 * 1024), ("mallopt", trim, 128 * 1024)]
+    fake.calls.clear()
+    with E.forward_allocations(False):
+        pass
+    assert fake.calls == []
+    # a whole run: every forward phase ends pinned again; without pin_malloc nothing is touched
+    model = tiny_model("llama")
+    prune_blocks(model, "wanda", Wanda(0.5), calib_ids, pin_malloc=True)
+    assert fake.calls[:2] == [("mallopt", mmap, 128 * 1024), ("mallopt", trim, 128 * 1024)]
+    assert fake.calls[-2:] == [("mallopt", mmap, 128 * 1024), ("mallopt", trim, 128 * 1024)]
+    n_blocks = len(model.model.layers)
+    assert sum(c[0] == "malloc_trim" for c in fake.calls) == 1 + 2 * n_blocks  # capture, gather + re-run per block
+    fake.calls.clear()
+    prune_blocks(tiny_model("llama"), "wanda", Wanda(0.5), calib_ids, pin_malloc=False)
+    assert fake.calls == []

@@ -16,7 +16,8 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -422,10 +423,25 @@ def _check_inputs(model: nn.Module, calib: Calibration, stacks: list[Stack], led
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+SOLVE_MMAP_BYTES = 128 * 1024  # per-layer copies of the solve: served by mmap, returned when freed
+FORWARD_MMAP_BYTES = 32 * 1024**2  # glibc's largest mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX, 64-bit)
+FORWARD_TRIM_BYTES = 1024**3
 
 
-def pin_malloc_thresholds(nbytes: int = 128 * 1024) -> bool:
-    """glibc only: serve allocations above ``nbytes`` with mmap and trim the heap above ``nbytes`` free.
+def _glibc() -> Any:
+    """glibc as a ``ctypes`` library, or None off Linux / glibc."""
+    if sys.platform != "linux":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def pin_malloc_thresholds(nbytes: int = SOLVE_MMAP_BYTES, trim_bytes: int | None = None) -> bool:
+    """glibc only: serve allocations above ``nbytes`` with mmap and trim the heap above ``trim_bytes`` free
+    (default ``nbytes``).
 
     By default glibc raises its mmap threshold after each large free (up to 32 MiB), so the 16-64 MB
     per-layer weight copies of a 1B model come from the heap afterwards and their freed space stays
@@ -433,13 +449,31 @@ def pin_malloc_thresholds(nbytes: int = 128 * 1024) -> bool:
     ``MALLOC_TRIM_THRESHOLD_`` would) gives that memory back to the OS. Process-wide; returns whether
     it was applied (False off Linux/glibc).
     """
-    if sys.platform != "linux":
+    libc = _glibc()
+    if libc is None:
         return False
+    trim = nbytes if trim_bytes is None else trim_bytes
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes))) and bool(libc.mallopt(M_TRIM_THRESHOLD, int(trim)))
+
+
+@contextmanager
+def forward_allocations(active: bool) -> Iterator[None]:
+    """Inside: keep the forward passes' activation buffers (up to 32 MiB each) in the heap, reused batch after
+    batch; on exit: give the free heap back to the OS (``malloc_trim``) and pin the solve's 128 KiB thresholds.
+
+    With the solve's thresholds during the forward passes, every activation above 128 KiB was a fresh mmap,
+    zero-filled page by page on first touch and unmapped when freed: on MiniLM, Wanda, 128 x 256 tokens,
+    3.44M minor page faults and 7.8 s of system time in a 42 s run, against 0.83M and 2.4 s with these
+    (docs/results/llm.md). No-op unless ``active`` (``pin_malloc`` on a CPU run) and glibc.
+    """
+    if not active or not pin_malloc_thresholds(FORWARD_MMAP_BYTES, FORWARD_TRIM_BYTES):
+        yield
+        return
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes))) and bool(libc.mallopt(M_TRIM_THRESHOLD, int(nbytes)))
-    except (OSError, AttributeError):
-        return False
+        yield
+    finally:
+        _glibc().malloc_trim(0)
+        pin_malloc_thresholds()
 
 
 @dataclass
@@ -458,6 +492,7 @@ class _Run:
     t0: float
     progress: Progress | None
     on_block_end: Callable[[int, dict], None] | None
+    pin: bool = False  # glibc thresholds pinned for the solve, lifted for the forward passes
 
     @property
     def total(self) -> int:
@@ -486,9 +521,11 @@ def prune_blocks(model: nn.Module, solver: str | None, config: Any, calibration:
     extra byte per weight. With ``state_dir`` a later call resumes after the last finished block,
     when the model (every byte of every tensor), calibration ids and arguments are the same;
     ``report.seconds`` is then the sum over all runs. ``pin_malloc``: on CPU with glibc, fix
-    malloc's mmap and trim thresholds (:func:`pin_malloc_thresholds`, process-wide) so that the
-    per-layer float32 copies are returned to the OS when freed instead of growing a fragmented heap
-    (measured on a 1.1B LLaMA, SparseGPT: peak RSS 5.18 -> 4.95 GiB, about 4% slower; docs/RESULTS.md).
+    malloc's mmap and trim thresholds at 128 KiB for the solves (:func:`pin_malloc_thresholds`,
+    process-wide) so that the per-layer float32 copies are returned to the OS when freed instead of
+    growing a fragmented heap (measured on a 1.1B LLaMA, SparseGPT: peak RSS 5.18 -> 4.95 GiB;
+    docs/RESULTS.md), and lift them during the forward passes (:func:`forward_allocations`), whose
+    activation buffers are reused batch after batch.
     """
     t0 = time.perf_counter()
     plan = _plan(solver, config, owl, dsnot)
@@ -502,17 +539,17 @@ def prune_blocks(model: nn.Module, solver: str | None, config: Any, calibration:
     home = next(stacks[0].blocks[0].parameters()).device
     dev = torch.device(device) if device is not None else home
     state = _State(root, _fingerprint(plan, solver, config, calib, model) if root is not None else "")
-    if pin_malloc and dev.type == "cpu":
-        pin_malloc_thresholds()
+    pin = pin_malloc and dev.type == "cpu" and pin_malloc_thresholds()
     was_training = model.training
     model.eval()
     every_block = nn.ModuleList([b for s in stacks for b in s.blocks])
     move_outside_blocks(model, every_block, dev)
     try:
         run = _Run(model, stacks, led, plan, {}, calib.batches(plan.batch_size), dev, state, {}, t0, progress,
-                   on_block_end)
+                   on_block_end, pin)
         if plan.owl is not None and state.data["owl"] is None:
-            alloc, lod = owl_allocation(model, stacks, led, run.batches, plan, dev, progress)
+            with forward_allocations(pin):
+                alloc, lod = owl_allocation(model, stacks, led, run.batches, plan, dev, progress)
             state.data["owl"] = {"allocation": alloc, "lod": lod}
             state.save(time.perf_counter() - t0)
         run.alloc = (state.data["owl"] or {}).get("allocation") or {}
@@ -535,7 +572,8 @@ def prune_blocks(model: nn.Module, solver: str | None, config: Any, calibration:
 def _prune_stack(run: _Run, k: int, first: int) -> None:
     """Capture the inputs of stack ``k`` and prune its blocks (global index ``first`` + i) from ``next_block`` on."""
     st, state = run.stacks[k], run.state
-    cap = _capture(run.model, run.stacks, k, run.batches, run.dev)
+    with forward_allocations(run.pin):
+        cap = _capture(run.model, run.stacks, k, run.batches, run.dev)
     start = max(state.next_block - first, 0)
     inputs = cap.first
     if start > 0:
@@ -577,10 +615,11 @@ def _prune_block(run: _Run, st: Stack, first: int, i: int, inputs: list[BlockInp
     _place(block, dev)
     targets = block_targets(run.ledger, f"{prefix}.{i}", block)
     needs = {n: _needs(plan, f"{prefix}.{i}.{n}") for n in targets}
-    stats, dense_outs = gather_block(block, targets, needs, inputs, dev)
+    with forward_allocations(run.pin):
+        stats, dense_outs = gather_block(block, targets, needs, inputs, dev)
     rows, saved, experts = _solve_block(run, f"{prefix}.{i}", targets, stats)
     del stats
-    with torch.no_grad():
+    with torch.no_grad(), forward_allocations(run.pin):
         outs = [run_block(block, to_device(inp, dev)) for inp in inputs]
     num = sum(float(((o - d) ** 2).sum()) for o, d in zip(outs, dense_outs))
     den = sum(float((d**2).sum()) for d in dense_outs)
