@@ -25,6 +25,8 @@ SETTINGS = {"perp": dict(method="perp", lr=5e-3), "perp-scale": dict(method="per
             "perp-scale2": dict(method="perp", lr=5e-3, linear_scale=True, column_scale=True),
             "perp-bias": dict(method="perp", lr=5e-3, add_bias=True),
             "perp-bias-scale2": dict(method="perp", lr=5e-3, add_bias=True, linear_scale=True, column_scale=True),
+            "perp-bias-slora4": dict(method="perp", lr=5e-3, add_bias=True, scale_rank=4),
+            "perp-bias-slora8": dict(method="perp", lr=5e-3, add_bias=True, scale_rank=8),
             "lora": dict(method="lora", lr=2e-3, lora_rank=8), "distill": dict(method="distill", lr=3e-4)}
 
 
@@ -60,6 +62,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock cap on training (default none: the "
                     "step count decides; CPU seconds are reported)")
     ap.add_argument("--max-windows", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0, help="recovery seed (training windows, ScaleLoRA / LoRA init)")
     ap.add_argument("--work", default="/tmp/llm_recover")
     ap.add_argument("--out", default="docs/results/llm_recover.json")
     ap.add_argument("--db", default=None)
@@ -72,7 +75,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     src = pruned_folder(work)
     setting = {**SETTINGS[a.method], **({"lr": a.lr} if a.lr is not None else {})}
-    cfg = Recovery(steps=a.steps, batch_size=8, seq_len=128, max_minutes=a.minutes, **setting)
+    cfg = Recovery(steps=a.steps, batch_size=8, seq_len=128, max_minutes=a.minutes, seed=a.seed, **setting)
     t0 = time.perf_counter()
     m = recover_dir(src, work / f"rec-{a.method}", cfg, texts=builtin_texts("train"),
                     eval_texts=builtin_texts("validation"), max_windows=a.max_windows, overwrite=True)

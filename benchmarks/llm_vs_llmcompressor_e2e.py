@@ -1,7 +1,7 @@
 """prunekit vs llm-compressor END TO END: each tool a fresh process, saved folder -> saved pruned folder.
 
     nice -n 10 .bench-env-llm/bin/python benchmarks/llm_vs_llmcompressor_e2e.py --model-dir DIR|minilm \
-        [--nsamples 32] [--seq-len 128] [--repeats 2] [--out FILE.md]
+        [--nsamples 32] [--seq-len 128] [--repeats 2] [--batch-size 16] [--out FILE.md]
 
 Runs in the benchmark environment that holds llmcompressor (see ``llm_vs_llmcompressor.py``). For every case
 (SparseGPT / Wanda at 50% and 2:4), interleaved and alternating which tool goes first, it times the whole
@@ -51,7 +51,8 @@ def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
 
 def ours_cmd(d: Path, out: Path, method: str, s: float | None, structure: str, a: Any) -> list[str]:
     cmd = [str(Path(sys.executable).parent / "prunekit"), "prune", str(d), "--method", method, "--nsamples",
-           str(a.nsamples), "--seq-len", str(a.seq_len), "--batch-size", "16", "--threads", "1", "--out", str(out),
+           str(a.nsamples), "--seq-len", str(a.seq_len), "--batch-size", str(a.batch_size), "--threads", "1",
+           "--out", str(out),
            "--attn-implementation", "eager"]  # the attention llm-compressor runs (its results equal HF eager's)
     return cmd + (["--pattern", structure] if structure != "0:0" else ["--sparsity", str(s)])
 
@@ -90,6 +91,7 @@ def main() -> int:
     ap.add_argument("--nsamples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=16, help="prunekit's --batch-size (llm-compressor: 1)")
     ap.add_argument("--cases", default=None, help="comma-separated case indices (default: all 4)")
     ap.add_argument("--workdir", default="/tmp/prunekit-e2e")
     ap.add_argument("--out", default=None)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from prunekit.cli import app
 from prunekit.recover import Recovery, pruned_nonzeros, recover_, target_linears
-from prunekit.recover.params import RowScales, perp_parameters
+from prunekit.recover.params import RowScales, ScaleLoRA, perp_parameters
 from prunekit.zoo.tiny_hf import VOCAB, tiny_hf_model
 
 runner = CliRunner()
@@ -110,6 +110,43 @@ def test_row_and_column_scales_merge_by_hand():
     assert torch.equal(lin.weight, torch.tensor([[20.0, 0.0], [10.0, -1.5]]))
 
 
+def test_scale_lora_by_hand_starts_at_identity_and_merges_exactly():
+    lin = torch.nn.Linear(3, 2, bias=False)  # by hand: W' = W * (B A)
+    W = torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, -1.0]])
+    with torch.no_grad():
+        lin.weight.copy_(W)
+    net = torch.nn.Sequential(lin)
+    sl = ScaleLoRA(net, ["0"], rank=2, seed=0)
+    x = torch.tensor([[1.0, 2.0, 3.0]])
+    assert torch.allclose(net(x), x @ W.T)  # B A is all ones at the start
+    f = sl.factors["0"]
+    with torch.no_grad():
+        f.B.copy_(torch.tensor([[1.0, 2.0], [0.5, 0.0]]))
+        f.A.copy_(torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, -1.0]]))
+    # B A = [[1, 3, -1], [0.5, 0.5, 0.5]]
+    expect = torch.tensor([[1.0, 0.0, -2.0], [0.0, 1.5, -0.5]])
+    assert torch.allclose(net(x), x @ expect.T)
+    assert sorted(sl.parameters()) == ["0.scale_A", "0.scale_B"]
+    sl.merge()
+    assert type(net[0].weight) is torch.nn.Parameter and not net[0].weight.requires_grad
+    assert torch.equal(net[0].weight, expect)
+
+
+def test_perp_scale_rank_trains_factors_only_and_keeps_the_pattern():
+    model = tiny_hf_model("LlamaForCausalLM")
+    masks = halved(model)
+    before = {k: model.get_parameter(k).detach().clone() for k in masks}
+    cfg = Recovery("perp", steps=4, seq_len=16, batch_size=2, lr=2e-2, scale_rank=3)
+    info = recover_(model, STREAM, cfg, masks)
+    layers = target_linears(model, masks)
+    lins = [model.get_submodule(n) for n in layers]
+    assert info["trainable_params"] == sum(3 * (m.in_features + m.out_features) for m in lins) + 2 * 2 * 32 + 32
+    assert info["pruned_nonzero"] == 0 and info["layers_adapted"] == len(layers)
+    assert all(type(m.weight) is torch.nn.Parameter for m in lins)  # parametrizations removed
+    assert not any("parametrizations" in k for k in model.state_dict())
+    assert any(not torch.equal(model.get_parameter(k), v) for k, v in before.items())  # kept weights rescaled
+
+
 def test_masked_lora_keeps_zeros_identical_and_changes_kept_weights():
     pytest.importorskip("peft")
     model = tiny_hf_model("LlamaForCausalLM")
@@ -143,7 +180,9 @@ def test_distill_all_keeps_the_mask_and_needs_a_teacher():
     assert float(kd_loss(teacher, 2.0)(teacher, STREAM[:32].reshape(2, 16))) == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("bad", [dict(method="sgd"), dict(steps=0), dict(lr=-1.0), dict(distill_params="x")])
+@pytest.mark.parametrize("bad", [dict(method="sgd"), dict(steps=0), dict(lr=-1.0), dict(distill_params="x"),
+                                 dict(scale_rank=0), dict(scale_rank=2, method="lora"),
+                                 dict(scale_rank=2, linear_scale=True)])
 def test_bad_config_names_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad)) if "method" not in bad else "method"):
         Recovery(**bad)
@@ -199,7 +238,9 @@ def test_cli_recover_lora_end_to_end(pruned_dir, tmp_path):
 @pytest.mark.parametrize("args,msg", [(["--method", "sgd"], "--method must be one of"),
                                       (["--steps", "0"], "steps must be an integer"),
                                       (["--texts", "/nope.txt"], "--texts /nope.txt does not exist"),
-                                      (["--method", "lora", "--add-bias"], "add_bias applies to the perp")])
+                                      (["--method", "lora", "--add-bias"], "add_bias applies to the perp"),
+                                      (["--scale-rank", "0"], "scale_rank must be an integer >= 1"),
+                                      (["--scale-rank", "2", "--linear-scale"], "drop linear_scale")])
 def test_cli_bad_flags_fail_before_work(pruned_dir, tmp_path, args, msg):
     out = tmp_path / "x"
     r = runner.invoke(app, ["recover", str(pruned_dir / "pruned"), "--out", str(out), *args])

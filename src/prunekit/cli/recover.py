@@ -68,6 +68,9 @@ def recover(
     add_bias: Annotated[bool, typer.Option("--add-bias", help="perp: first give a bias-free model (LLaMA family) "
                                            "zero biases on its attention and MLP projections and train them too")
                         ] = False,
+    scale_rank: Annotated[int | None, typer.Option(help="perp: PERP's ScaleLoRA W * (B A) of this rank on every "
+                                                  "pruned linear (zeros kept; instead of --linear-scale / "
+                                                  "--column-scale)")] = None,
     distill_params: Annotated[str, typer.Option(help="distill trains: all (kept weights, mask enforced) | perp | "
                                                 "lora", callback=c.choice("--distill-params", ("all", "perp",
                                                                                                "lora")))] = "all",
@@ -87,7 +90,8 @@ def recover(
 
     cfg = Recovery(method=method, steps=steps, lr=lr, batch_size=batch_size, seq_len=seq_len, lora_rank=lora_rank,
                    lora_alpha=lora_alpha, linear_scale=linear_scale, column_scale=column_scale, add_bias=add_bias,
-                   distill_params=distill_params, temperature=temperature, max_minutes=max_minutes, seed=seed)
+                   scale_rank=scale_rank, distill_params=distill_params, temperature=temperature,
+                   max_minutes=max_minutes, seed=seed)
     if max_windows is not None and max_windows < 1:
         raise ValueError(f"--max-windows must be a positive integer, got {max_windows}")
     if not model_dir.is_dir():

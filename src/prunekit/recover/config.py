@@ -17,10 +17,11 @@ class Recovery:
     ``perp``: biases and normalization weights only (PERP, Zimmer et al. 2023), plus one scale per output
     row of every pruned linear with ``linear_scale`` and one per input column with ``column_scale`` (both: PERP's
     rank-1 ScaleLoRA) and, with ``add_bias``, zero biases added first to a bias-free model's attention and MLP
-    projections (``recover.params.add_biases``; LLaMA-family configs). ``lora``: rank-``lora_rank`` adapters on the
-    pruned linears, their product masked so the merged weights keep the sparsity pattern exactly. ``distill``:
-    KL divergence to the dense model's next-token distribution at ``temperature``, training
-    ``distill_params`` (``all`` kept weights under the mask, ``perp`` or ``lora``).
+    projections (``recover.params.add_biases``; LLaMA-family configs); ``scale_rank`` r: PERP's ScaleLoRA
+    ``W * (B A)`` at rank r on every pruned linear instead (``recover.params.ScaleLoRA``). ``lora``:
+    rank-``lora_rank`` adapters on the pruned linears, their product masked so the merged weights keep the
+    sparsity pattern exactly. ``distill``: KL divergence to the dense model's next-token distribution at
+    ``temperature``, training ``distill_params`` (``all`` kept weights under the mask, ``perp`` or ``lora``).
     """
 
     method: str = "perp"
@@ -33,6 +34,7 @@ class Recovery:
     linear_scale: bool = False
     column_scale: bool = False
     add_bias: bool = False
+    scale_rank: int | None = None
     distill_params: str = "all"
     temperature: float = 1.0
     weight_decay: float = 0.0
@@ -57,6 +59,14 @@ class Recovery:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
                                   or v <= 0):
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.scale_rank is not None:
+            if isinstance(self.scale_rank, bool) or not isinstance(self.scale_rank, int) or self.scale_rank < 1:
+                raise ValueError(f"scale_rank must be an integer >= 1, got {self.scale_rank!r}")
+            if self.trains != "perp":
+                raise ValueError(f"scale_rank applies to method perp (its parameter set), not to {self.trains!r}")
+            if self.linear_scale or self.column_scale:
+                raise ValueError("scale_rank (ScaleLoRA) already scales rows and columns; drop linear_scale / "
+                                 "column_scale")
         if self.add_bias and self.trains != "perp":
             raise ValueError(f"add_bias applies to the perp parameter set, not to {self.trains!r}")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
@@ -65,7 +75,7 @@ class Recovery:
     @property
     def scaled(self) -> bool:
         """Whether row or column scales of the pruned linears train (``linear_scale`` / ``column_scale``)."""
-        return self.linear_scale or self.column_scale
+        return self.linear_scale or self.column_scale or self.scale_rank is not None
 
     @property
     def trains(self) -> str:

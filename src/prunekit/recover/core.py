@@ -45,8 +45,11 @@ def _trainable(model: nn.Module, cfg: Recovery, masks: dict[str, Tensor],
     if cfg.add_bias:
         P.add_biases(model)
     params = P.perp_parameters(model)
-    scales = (P.RowScales(model, layers, rows=cfg.linear_scale, columns=cfg.column_scale)
-              if cfg.scaled else None)
+    scales: P.RowScales | P.ScaleLoRA | None = None
+    if cfg.scale_rank is not None:
+        scales = P.ScaleLoRA(model, layers, cfg.scale_rank, cfg.seed)
+    elif cfg.scaled:
+        scales = P.RowScales(model, layers, rows=cfg.linear_scale, columns=cfg.column_scale)
     if scales is not None:
         params.update(scales.parameters())
     for p in params.values():

@@ -84,6 +84,68 @@ class RowScales:
                 self.model.get_submodule(name).weight.mul_(t[None, :])
 
 
+class _ScaledWeight(nn.Module):
+    """Parametrization ``W -> W * (B @ A)`` (element-wise), the product of rank ``B.shape[1]``."""
+
+    def __init__(self, B: Tensor, A: Tensor) -> None:
+        super().__init__()
+        self.B, self.A = nn.Parameter(B), nn.Parameter(A)
+
+    def forward(self, W: Tensor) -> Tensor:
+        return W * (self.B @ self.A)
+
+
+class ScaleLoRA:
+    """PERP's ScaleLoRA (Zimmer et al. 2023, Sec. 3) at rank ``r``: ``W' = W * (B A)``, ``B`` (out, r), ``A`` (r, in).
+
+    The element-wise product keeps every zero of ``W`` a zero, so the merged model has the pruned pattern
+    exactly. Initialised to the identity (``B A`` all ones): ``B[:, 0] = 1``, ``A[0] = 1``, the other columns of
+    ``B`` zero and the other rows of ``A`` standard normal (seeded), as LoRA starts its update at zero with one
+    random factor. Rank 1 trains ``diag(b) W diag(a)`` (what ``RowScales`` with rows and columns does); a
+    higher rank lets the per-entry scale vary beyond a row x column product. Applied through
+    ``torch.nn.utils.parametrize``: one ``(out, in)`` product per layer and step, no second matmul.
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str], rank: int, seed: int = 0) -> None:
+        from torch.nn.utils import parametrize
+
+        if rank < 1:
+            raise ValueError(f"ScaleLoRA rank must be >= 1, got {rank}")
+        self.model, self.layers = model, list(layers)
+        self.factors: dict[str, _ScaledWeight] = {}
+        gen = torch.Generator().manual_seed(seed)
+        for name in self.layers:
+            mod = model.get_submodule(name)
+            if not isinstance(mod, nn.Linear):
+                raise ValueError(f"ScaleLoRA: {name!r} is a {type(mod).__name__}, not an nn.Linear")
+            kw = {"dtype": mod.weight.dtype, "device": mod.weight.device}
+            B = torch.zeros(mod.out_features, rank, **kw)
+            B[:, 0] = 1
+            A = torch.randn(rank, mod.in_features, generator=gen).to(**kw)
+            A[0] = 1
+            f = _ScaledWeight(B, A)
+            parametrize.register_parametrization(mod, "weight", f)
+            self.factors[name] = f
+
+    def parameters(self) -> dict[str, nn.Parameter]:
+        """The factors by ``<layer>.scale_B`` / ``<layer>.scale_A``."""
+        out: dict[str, nn.Parameter] = {}
+        for name, f in self.factors.items():
+            out[f"{name}.scale_B"], out[f"{name}.scale_A"] = f.B, f.A
+        return out
+
+    def merge(self) -> None:
+        """Write ``W * (B A)`` into each layer's weight (a plain parameter again, frozen)."""
+        from torch.nn.utils import parametrize
+
+        for name in self.layers:
+            mod = self.model.get_submodule(name)
+            with torch.no_grad():
+                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+            mod.weight.requires_grad_(False)
+        self.factors = {}
+
+
 BIAS_FLAGS = {"self_attn": "attention_bias", "mlp": "mlp_bias"}  # LLaMA-family config fields
 
 
