@@ -463,7 +463,7 @@ def forward_allocations(active: bool) -> Iterator[None]:
 
     With the solve's thresholds during the forward passes, every activation above 128 KiB was a fresh mmap,
     zero-filled page by page on first touch and unmapped when freed: on MiniLM, Wanda, 128 x 256 tokens,
-    3.44M minor page faults and 7.8 s of system time in a 42 s run, against 0.83M and 2.4 s with these
+    3.44M minor page faults and 7.8 s of system time in a 42 s run, against 0.70M and 2.6 s with these
     (docs/results/llm.md). No-op unless ``active`` (``pin_malloc`` on a CPU run) and glibc.
     """
     if not active or not pin_malloc_thresholds(FORWARD_MMAP_BYTES, FORWARD_TRIM_BYTES):
@@ -523,7 +523,7 @@ def prune_blocks(model: nn.Module, solver: str | None, config: Any, calibration:
     ``report.seconds`` is then the sum over all runs. ``pin_malloc``: on CPU with glibc, fix
     malloc's mmap and trim thresholds at 128 KiB for the solves (:func:`pin_malloc_thresholds`,
     process-wide) so that the per-layer float32 copies are returned to the OS when freed instead of
-    growing a fragmented heap (measured on a 1.1B LLaMA, SparseGPT: peak RSS 5.18 -> 4.95 GiB;
+    growing a fragmented heap (measured on a 1.1B LLaMA, SparseGPT: peak RSS 5.18 -> 5.01 GiB;
     docs/RESULTS.md), and lift them during the forward passes (:func:`forward_allocations`), whose
     activation buffers are reused batch after batch.
     """
