@@ -11,6 +11,7 @@ next block with the same result.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import logging
@@ -428,8 +429,9 @@ FORWARD_MMAP_BYTES = 32 * 1024**2  # glibc's largest mmap threshold (DEFAULT_MMA
 FORWARD_TRIM_BYTES = 1024**3
 
 
+@functools.cache
 def _glibc() -> Any:
-    """glibc as a ``ctypes`` library, or None off Linux / glibc."""
+    """glibc as a ``ctypes`` library (loaded once), or None off Linux / glibc."""
     if sys.platform != "linux":
         return None
     try:

@@ -74,7 +74,7 @@ class Recovery:
 
     @property
     def scaled(self) -> bool:
-        """Whether row or column scales of the pruned linears train (``linear_scale`` / ``column_scale``)."""
+        """Whether scales of the pruned linears train (``linear_scale`` / ``column_scale`` / ``scale_rank``)."""
         return self.linear_scale or self.column_scale or self.scale_rank is not None
 
     @property
