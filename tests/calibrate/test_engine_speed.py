@@ -3,6 +3,8 @@ error report costs nothing unless asked, and the uniform-arguments probe capture
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -77,3 +79,93 @@ def test_probe_captures_what_a_full_pass_does(name):
                     assert torch.equal(va, vb), key
                 elif isinstance(va, tuple):
                     assert all(torch.equal(p, q) for p, q in zip(va, vb)), key
+
+
+def _counting(model: torch.nn.Module, pattern: str) -> dict[str, int]:
+    """Completed forward calls of every module whose name matches ``pattern``."""
+    calls: dict[str, int] = {}
+    for n, m in model.named_modules():
+        if re.fullmatch(pattern, n):
+            calls[n] = 0
+            m.register_forward_hook(lambda mod, a, out, n=n: calls.__setitem__(n, calls[n] + 1))
+    return calls
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name, last", [("LlamaForCausalLM", r"(model)\.layers\.(\d+)\.mlp\.down_proj"),
+                                        ("BertModel", r"(encoder)\.layer\.(\d+)\.output\.dense"),
+                                        ("T5ForConditionalGeneration",
+                                         r"(encoder|decoder)\.block\.(\d+)\.layer\.\d\.DenseReluDense\.wo"),
+                                        ("MixtralForCausalLM", None), ("Qwen2MoeForCausalLM", None)])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_statistics_passes_end_early_with_the_same_result(monkeypatch, name, last, method):
+    """Six batches of one sequence, the output error on the first two: the statistics passes of the other four
+    end before the block's last Linear runs (it completes 2 statistics calls + 6 re-run calls per block, the
+    last block 2 + 2), and the pruned weights and masks are bit-identical to full passes. MoE blocks (fused
+    experts) always run whole passes."""
+    from prunekit.calibrate import engine
+
+    cfg = (Wanda(0.5, batch_size=1) if method == "wanda" else SparseGPT(0.5, blocksize=16, batch_size=1))
+    x = ids(n=6)
+    runs = {}
+    for mode, seqs in (("early", 2), ("full", 1 << 60)):
+        monkeypatch.setattr(engine, "ERROR_SEQUENCES", seqs)
+        model = tiny_hf_model(name)
+        calls = _counting(model, last) if last else {}
+        report = prune_blocks(model, method, cfg, x)
+        runs[mode] = (_state(model), report, calls)
+    (we, re_, ce), (wf, rf, cf) = runs["early"], runs["full"]
+    assert we.keys() == wf.keys() and all(torch.equal(we[k], wf[k]) for k in we)
+    assert all(torch.equal(re_.masks.masks[k], rf.masks.masks[k]) for k in rf.masks.masks)
+    blocks_e, blocks_f = re_.extra["blocks"], rf.extra["blocks"]
+    assert [b["output_error_sequences"] for b in blocks_e] == [2] * len(blocks_e)
+    assert [b["output_error_sequences"] for b in blocks_f] == [6] * len(blocks_f)
+    assert all(0 < b["output_error"] < 1 for b in blocks_e)
+    if last:  # calls saved per block: 4 statistics passes; the last block of a stack also 4 re-runs
+        where = {n: re.fullmatch(last, n).groups() for n in ce}
+        final = {st: max(int(i) for s2, i in where.values() if s2 == st) for st, _ in where.values()}
+        assert len(ce) == (4 if name.startswith("T5") else 2)
+        assert {n: cf[n] - ce[n] for n in ce} == {n: 8 if int(i) == final[st] else 4 for n, (st, i) in where.items()}
+
+
+def test_error_batches_counts_sequences():
+    from prunekit.calibrate.blocks import BlockInput
+    from prunekit.calibrate.engine import error_batches
+
+    def batches(*sizes):
+        return [BlockInput(torch.zeros(s, 2, 3)) for s in sizes]
+
+    assert error_batches(batches(3, 3, 3, 3), 8) == 3  # 3 + 3 < 8 <= 3 + 3 + 3
+    assert error_batches(batches(4, 4, 4), 8) == 2
+    assert error_batches(batches(16, 16), 8) == 1
+    assert error_batches(batches(1, 1), 8) == 2  # fewer than 8 in all: every batch
+    assert error_batches([], 8) == 0
+
+
+class _Twice(torch.nn.Module):
+    """``a`` runs twice per pass (before and after ``b``): no pass may end at ``b``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a(self.b(self.a(x)))
+
+
+def test_a_layer_called_twice_keeps_whole_passes():
+    from prunekit.calibrate.blocks import BlockInput
+    from prunekit.calibrate.engine import gather_block
+
+    torch.manual_seed(0)
+    block = _Twice()
+    inputs = [BlockInput(torch.randn(1, 4, 3)) for _ in range(3)]
+    needs = {"a": frozenset({"norms"}), "b": frozenset({"norms"})}
+    stats, outs = gather_block(block, {"a": block.a, "b": block.b}, needs, inputs, torch.device("cpu"), keep=1)
+    assert len(outs) == 1
+    assert stats["a"].n_seqs == 6 and stats["b"].n_seqs == 3  # every call of every pass was counted
+    full, _ = gather_block(block, {"a": block.a, "b": block.b}, needs, inputs, torch.device("cpu"))
+    assert torch.equal(stats["a"].msq, full["a"].msq) and torch.equal(stats["b"].msq, full["b"].msq)

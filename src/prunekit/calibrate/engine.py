@@ -6,6 +6,12 @@ statistics, solve each Linear layer, then run the inputs again through the prune
 block sees pruned outputs. Only the current block sits on ``device``; the rest stays where it was
 (CPU). With ``state_dir`` the state is committed after every block and a new call resumes at the
 next block with the same result.
+
+Work the result does not need is skipped: a statistics pass ends once the block's last Linear
+layer has recorded its input (the dense output beyond it is used only for the block's reported
+output error, which is measured on the first ``ERROR_SEQUENCES`` calibration sequences and says so:
+``output_error_sequences``), and the last block re-runs those sequences only. The statistics, and
+so the masks, are those of full passes.
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ STORE = torch.device("cpu")  # where captured block inputs are kept
 STAT_NEEDS = {"gram": "hessian", "input_norms": "norms"}  # registry statistics -> LayerStats needs
 Progress = Callable[[str, int, int], None]
 Packed = tuple[Tensor, list[int]]  # bit-packed mask and the weight's shape
+ERROR_SEQUENCES = 8  # a block's relative output error is measured on the first batches holding this many
 
 
 @dataclass
@@ -117,41 +124,65 @@ def _dsnot_on(plan: Plan, layer: str) -> bool:
 # statistics of one block
 
 
+class _BlockDone(Exception):
+    """Raised by the last statistic hook of a block pass whose output no one needs."""
+
+
 class _Gatherer:
     """Forward pre-hooks that add each Linear layer's inputs to its ``LayerStats``.
 
     Layers fed the very same tensor (q/k/v, gate/up) share one accumulator: found on the first
-    batch, checked on every later one.
+    batch, checked on every later one. With ``early_exit`` the first batch also records the order
+    the hooks fire in; if every layer ran exactly once there (no routed experts), later batches end
+    the block's forward pass right after the last layer's statistics, once every layer has been
+    seen in that batch: what follows (the last projection's product, the residual, a final norm)
+    changes no statistic.
     """
 
-    def __init__(self, layers: dict[str, nn.Module], needs: dict[str, frozenset[str]]) -> None:
+    def __init__(self, layers: dict[str, nn.Module], needs: dict[str, frozenset[str]], early_exit: bool = False
+                 ) -> None:
         self.layers, self.needs = layers, needs
         self.alias: dict[str, str] = {}
         self.stats: dict[str, LayerStats] = {}
         self.seen: dict[int, tuple[Tensor, str]] = {}
         self.first = True
+        self.early_exit = early_exit and not any("experts" in n.split(".") for n in layers)
+        self.calls: dict[str, int] = {}
+        self.order: list[str] = []
+        self.stop_after: str | None = None
+        self.may_exit = False  # set per batch by the caller: may this pass end early?
         self.handles = [m.register_forward_pre_hook(self._hook(n)) for n, m in layers.items()]
 
     def _hook(self, name: str) -> Callable:
         def hook(_mod: nn.Module, args: tuple) -> None:
-            x = args[0]
-            hit = self.seen.get(id(x))
-            if self.first and hit is not None and self.needs[hit[1]] >= self.needs[name]:
-                self.alias[name] = hit[1]
-            if name in self.alias:
-                if hit is None or hit[1] != self.alias[name]:
-                    raise RuntimeError(f"the input of {name} stopped being shared with {self.alias[name]}")
-                return
-            self.seen.setdefault(id(x), (x, name))
-            if name not in self.stats:
-                cols = weight_2d(self.layers[name]).shape[1]
-                self.stats[name] = LayerStats(cols, self.needs[name], device=x.device)
-            self.stats[name].add(x)
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.first:
+                self.order.append(name)
+            self._add(name, args[0])
+            if self.may_exit and name == self.stop_after and all(self.calls.get(n, 0) == 1 for n in self.layers):
+                raise _BlockDone
 
         return hook
 
+    def _add(self, name: str, x: Tensor) -> None:
+        hit = self.seen.get(id(x))
+        if self.first and hit is not None and self.needs[hit[1]] >= self.needs[name]:
+            self.alias[name] = hit[1]
+        if name in self.alias:
+            if hit is None or hit[1] != self.alias[name]:
+                raise RuntimeError(f"the input of {name} stopped being shared with {self.alias[name]}")
+            return
+        self.seen.setdefault(id(x), (x, name))
+        if name not in self.stats:
+            cols = weight_2d(self.layers[name]).shape[1]
+            self.stats[name] = LayerStats(cols, self.needs[name], device=x.device)
+        self.stats[name].add(x)
+
     def end_batch(self) -> None:
+        if self.first and self.early_exit and self.order and sorted(self.order) == sorted(self.layers):
+            self.stop_after = self.order[-1]
         self.seen.clear()
+        self.calls.clear()
         self.first = False
 
     def remove(self) -> None:
@@ -172,20 +203,34 @@ class _Gatherer:
 
 
 def gather_block(block: nn.Module, targets: dict[str, Any], needs: dict[str, frozenset[str]],
-                 inputs: list[BlockInput], device: torch.device) -> tuple[dict[str, LayerStats], list[Tensor]]:
+                 inputs: list[BlockInput], device: torch.device, keep: int | None = None
+                 ) -> tuple[dict[str, LayerStats], list[Tensor]]:
     """Run the block on every input with statistic hooks; return the statistics and the outputs.
 
     ``targets`` are Linear modules or ``targets.Target`` objects (fused expert matrices get the
     statistics of the tokens routed to their expert, :mod:`prunekit.calibrate.experts`).
+    ``keep=None`` returns every input's output; ``keep=k`` returns the first ``max(k, 1)`` only and
+    ends the other passes early where the block allows it (``_Gatherer``): same statistics, less work.
     """
     linear = {n: (t.module if isinstance(t, LinearTarget) else t) for n, t in targets.items()
               if not isinstance(t, ExpertTarget)}
-    g, eg = _Gatherer(linear, needs), ExpertGatherer(targets, needs)
+    fused = any(isinstance(t, ExpertTarget) for t in targets.values())
+    g = _Gatherer(linear, needs, early_exit=keep is not None and not fused)
+    eg = ExpertGatherer(targets, needs)
+    full = len(inputs) if keep is None else max(keep, 1)
     outs = []
     try:
         with torch.no_grad():
-            for inp in inputs:
-                outs.append(run_block(block, to_device(inp, device)))
+            for j, inp in enumerate(inputs):
+                g.may_exit = j >= full
+                try:
+                    out = run_block(block, to_device(inp, device))
+                except _BlockDone:
+                    out = None
+                if j < full:
+                    if out is None:
+                        raise RuntimeError("internal: a block pass whose output is kept ended early")
+                    outs.append(out)
                 g.end_batch()
     except BaseException:
         g.remove()
@@ -610,6 +655,18 @@ def _param_names(led: Ledger, prefix: str, block: nn.Module) -> list[str]:
     return list(dict.fromkeys(param_name(n, t) for n, t in targets.items()))
 
 
+def error_batches(inputs: list[BlockInput], sequences: int | None = None) -> int:
+    """How many leading calibration batches hold at least ``sequences`` (default ``ERROR_SEQUENCES``)
+    sequences; all of them if they hold fewer."""
+    sequences = ERROR_SEQUENCES if sequences is None else sequences
+    n = 0
+    for j, inp in enumerate(inputs):
+        n += int(inp.hidden.shape[0])
+        if n >= sequences:
+            return j + 1
+    return len(inputs)
+
+
 def _prune_block(run: _Run, st: Stack, first: int, i: int, inputs: list[BlockInput], last: bool) -> list[Tensor]:
     """Gather, solve, re-run one block; commit its state; return its outputs (the next block's hidden states)."""
     tb = time.perf_counter()
@@ -617,17 +674,19 @@ def _prune_block(run: _Run, st: Stack, first: int, i: int, inputs: list[BlockInp
     _place(block, dev)
     targets = block_targets(run.ledger, f"{prefix}.{i}", block)
     needs = {n: _needs(plan, f"{prefix}.{i}.{n}") for n in targets}
+    k = error_batches(inputs)
     with forward_allocations(run.pin):
-        stats, dense_outs = gather_block(block, targets, needs, inputs, dev)
+        stats, dense_outs = gather_block(block, targets, needs, inputs, dev, keep=k)
     rows, saved, experts = _solve_block(run, f"{prefix}.{i}", targets, stats)
     del stats
-    with torch.no_grad(), forward_allocations(run.pin):
-        outs = [run_block(block, to_device(inp, dev)) for inp in inputs]
+    with torch.no_grad(), forward_allocations(run.pin):  # the last block's outputs feed nothing: the first k only
+        outs = [run_block(block, to_device(inp, dev)) for inp in (inputs[:k] if last else inputs)]
     num = sum(float(((o - d) ** 2).sum()) for o, d in zip(outs, dense_outs))
     den = sum(float((d**2).sum()) for d in dense_outs)
     _place(block, _home(block))
     nxt = [o.to(STORE) for o in outs]
     info = {"block": f"{prefix}.{i}", "output_error": num / den if den > 0 else 0.0,
+            "output_error_sequences": sum(int(inp.hidden.shape[0]) for inp in inputs[:k]),
             "seconds": time.perf_counter() - tb}
     run.state.data["experts"].update(experts)
     run.state.commit(first + i, saved, None if last else nxt, rows, info, time.perf_counter() - run.t0)
